@@ -1,0 +1,65 @@
+"""Batched sampling from a causal LM, shared by evaluation and on-policy data building."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def as_messages(prompt: Any) -> list[dict]:
+    """Prompts are stored either as plain text or as chat messages; generation wants messages."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_text(prompt: Any) -> str:
+    """The last user turn, for display and for programmatic rewards."""
+    return prompt if isinstance(prompt, str) else as_messages(prompt)[-1]["content"]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[Any],
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    batch_size: int = 32,
+    seed: int = 0,
+    desc: str = "generating",
+) -> list[list[str]]:
+    """`num_samples` completions per prompt (greedy when temperature == 0), decoded without specials."""
+    from tqdm.auto import tqdm
+
+    texts = [
+        tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts
+    ]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    out: list[list[str]] = []
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) <= batch_size):
+            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else dict(do_sample=False)
+            seqs = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=num_samples,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
+            decoded = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [decoded[i : i + num_samples] for i in range(0, len(decoded), num_samples)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out

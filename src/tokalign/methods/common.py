@@ -1,0 +1,99 @@
+"""What every TRL-based method shares: training arguments from `cfg.trainer`, logging, saving."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tokalign.checkpoint import latest_checkpoint
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
+
+
+def trl_args(run, **method_args: Any) -> dict[str, Any]:
+    """Keyword arguments for a TRL `*Config`, from the shared trainer knobs plus the method's."""
+    t, cfg = run.cfg.trainer, run.cfg
+    precision = str(t.precision.value if hasattr(t.precision, "value") else t.precision)
+    args = dict(
+        output_dir=str(run.dir / "checkpoints"),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        num_train_epochs=t.num_epochs,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=max(t.save_steps, 1),
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if t.eval_steps > 0 else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_num_workers=t.num_workers,
+        disable_tqdm=False,
+        max_length=t.max_length,
+    )
+    args.update(method_args)
+    return args
+
+
+def peft_config(run):
+    lora = run.cfg.model.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+class TrackerCallback(TrainerCallback):
+    """Sends the trainer's logs to the run's tracker (metrics.jsonl + W&B) and stops on NaN/inf."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        for key in ("loss", "eval_loss"):
+            if key in logs and not math.isfinite(float(logs[key])):
+                raise NonFiniteLossError(
+                    f"{key} became {logs[key]} at step {state.global_step}; stopping. "
+                    "The last complete checkpoint (if any) is kept; lower trainer.learning_rate or check the data."
+                )
+        row = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
+        self.tracker.log(row, step=state.global_step)
+
+
+def run_trainer(run, trainer) -> dict[str, Any]:
+    """Train (resuming when asked), save the final model atomically, return the last logged values."""
+    trainer.add_callback(TrackerCallback(run.tracker))
+    resume = latest_checkpoint(run.dir / "checkpoints") if run.resume else None
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    run.save_model(model, trainer.processing_class)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "train/loss_first": history[0]["loss"] if history else float("nan"),
+        "train/loss_last": history[-1]["loss"] if history else float("nan"),
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/steps": trainer.state.global_step,
+    }

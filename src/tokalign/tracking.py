@@ -1,0 +1,109 @@
+"""Where metrics go: the run's own `metrics.jsonl` (always) and a W&B run (unless logger=none).
+
+W&B is started through the real library: online when the user is logged in or asks for it,
+otherwise offline, which still writes a syncable `wandb/offline-run-*` directory into the
+run directory (`wandb sync <dir>` uploads it later). The W&B run id is kept in the run
+directory so that a resumed run continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def wandb_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if _logged_in() else "offline"
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class Tracker:
+    """Logs scalars to metrics.jsonl and W&B with the same keys and step."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, rank: int = 0):
+        self.run_dir = Path(run_dir)
+        self.rank = rank
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.wandb_run = None
+        self.started = time.time()
+        if rank == 0 and cfg.logger.name == "wandb":
+            self.wandb_run = self._start_wandb(cfg)
+
+    def _start_wandb(self, cfg: DictConfig):
+        import wandb
+
+        id_file = self.run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        return wandb.init(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            job_type=cfg.logger.job_type,
+            name=cfg.run_name,
+            tags=list(cfg.tags),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            dir=str(self.run_dir),
+            mode=wandb_mode(str(cfg.logger.mode.value if hasattr(cfg.logger.mode, "value") else cfg.logger.mode)),
+            id=run_id,
+            resume="allow",
+        )
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.rank != 0:
+            return
+        row = {k: _scalar(v) for k, v in metrics.items()}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(row, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: _scalar(v) for k, v in metrics.items()})
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return None if self.wandb_run is None else str(Path(self.wandb_run.dir).parent)
+
+    def finish(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
