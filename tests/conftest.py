@@ -1,0 +1,58 @@
+"""Shared fixtures: one cache of built models per test session, and a way to run the CLI.
+
+`TOKALIGN_TEST_CACHE` (set by `make test`) keeps built models between sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = Path(os.environ.get("TOKALIGN_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["TOKALIGN_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir) -> str:
+    """Path of the default tiny model (built once per cache)."""
+    from omegaconf import OmegaConf
+
+    from tokalign.config import ModelConfig
+    from tokalign.models import resolve_model
+
+    return resolve_model(OmegaConf.structured(ModelConfig), cache_dir)
+
+
+def run_cli(*args: str) -> None:
+    """Run `tokalign ...` in this process, as a user would type it."""
+    from tokalign.cli import main
+
+    argv = sys.argv
+    try:
+        main(list(args))
+    finally:
+        sys.argv = argv
+
+
+@pytest.fixture
+def train(tmp_path, cache_dir):
+    """`train("method=dpo", ...)` runs `tokalign train` into a fresh dir and returns that dir."""
+
+    def _train(*overrides: str, logger: str = "none") -> Path:
+        run_dir = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        run_cli("train", f"hydra.run.dir={run_dir}", f"logger={logger}", "eval.num_prompts=8", *overrides)
+        return run_dir
+
+    return _train
