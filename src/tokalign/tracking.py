@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,11 @@ def wandb_mode(requested: str) -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if _logged_in() else "offline"
+
+
+def _new_run_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _scalar(v: Any) -> Any:
@@ -57,7 +64,7 @@ class Tracker:
         import wandb
 
         id_file = self.run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else _new_run_id()
         id_file.write_text(run_id)
         return wandb.init(
             project=cfg.logger.project,
