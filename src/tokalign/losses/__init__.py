@@ -1,0 +1,38 @@
+"""Pure loss functions: tokalign's public API (METHODS.md §5). Only torch is imported here.
+
+Conventions: (B, T) per-token tensors align with a (B, T) 0/1 response mask and are ignored
+(even NaN) where it is 0; losses return ``(loss, metrics)`` with a scalar loss and a dict of
+0-dim detached tensors.
+"""
+
+from tokalign.losses.d3s import d3s_schedule, d3s_token_mask, max_variance_subset, select_samples
+from tokalign.losses.dpo import dpo_loss, tgdpo_loss
+from tokalign.losses.macro import (
+    macro_gae,
+    segment_broadcast,
+    segment_macro_actions,
+    segment_sum,
+    segment_value_weights,
+)
+from tokalign.losses.masked import masked_mean
+from tokalign.losses.ppo import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, whiten
+
+__all__ = [
+    "d3s_schedule",
+    "d3s_token_mask",
+    "dpo_loss",
+    "gae",
+    "kl_penalty_rewards",
+    "macro_gae",
+    "masked_mean",
+    "max_variance_subset",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "segment_broadcast",
+    "segment_macro_actions",
+    "segment_sum",
+    "segment_value_weights",
+    "select_samples",
+    "tgdpo_loss",
+    "whiten",
+]
