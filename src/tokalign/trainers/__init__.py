@@ -1,0 +1,1 @@
+"""TRL trainer subclasses that feed per-token tensors to `tokalign.losses` (imports trl: load lazily)."""
