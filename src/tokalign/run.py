@@ -64,8 +64,10 @@ class Run:
         self.tracker.log({"data/on_policy_pairs": len(rows), "data/on_policy_prompts": len(prompts)}, step=0)
         return datasets.Dataset.from_list(rows)
 
-    def save_model(self, model, tokenizer) -> Path:
-        return save_pretrained_atomic(model, tokenizer, self.dir / "model") if self.rank == 0 else self.dir / "model"
+    def save_model(self, model, tokenizer, state_dict=None) -> Path:
+        if self.rank == 0:
+            save_pretrained_atomic(model, tokenizer, self.dir / "model", state_dict=state_dict)
+        return self.dir / "model"
 
 
 def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
@@ -76,8 +78,8 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
     from tokalign.summary import print_summary
 
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if not (run_dir / "resolved.yaml").exists():  # launchers write it before spawning ranks
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
     set_seed(cfg.seed)
     started = time.time()

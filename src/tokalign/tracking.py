@@ -89,6 +89,24 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
 
+    def rewind(self, step: int) -> None:
+        """Forget rows logged after `step` (a resumed run replays them from its checkpoint).
+
+        W&B keeps the same run id; it ignores the replayed steps it already has.
+        """
+        if self.rank != 0 or not self.metrics_path.exists():
+            return
+        from tokalign.checkpoint import write_text_atomic
+
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the kill
+        write_text_atomic(self.metrics_path, "".join(kept))
+
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.wandb_run is not None:
             import wandb

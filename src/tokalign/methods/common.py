@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tokalign.checkpoint import latest_checkpoint
+from tokalign.checkpoint import discard_incomplete, latest_checkpoint, seal, step_of
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,7 +45,21 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         dataloader_num_workers=t.num_workers,
         disable_tqdm=False,
         max_length=t.max_length,
+        # The HF default replaces a NaN/inf step loss by the running mean, hiding divergence.
+        logging_nan_inf_filter=False,
     )
+    launcher = cfg.launcher
+    if launcher.name == "ddp":
+        import torch
+
+        from tokalign.worker import backend
+
+        # Without use_cpu, accelerate treats CPU ranks as unrelated single processes.
+        args.update(ddp_backend=backend(launcher.backend), use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
+    elif launcher.name == "deepspeed":
+        from tokalign.launch import deepspeed_config
+
+        args.update(deepspeed=deepspeed_config(cfg), accelerator_config={"use_configured_state": True})
     args.update(method_args)
     return args
 
@@ -64,10 +78,18 @@ def peft_config(run):
 
 
 class TrackerCallback(TrainerCallback):
-    """Sends the trainer's logs to the run's tracker (metrics.jsonl + W&B) and stops on NaN/inf."""
+    """Sends the trainer's logs to the run's tracker (metrics.jsonl + W&B) and stops on NaN/inf.
+
+    The loss is also logged right before every checkpoint, so a diverged model is never saved:
+    the logged loss sums every step since the previous log, and a NaN anywhere stays NaN.
+    """
 
     def __init__(self, tracker):
         self.tracker = tracker
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -81,15 +103,44 @@ class TrackerCallback(TrainerCallback):
         self.tracker.log(row, step=state.global_step)
 
 
+class SealCallback(TrainerCallback):
+    """Seals each checkpoint once every rank has written its part (see tokalign.checkpoint)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+        if state.is_world_process_zero:
+            seal(f"{args.output_dir}/checkpoint-{state.global_step}")
+
+
+def resume_point(run):
+    """The checkpoint to continue from (resume=auto), after clearing what a killed run left half-written."""
+    if not run.resume:
+        return None
+    root = run.dir / "checkpoints"
+    if run.rank == 0:
+        discard_incomplete(root)
+    resume = latest_checkpoint(root)
+    run.tracker.rewind(step_of(resume) if resume else 0)
+    return resume
+
+
 def run_trainer(run, trainer) -> dict[str, Any]:
     """Train (resuming when asked), save the final model atomically, return the last logged values."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     trainer.add_callback(TrackerCallback(run.tracker))
-    resume = latest_checkpoint(run.dir / "checkpoints") if run.resume else None
+    trainer.add_callback(SealCallback())
+    resume = resume_point(run)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    model = trainer.model
+    # Under ZeRO-3 each rank holds a shard: every rank takes part in gathering the weights.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_deepspeed_zero3_enabled() else None
+    model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    run.save_model(model, trainer.processing_class)
+    run.save_model(model, trainer.processing_class, state_dict=state_dict)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "train/loss_first": history[0]["loss"] if history else float("nan"),

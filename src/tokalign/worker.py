@@ -1,0 +1,63 @@
+"""One training process under a multi-process launcher: `python -m tokalign.worker <run_dir>/resolved.yaml`.
+
+It loads the config its parent resolved (never composes one), joins the process group the
+spawner describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...), trains its share
+and leaves the group. Rank 0 alone writes files, logs and evaluates (see tokalign.run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def backend(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def join(launcher) -> None:
+    """Start the process group before any model is built: ZeRO-3 partitions weights at load time."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and launcher.name != "deepspeed":
+        return
+    if launcher.name == "deepspeed":
+        import deepspeed
+        from accelerate import PartialState
+
+        deepspeed.init_distributed(dist_backend=backend(launcher.backend), auto_mpi_discovery=False)
+        # The HF Trainer would set up accelerate's state without a backend, which on CPUs
+        # counts a single process; configured here, the training arguments reuse it
+        # (accelerator_config.use_configured_state, see methods.common.trl_args).
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend=backend(launcher.backend))
+    elif not dist.is_initialized():
+        dist.init_process_group(backend=backend(launcher.backend))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from tokalign.config import validate
+    from tokalign.run import run_training
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m tokalign.worker <run_dir>/resolved.yaml")
+    cfg = validate(OmegaConf.load(Path(argv[0])))
+    join(cfg.launcher)
+    try:
+        run_training(cfg, rank=int(os.environ.get("RANK", "0")))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
