@@ -87,6 +87,10 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
     try:
         metrics = dict(run.method.train(run))
         metrics["train/wall_s"] = round(time.time() - started, 1)
+        if cfg.launcher.name == "deepspeed":
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # evaluation loads whole models on rank 0 alone, not ZeRO-3 shards
         if rank == 0 and cfg.eval.at_end:
             eval_metrics, columns, rows = evaluate_run(run_dir)
             metrics.update(eval_metrics)

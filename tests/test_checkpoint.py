@@ -1,0 +1,53 @@
+"""Only sealed checkpoints whose files are all still there are resumed from."""
+
+from __future__ import annotations
+
+from tokalign.checkpoint import (
+    SEAL, complete_checkpoints, discard_incomplete, is_complete, latest_checkpoint, save_atomic, seal,
+)
+
+
+def _ckpt(root, step, files=("model.safetensors", "optimizer.pt", "trainer_state.json"), sealed=True):
+    path = root / f"checkpoint-{step}"
+    (path / "global_step").mkdir(parents=True)
+    for name in files:
+        (path / name).write_text(name * 10)
+    (path / "global_step" / "rank1_optim.pt").write_text("shard")
+    if sealed:
+        seal(path)
+    return path
+
+
+def test_latest_skips_unsealed_truncated_and_half_deleted(tmp_path):
+    good = _ckpt(tmp_path, 2)
+    _ckpt(tmp_path, 4, sealed=False)  # killed before every rank finished
+    cut = _ckpt(tmp_path, 6)
+    (cut / "optimizer.pt").write_text("x")  # rewritten shorter after sealing
+    gone = _ckpt(tmp_path, 8)
+    (gone / "global_step" / "rank1_optim.pt").unlink()  # rotation killed half-way
+    _ckpt(tmp_path, 10)
+    (tmp_path / "checkpoint-10" / SEAL).write_text("{not json")
+    assert complete_checkpoints(tmp_path) == [good]
+    assert latest_checkpoint(tmp_path) == good
+    assert not is_complete(tmp_path / "checkpoint-4")
+
+
+def test_discard_incomplete_keeps_only_sealed(tmp_path):
+    good = _ckpt(tmp_path, 10)
+    _ckpt(tmp_path, 12, sealed=False)
+    assert [p.name for p in discard_incomplete(tmp_path)] == ["checkpoint-12"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]
+
+
+def test_steps_sort_numerically_and_missing_root_is_empty(tmp_path):
+    for step in (9, 10, 100):
+        _ckpt(tmp_path, step)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10", "checkpoint-100"]
+    assert latest_checkpoint(tmp_path / "absent") is None
+
+
+def test_atomic_checkpoint_saves_are_sealed(tmp_path):
+    dest = save_atomic(tmp_path / "checkpoint-3", lambda d: (d / "state.pt").write_text("s"))
+    assert is_complete(dest) and latest_checkpoint(tmp_path) == dest
+    model = save_atomic(tmp_path / "model", lambda d: (d / "w").write_text("w"))
+    assert not (model / SEAL).exists()

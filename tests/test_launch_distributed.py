@@ -1,0 +1,69 @@
+"""Real 2-process runs (gloo, CPU) through the command a user types, against one process with the same global batch.
+
+DPO's loss must match step for step. GRPO's cannot: TRL seeds each rank's sampler differently
+(`set_seed(seed, device_specific=True)` in GRPOTrainer.__init__), so the two runs generate different
+completions; there the global batch (completions trained per step) must match.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from tokalign.tracking import read_metrics
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+DPO = ["method=dpo", "trainer.max_steps=3", "trainer.logging_steps=1", "eval.at_end=false"]
+GRPO = ["method=grpo", "dataset=toy_math", "trainer.max_steps=2", "trainer.logging_steps=1", "eval.at_end=false",
+        "method.num_generations=4", "method.max_completion_length=8"]
+
+
+def _run(root, name, *overrides):
+    run_dir = root / name
+    run_cli("train", f"hydra.run.dir={run_dir}", "logger=none", *overrides)
+    return run_dir
+
+
+def _losses(run_dir):
+    return [(m["step"], m["train/loss"], m["train/grad_norm"]) for m in read_metrics(run_dir) if "train/loss" in m]
+
+
+@pytest.fixture(scope="module")
+def dpo_single(tmp_path_factory, cache_dir):
+    return _run(tmp_path_factory.mktemp("single"), "dpo", *DPO, "trainer.per_device_batch_size=4")
+
+
+@pytest.mark.parametrize("launcher", [
+    ["launcher=ddp"],
+    ["launcher=deepspeed", "launcher.zero_stage=2"],
+    ["launcher=deepspeed", "launcher.zero_stage=3", "eval.at_end=true", "eval.num_prompts=4"],
+], ids=["ddp", "zero2", "zero3"])
+def test_dpo_two_processes_match_one(tmp_path, dpo_single, launcher):
+    run_dir = _run(tmp_path, "dpo2", *DPO, "trainer.per_device_batch_size=2", "launcher.num_gpus=2", *launcher)
+    single, double = _losses(dpo_single), _losses(run_dir)
+    assert [s for s, *_ in double] == [1, 2, 3]
+    for (_, loss1, grad1), (_, loss2, grad2) in zip(single, double):
+        assert loss2 == pytest.approx(loss1, rel=1e-5) and grad2 == pytest.approx(grad1, rel=1e-4)
+    # the final weights are whole (ZeRO-3 gathers its shards) and equal to the single-process ones
+    w1, w2 = load_file(dpo_single / "model" / "model.safetensors"), load_file(run_dir / "model" / "model.safetensors")
+    assert w1.keys() == w2.keys() and all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    # one set of outputs, written by rank 0 only
+    assert len([m for m in read_metrics(run_dir) if m.get("train/loss") is not None]) == 3
+    if "launcher=deepspeed" in launcher:
+        assert json.loads((run_dir / "deepspeed.json").read_text())["zero_optimization"]["stage"] == int(launcher[1][-1])
+    if "eval.at_end=true" in launcher:
+        assert json.loads((run_dir / "summary.json").read_text())["eval/num_prompts"] == 4
+
+
+@pytest.mark.parametrize("launcher", [["launcher=ddp"], ["launcher=deepspeed", "launcher.zero_stage=2"]], ids=["ddp", "zero2"])
+def test_grpo_two_processes_train_the_same_global_batch(tmp_path, cache_dir, launcher):
+    single = _run(tmp_path, "grpo1", *GRPO, "trainer.per_device_batch_size=8")
+    double = _run(tmp_path, "grpo2", *GRPO, "trainer.per_device_batch_size=4", "launcher.num_gpus=2", *launcher)
+    kept = [[m["train/usage/kept_samples"] for m in read_metrics(d) if "train/usage/kept_samples" in m] for d in (single, double)]
+    assert kept[0] == kept[1] == [8, 8]
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss, _ in _losses(double))
