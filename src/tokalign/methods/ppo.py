@@ -424,7 +424,26 @@ def prompt_batch(data, step: int, size: int, seed: int) -> dict:
     return data[index]
 
 
-def train(run) -> dict:
+@dataclass
+class Trainer:
+    """Everything an iteration needs: the run, settings, models, optimizers and schedulers."""
+
+    run: Any
+    m: Config
+    accelerator: Any
+    policy: Any
+    ref: Any
+    critic: Any
+    actor_opt: Any
+    critic_opt: Any
+    schedulers: list
+    reward_fn: Callable
+    nlp: Any
+    rollout_size: int
+    steps: int
+
+
+def setup(run) -> Trainer:
     from accelerate import Accelerator
     from transformers import get_scheduler
 
@@ -432,7 +451,6 @@ def train(run) -> dict:
     m = settings(cfg.method)
     precision = str(_value(t.precision))
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
-    tokenizer = run.tokenizer
     rollout_size = t.per_device_batch_size * t.gradient_accumulation_steps * m.num_mini_batches
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / rollout_size)
     updates = steps * m.num_ppo_epochs * m.num_mini_batches
@@ -441,7 +459,7 @@ def train(run) -> dict:
     ref.requires_grad_(False).eval()
     use_rm_critic = m.critic_init == "reward_model" or (m.critic_init == "auto" and m.reward == "model")
     critic_path = resolve_reward_model(m.reward_model) if use_rm_critic else run.model_path
-    critic = load_critic(critic_path, cfg.model.dtype, tokenizer.pad_token_id, cfg.model.trust_remote_code)
+    critic = load_critic(critic_path, cfg.model.dtype, run.tokenizer.pad_token_id, cfg.model.trust_remote_code)
     for model in (policy, critic.model):
         for module in model.modules():  # PPO ratios need identical rollout and update forwards
             if isinstance(module, nn.Dropout):
@@ -470,43 +488,56 @@ def train(run) -> dict:
     ref = ref.to(accelerator.device)
     for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
         accelerator.register_for_checkpointing(scheduler)
+    return Trainer(run, m, accelerator, policy, ref, critic, actor_opt, critic_opt, schedulers, reward_fn, nlp,
+                   rollout_size, steps)
 
+
+def iteration(tr: Trainer, step: int) -> dict[str, float]:
+    """One PPO iteration (0-based ``step``): rollout, macro GAE, update; returns its metrics."""
+    cfg, t, m = tr.run.cfg, tr.run.cfg.trainer, tr.m
+    batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed)
+    tick = time.perf_counter()
+    r = rollout(
+        tr.accelerator.unwrap_model(tr.policy), tr.ref, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, m,
+        forward_batch=t.per_device_batch_size, seed=cfg.seed + step * tr.rollout_size,
+        max_prompt_len=max(1, t.max_length - m.max_new_tokens), device=tr.accelerator.device, nlp=tr.nlp,
+    )
+    rollout_s = time.perf_counter() - tick
+    tick = time.perf_counter()
+    stats = ppo_update(
+        tr.policy, tr.critic, tr.actor_opt, tr.critic_opt, r, m, micro_batch=t.per_device_batch_size,
+        accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, accelerator=tr.accelerator,
+    )
+    for _ in range(m.num_ppo_epochs * m.num_mini_batches):  # one scheduler step per optimizer step
+        for scheduler in tr.schedulers:
+            scheduler.step()
+    update_s = time.perf_counter() - tick
+    tokens = r.mask.sum().item()
+    return {
+        **rollout_metrics(r), **stats,
+        "rollout_tokens_per_s": tokens / rollout_s,
+        "train_tokens_per_s": tokens * m.num_ppo_epochs / update_s,
+        "rollout_s": rollout_s, "update_s": update_s,
+        "lr": tr.schedulers[0].get_last_lr()[0], "critic_lr": tr.schedulers[1].get_last_lr()[0],
+    }
+
+
+def train(run) -> dict:
+    from tokalign.checkpoint import save_pretrained_atomic
+
+    t = run.cfg.trainer
+    tr = setup(run)
+    accelerator = tr.accelerator
     checkpoints = run.dir / "checkpoints"
     start = load_checkpoint(accelerator, checkpoints) if run.resume else 0
-    unwrapped = accelerator.unwrap_model(policy)
     history: list[dict] = []
     window: list[dict] = []
-    for step in range(start, steps):
-        batch = prompt_batch(run.train_data, step, rollout_size, cfg.seed)
-        tick = time.perf_counter()
-        r = rollout(
-            unwrapped, ref, critic, reward_fn, tokenizer, batch, m, forward_batch=t.per_device_batch_size,
-            seed=cfg.seed + step * rollout_size, max_prompt_len=max(1, t.max_length - m.max_new_tokens),
-            device=accelerator.device, nlp=nlp,
-        )
-        rollout_s = time.perf_counter() - tick
-        tick = time.perf_counter()
-        stats = ppo_update(
-            policy, critic, actor_opt, critic_opt, r, m, micro_batch=t.per_device_batch_size,
-            accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, accelerator=accelerator,
-        )
-        # one scheduler step per optimizer step
-        for _ in range(m.num_ppo_epochs * m.num_mini_batches):
-            for scheduler in schedulers:
-                scheduler.step()
-        update_s = time.perf_counter() - tick
-        tokens = r.mask.sum().item()
-        row = {
-            **rollout_metrics(r), **stats,
-            "rollout_tokens_per_s": tokens / rollout_s,
-            "train_tokens_per_s": tokens * m.num_ppo_epochs / update_s,
-            "rollout_s": rollout_s, "update_s": update_s,
-            "lr": schedulers[0].get_last_lr()[0], "critic_lr": schedulers[1].get_last_lr()[0],
-        }
+    for step in range(start, tr.steps):
+        row = iteration(tr, step)
         history.append(row)
         window.append(row)
         done = step + 1
-        if done % max(1, t.logging_steps) == 0 or done == steps:
+        if done % max(1, t.logging_steps) == 0 or done == tr.steps:
             run.tracker.log({f"train/{k}": sum(w[k] for w in window) / len(window) for k in row}, step=done)
             window = []
         if t.save_steps > 0 and done % t.save_steps == 0:
@@ -514,14 +545,12 @@ def train(run) -> dict:
             if accelerator.is_main_process:
                 save_checkpoint(accelerator, checkpoints, done, t.save_total_limit)
 
-    run.save_model(accelerator.unwrap_model(policy), tokenizer)
+    run.save_model(accelerator.unwrap_model(tr.policy), run.tokenizer)
     if accelerator.is_main_process:
-        from tokalign.checkpoint import save_pretrained_atomic
-
-        save_pretrained_atomic(accelerator.unwrap_model(critic).model, tokenizer, run.dir / "critic")
+        save_pretrained_atomic(accelerator.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic")
     first, last = (history[0], history[-1]) if history else ({}, {})
     return {
-        "train/steps": steps,
+        "train/steps": tr.steps,
         "train/reward_first": first.get("reward"),
         "train/reward_last": last.get("reward"),
         "train/kl_last": last.get("kl"),
