@@ -158,6 +158,11 @@ class EvalConfig:
     batch_size: int = 32
     num_samples: int = 1
     num_table_rows: int = 16
+    pass_k: list[int] = field(default_factory=lambda: [1])  # verifiable tasks: pass@k for k <= num_samples
+    reward: Optional[str] = None  # a reward function (module.function); None: the dataset's own
+    reward_model: Optional[str] = None  # a reward model (dir or method=reward run): RM score and win rate
+    export: list[str] = field(default_factory=list)  # alpaca_eval | mt_bench | arena_hard
+    export_questions: Any = None  # a questions file, or {exporter: file}; None: the run's eval prompts
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """Evaluate a finished run from its directory alone (resolved.yaml + model/).
 
-Toy preference task: mean gold reward of the policy and of the reference (the starting
-policy), and the policy's win rate against the reference on held-out prompts (ties count
-half). Verifiable task: exact-match accuracy, pass@1 and pass@k over `eval.num_samples`.
-Reward models: pairwise accuracy on held-out preference pairs.
+Scored tasks (the toy preference task, or any `eval.reward` without reference answers): mean
+reward of the policy and of the reference (the starting policy), and the policy's win rate
+against the reference on held-out prompts (ties count half). Verifiable tasks (the toy
+arithmetic task, or `eval.reward` on data with an `answer` column, e.g. math-verify): accuracy
+and unbiased pass@k for every k in `eval.pass_k` and k = `eval.num_samples`. `eval.reward_model`
+adds the reward model's mean score for policy and reference and its win rate. Runs of
+method=reward: pairwise accuracy on held-out preference pairs. `eval.export` writes the
+policy's answers for external judges (tokalign.export).
 """
 
 from __future__ import annotations
@@ -36,6 +40,53 @@ def _sample(cfg: DictConfig, model_path: str, tokenizer, prompts: list[Any], des
     )
 
 
+def _eval_reward(cfg: DictConfig, task: str):
+    """`eval.reward` (module.function or module:function), else the task's programmatic reward."""
+    from tokalign.rewards import TASK_REWARDS
+
+    if not cfg.eval.reward:
+        return TASK_REWARDS.get(task)
+    from hydra.utils import get_object
+
+    target = str(cfg.eval.reward).replace(":", ".")
+    try:
+        return get_object(target)
+    except Exception as err:  # hydra wraps import errors in several types
+        raise ValueError(f"eval.reward={cfg.eval.reward!r} is not an importable function: {err}") from None
+
+
+def _verifiable(prompts, samples, answers, reward_fn, pass_k) -> tuple[dict, list[list[float]]]:
+    """Accuracy over all samples and unbiased pass@k per prompt, averaged over prompts."""
+    correct = [reward_fn([p] * len(s), s, answer=[a] * len(s)) for p, s, a in zip(prompts, samples, answers)]
+    n = len(samples[0]) if samples else 1
+    metrics = {"eval/accuracy": sum(map(sum, correct)) / (n * max(1, len(prompts)))}
+    for k in sorted({*(int(k) for k in pass_k), n}):
+        if 1 <= k <= n:
+            metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, int(sum(c)), k) for c in correct) / max(1, len(prompts))
+    return metrics, correct
+
+
+def _per_prompt(score, prompts: list[Any], samples: list[list[str]]) -> list[list[float]]:
+    """Scores of every sample, in one call (batched by the scorer), regrouped per prompt."""
+    flat = score([p for p, s in zip(prompts, samples) for _ in s], [x for s in samples for x in s])
+    out, i = [], 0
+    for s in samples:
+        out.append(list(flat[i : i + len(s)]))
+        i += len(s)
+    return out
+
+
+def _scored(name: str, win_name: str, pol: list[list[float]], ref: list[list[float]]) -> dict:
+    """Mean score of policy and reference samples and the policy's win rate (ties count half)."""
+    pairs = [(a, b) for pr, rr in zip(pol, ref) for a, b in zip(pr, rr)]
+    n = max(1, len(pairs))
+    return {
+        f"eval/{name}": sum(a for a, _ in pairs) / n,
+        f"eval/{name}_ref": sum(b for _, b in pairs) / n,
+        f"eval/{win_name}": sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / n,
+    }
+
+
 def _reward_model_accuracy(cfg: DictConfig, model_dir: Path, data) -> tuple[dict, list[list[Any]]]:
     from tokalign.rewards import RewardModelScorer
 
@@ -54,12 +105,12 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tu
     from tokalign.config import method_module
     from tokalign.data.loading import load_split
     from tokalign.models import load_tokenizer, resolve_model
-    from tokalign.rewards import TASK_REWARDS
+    from tokalign.config import EvalConfig
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "resolved.yaml")
-    if overrides is not None:
-        cfg.eval = OmegaConf.merge(cfg.eval, overrides)
+    # runs written before a knob existed get its default
+    cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval, overrides or {})
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} holds no finished model (was the run completed?)")
@@ -77,29 +128,39 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tu
         data = data.select(range(min(cfg.eval.num_prompts, len(data))))
         prompts = list(data["prompt"])
         policy = _sample(cfg, str(model_dir), tokenizer, prompts, "eval: policy")
-        reward_fn = TASK_REWARDS.get(task)
+        reward_fn = _eval_reward(cfg, task)
+        answers = list(data["answer"]) if "answer" in data.column_names else None
         metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
+        reference = None
+        columns = ["prompt", "response"]
+        rows = [[prompt_text(p), s[0]] for p, s in zip(prompts, policy)]
         if reward_fn is None:  # no programmatic reward: report generations only
-            columns = ["prompt", "response"]
-            rows = [[prompt_text(p), s[0]] for p, s in zip(prompts, policy)]
             metrics["eval/mean_response_chars"] = sum(len(s[0]) for s in policy) / max(1, len(policy))
-        elif task == "toy_math":
-            answers = list(data["answer"])
-            correct = [reward_fn([p] * len(s), s, answer=[a] * len(s)) for p, s, a in zip(prompts, policy, answers)]
-            n = cfg.eval.num_samples
-            metrics["eval/accuracy"] = sum(map(sum, correct)) / (n * len(prompts))
-            metrics[f"eval/pass@{n}"] = sum(pass_at_k(n, int(sum(c)), n) for c in correct) / len(prompts)
-            columns = ["prompt", "response", "answer", "correct"]
-            rows = [[prompt_text(p), s[0], a, c[0]] for p, s, a, c in zip(prompts, policy, answers, correct)]
+        elif answers is not None:
+            scores, correct = _verifiable(prompts, policy, answers, reward_fn, cfg.eval.pass_k)
+            metrics.update(scores)
+            columns += ["answer", "correct"]
+            rows = [r + [a, c[0]] for r, a, c in zip(rows, answers, correct)]
         else:
             reference = _sample(cfg, resolve_model(cfg.model, cfg.cache_dir), tokenizer, prompts, "eval: reference")
-            pol = [reward_fn([p] * len(s), s) for p, s in zip(prompts, policy)]
-            ref = [reward_fn([p] * len(s), s) for p, s in zip(prompts, reference)]
-            pairs = [(a, b) for pr, rr in zip(pol, ref) for a, b in zip(pr, rr)]
-            metrics["eval/gold_reward"] = sum(map(sum, pol)) / len(pairs)
-            metrics["eval/gold_reward_ref"] = sum(map(sum, ref)) / len(pairs)
-            metrics["eval/win_rate"] = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
-            columns = ["prompt", "response", "gold_reward", "reference", "reference_gold_reward"]
-            rows = [[prompt_text(p), s[0], r[0], rs[0], rr[0]] for p, s, r, rs, rr in zip(prompts, policy, pol, reference, ref)]
+            pol, ref = _per_prompt(reward_fn, prompts, policy), _per_prompt(reward_fn, prompts, reference)
+            metrics.update(_scored("gold_reward", "win_rate", pol, ref))
+            columns += ["gold_reward", "reference", "reference_gold_reward"]
+            rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
+        if cfg.eval.reward_model:
+            from tokalign.methods.ppo import resolve_reward_model
+            from tokalign.rewards import RewardModelScorer
+
+            if reference is None:
+                reference = _sample(cfg, resolve_model(cfg.model, cfg.cache_dir), tokenizer, prompts, "eval: reference")
+            scorer = RewardModelScorer(resolve_reward_model(str(cfg.eval.reward_model)), batch_size=cfg.eval.batch_size)
+            pol_rm, ref_rm = _per_prompt(scorer, prompts, policy), _per_prompt(scorer, prompts, reference)
+            metrics.update(_scored("rm_score", "rm_win_rate", pol_rm, ref_rm))
+            columns.append("rm_score")
+            rows = [r + [s[0]] for r, s in zip(rows, pol_rm)]
+        if cfg.eval.export:
+            from tokalign.export import export_run
+
+            export_run(cfg, run_dir, tokenizer, prompts, [s[0] for s in policy])
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     return metrics, columns, rows[: cfg.eval.num_table_rows]

@@ -1,0 +1,58 @@
+"""Every paper experiment composes with every row of its sweep; each has a *_toy twin on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tokalign.cli import conf_dir
+from tokalign.config import register_schema, validate
+
+CONF = Path(conf_dir())
+PAPERS = {"tgdpo": "tgdpo", "ma_rlhf": "ma_ppo", "d3s": "d3s_grpo"}
+
+
+def _sweep(experiment: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params)
+
+
+def _compose(*overrides: str):
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = validate(compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides]))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("experiment", [e for p in PAPERS for e in (p, f"{p}_toy")])
+def test_every_row_of_the_sweep_composes(experiment):
+    params = _sweep(experiment)
+    assert set(params) == {"+arm", "seed"} and len(str(params["seed"]).split(",")) >= 3
+    for arm in str(params["+arm"]).split(","):
+        cfg = _compose(f"experiment={experiment}", f"+arm={arm}")
+        assert cfg.method.name in ("dpo", "tgdpo", "ppo", "ma_ppo", "grpo", "d3s_grpo") and f"-s{cfg.seed}" in cfg.run_name
+
+
+@pytest.mark.parametrize("paper,method", PAPERS.items())
+def test_paper_setting_and_its_toy_twin(paper, method):
+    full, toy = _compose(f"experiment={paper}"), _compose(f"experiment={paper}_toy")
+    assert full.method.name == toy.method.name == method
+    assert full.model.source == "hub" and toy.model.source == "tiny"
+    assert str(toy.logger.name) == "none" and toy.launcher.name == "local"
+    assert _sweep(paper)["+arm"] == _sweep(f"{paper}_toy")["+arm"]
+
+
+def test_paper_hyperparameters():
+    tg = _compose("experiment=tgdpo", "+arm=tgdpo_a2")
+    assert (tg.model.hub_id, tg.method.beta, tg.method.alpha, tg.trainer.learning_rate) == (
+        "meta-llama/Meta-Llama-3-8B-Instruct", 0.1, 2.0, 7e-7)
+    assert tg.trainer.per_device_batch_size * tg.trainer.gradient_accumulation_steps * tg.launcher.num_gpus == 128
+    ma = _compose("experiment=ma_rlhf", "+arm=ma_rlhf_fixed5")
+    assert (ma.method.n, ma.method.gamma, ma.method.lam, ma.method.kl_coef, ma.method.score_clip) == (5, 1.0, 0.95, 0.05, 2.5)
+    assert _compose("experiment=ma_rlhf", "+arm=ma_rlhf_ppo").method.n == 1
+    d3s = _compose("experiment=d3s", "+arm=d3s_token")
+    assert d3s.method.n_init == d3s.method.n_final == d3s.method.num_generations
+    assert d3s.eval.num_samples == 32 and list(d3s.eval.pass_k) == [1, 8]
