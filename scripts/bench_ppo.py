@@ -5,10 +5,12 @@
 All sides share one setup: the tiny model (saved with ``min_new_tokens = max_new_tokens`` so
 every response has the same length, as TRL's PPOTrainer forces), one reward model (the tiny
 backbone with a scalar head) that also initialises the critic, toy_pref prompts, the same
-rollout batch, one PPO epoch and one minibatch. tokalign's two methods run in this process,
-alternating round by round; TRL 1.12 (``trl.experimental.ppo``, the last release with a PPO
-trainer) runs in a separate environment through ``scripts/trl_ppo_baseline.py`` in a
-subprocess, in the same rounds. The first iteration of every run is a warm-up and dropped.
+rollout batch, one PPO epoch and one minibatch. tokalign's ppo and ma_ppo trainers are set
+up side by side in this process and alternate iteration by iteration (so load drift on a
+shared machine hits both alike). TRL 1.12 (``trl.experimental.ppo``, the last release with a
+PPO trainer) runs in a separate environment through ``scripts/trl_ppo_baseline.py`` in a
+subprocess, alternating round by round with whole ``method=ppo`` runs of the same length.
+The first iteration of every run is a warm-up and dropped.
 Reported: median seconds per iteration and the ratios ma_ppo/ppo and tokalign/TRL, plus the
 macro-action bookkeeping alone (segmentation + GAE, n=5 vs n=1) as a share of an iteration.
 JSON goes to scripts/results/bench_ppo.json.
@@ -58,28 +60,55 @@ def prepare_models(work: Path, cache: str, length: int) -> tuple[Path, Path]:
     return policy, rm
 
 
-def tokalign_run(method: str, out: Path, policy: Path, rm: Path, args) -> list[float]:
-    """Seconds per iteration (rollout + update) of one tokalign run, warm-up dropped."""
+def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: int):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from tokalign.cli import conf_dir
     from tokalign.config import register_schema, validate
-    from tokalign.run import run_training
-    from tokalign.tracking import read_metrics
 
     register_schema()
     overrides = [
         f"method={method}", f"model.path={policy}", "method.reward=model", f"method.reward_model={rm}",
-        f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
-        f"trainer.max_steps={args.steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
+        "method.top_k=0", f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
+        f"trainer.max_steps={steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
         f"output_dir={out}", f"trainer.max_length={args.length + 64}",
     ]
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     cfg = validate(cfg)
     OmegaConf.resolve(cfg)
-    run_training(cfg)
+    return cfg
+
+
+def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, list[float]]:
+    """ppo and ma_ppo trainers side by side, alternating iteration by iteration (first one dropped)."""
+    from transformers import set_seed
+
+    from tokalign.methods import ppo
+    from tokalign.run import Run
+
+    trainers = {}
+    for method in ("ppo", "ma_ppo"):
+        cfg = compose_config(method, work / f"paired-{method}", policy, rm, args, args.rounds * args.steps)
+        Path(cfg.output_dir).mkdir(parents=True)
+        set_seed(0)
+        trainers[method] = ppo.setup(Run(cfg))
+    times: dict[str, list[float]] = {"ppo": [], "ma_ppo": []}
+    for step in range(args.rounds * args.steps):
+        for method in ("ppo", "ma_ppo") if step % 2 == 0 else ("ma_ppo", "ppo"):
+            row = ppo.iteration(trainers[method], step)
+            if step > 0:
+                times[method].append(row["rollout_s"] + row["update_s"])
+    return times
+
+
+def tokalign_run(out: Path, policy: Path, rm: Path, args) -> list[float]:
+    """Seconds per iteration (rollout + update) of one whole `method=ppo` run, warm-up dropped."""
+    from tokalign.run import run_training
+    from tokalign.tracking import read_metrics
+
+    run_training(compose_config("ppo", out, policy, rm, args, args.steps))
     rows = [r for r in read_metrics(out) if "train/rollout_s" in r]
     return [r["train/rollout_s"] + r["train/update_s"] for r in rows[1:]]
 
@@ -130,22 +159,24 @@ def main() -> None:
     p.add_argument("--cache", default=os.environ.get("TOKALIGN_CACHE", "~/.cache/tokalign"))
     args = p.parse_args()
 
-    times: dict[str, list[float]] = {"ppo": [], "ma_ppo": []}
-    trl_error = None
-    if args.trl_python:
-        times["trl_ppo"] = []
+    trl_error = None if args.trl_python else "no --trl-python given"
     with tempfile.TemporaryDirectory(prefix="bench_ppo-") as tmp:
         work = Path(tmp)
         policy, rm = prepare_models(work, args.cache, args.length)
-        for r in range(args.rounds):
-            for method in ("ppo", "ma_ppo") if r % 2 == 0 else ("ma_ppo", "ppo"):  # alternate to cancel drift
-                times[method] += tokalign_run(method, work / f"{method}-{r}", policy, rm, args)
-            if "trl_ppo" in times and trl_error is None:
-                try:
-                    times["trl_ppo"] += trl_run(args.trl_python, work / f"trl-{r}", policy, rm, args)
-                except RuntimeError as err:
-                    trl_error = str(err)
-                    print(trl_error, file=sys.stderr)
+        times = paired_iterations(work, policy, rm, args)
+        vs_trl: dict[str, list[list[float]]] = {"tokalign_ppo_run": [], "trl_ppo_run": []}
+        for r in range(args.rounds if trl_error is None else 0):
+            try:
+                trl = trl_run(args.trl_python, work / f"trl-{r}", policy, rm, args)
+            except RuntimeError as err:
+                trl_error = str(err)
+                print(trl_error, file=sys.stderr)
+                break
+            vs_trl["trl_ppo_run"].append(trl)
+            vs_trl["tokalign_ppo_run"].append(tokalign_run(work / f"ppo-{r}", policy, rm, args))
+    for key, runs in vs_trl.items():
+        if runs:
+            times[key] = [x for run in runs for x in run]
     med = {k: statistics.median(v) for k, v in times.items() if v}
     book = bookkeeping_seconds(args)
     result = {
@@ -155,17 +186,22 @@ def main() -> None:
         "median_s_per_iteration": med,
         "iterations": times,
         "ma_ppo_over_ppo": med["ma_ppo"] / med["ppo"],
+        "ma_ppo_over_ppo_paired": statistics.median(a / b for a, b in zip(times["ma_ppo"], times["ppo"])),
         "bookkeeping_s": book,
         "bookkeeping_extra_share": (book["ma_ppo"] - book["ppo"]) / med["ppo"],
     }
-    if "trl_ppo" in med:
-        result["tokalign_ppo_over_trl_ppo"] = med["ppo"] / med["trl_ppo"]
-    if trl_error or not args.trl_python:
-        result["trl_error"] = trl_error or "no --trl-python given"
+    if "trl_ppo_run" in med:
+        per_round = [statistics.median(a) / statistics.median(b)
+                     for a, b in zip(vs_trl["tokalign_ppo_run"], vs_trl["trl_ppo_run"])]
+        result["tokalign_ppo_over_trl_ppo"] = med["tokalign_ppo_run"] / med["trl_ppo_run"]
+        result["tokalign_ppo_over_trl_ppo_per_round"] = per_round
+    if trl_error:
+        result["trl_error"] = trl_error
     print(f"{'':28s}{'median s/iter':>14s}")
     for k, v in med.items():
         print(f"{k:28s}{v:14.3f}")
     print(f"{'ma_ppo / ppo':28s}{result['ma_ppo_over_ppo']:14.3f}   (target <= 1.05)")
+    print(f"{'  median of paired ratios':28s}{result['ma_ppo_over_ppo_paired']:14.3f}")
     print(f"{'bookkeeping n=5 vs n=1':28s}{result['bookkeeping_extra_share']:14.2%}   of a ppo iteration")
     if "tokalign_ppo_over_trl_ppo" in result:
         print(f"{'tokalign ppo / TRL 1.12 ppo':28s}{result['tokalign_ppo_over_trl_ppo']:14.3f}   (target <= 1.0)")

@@ -72,7 +72,7 @@ def test_macro_segments_cover_exactly_the_response(termination):
     assert (ids.max(-1).values + 1).sum() < mask.sum() or termination != "fixed"  # n=5 groups tokens
 
 
-def test_reward_resolution(tiny_model):
+def test_reward_resolution():
     cfg = OmegaConf.create({"dataset": {"path": None, "source": "toy_math", "name": "toy_math"}})
     from tokalign import rewards
 

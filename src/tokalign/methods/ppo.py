@@ -204,6 +204,7 @@ def token_logps(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) 
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Full-vocabulary entropy of the sampling distribution at each position."""
     logp = torch.log_softmax(logits / temperature, -1)
     return -(logp.exp() * logp).sum(-1)
 
@@ -497,11 +498,12 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
     cfg, t, m = tr.run.cfg, tr.run.cfg.trainer, tr.m
     batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed)
     tick = time.perf_counter()
-    r = rollout(
-        tr.accelerator.unwrap_model(tr.policy), tr.ref, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, m,
-        forward_batch=t.per_device_batch_size, seed=cfg.seed + step * tr.rollout_size,
-        max_prompt_len=max(1, t.max_length - m.max_new_tokens), device=tr.accelerator.device, nlp=tr.nlp,
-    )
+    with tr.accelerator.autocast():  # the unwrapped policy under the same precision as its updates
+        r = rollout(
+            tr.accelerator.unwrap_model(tr.policy), tr.ref, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, m,
+            forward_batch=t.per_device_batch_size, seed=cfg.seed + step * tr.rollout_size,
+            max_prompt_len=max(1, t.max_length - m.max_new_tokens), device=tr.accelerator.device, nlp=tr.nlp,
+        )
     rollout_s = time.perf_counter() - tick
     tick = time.perf_counter()
     stats = ppo_update(
