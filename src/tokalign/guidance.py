@@ -70,7 +70,15 @@ def build_guidance(cfg: DictConfig) -> Path:
 
 def load_guidance(run):
     """The guidance model for `run`, after checking that it reads the policy's tokens the same way."""
+    from tokalign.config import ConfigError
+    from tokalign.launch import world_size
+
     m = run.cfg.method
+    if not m.guidance_model and world_size(run.cfg.launcher) > 1:
+        raise ConfigError(
+            "method.guidance_model is empty and this run has several processes: train the guidance first "
+            "(a method=dpo run of the same setting) and pass method.guidance_model=<its run dir>/model"
+        )
     path = str(m.guidance_model) if m.guidance_model else str(build_guidance(run.cfg))
     if m.guidance_model and Path(path).expanduser().is_dir():
         path = str(Path(path).expanduser())

@@ -27,6 +27,7 @@ from datasets import Dataset, concatenate_datasets
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader
 from trl import DPOTrainer
+from trl.models import prepare_deepspeed
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head, hash_module, use_adapter
@@ -104,6 +105,8 @@ class TGDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
         if self.precompute_ref_logps:
             self.guidance_model = None  # everything it had to say is in the dataset now
+        elif self.is_deepspeed_enabled:
+            self.guidance_model = prepare_deepspeed(guidance_model, self.accelerator)
         else:
             self.guidance_model = self.accelerator.prepare_model(guidance_model, evaluation_mode=True)
 
@@ -159,6 +162,11 @@ class TGDPOTrainer(DPOTrainer):
             raise ValueError(
                 "the guidance model was released after precomputing the training data; pass every dataset "
                 "at construction, or use precompute_ref_log_probs=False"
+            )
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise ValueError(
+                "precomputed per-token log-probs are computed by the main process alone, which ZeRO-3's sharded "
+                "weights do not allow; use precompute_ref_log_probs=False (method.precompute=false) under ZeRO-3"
             )
         if self.token_cache_dir is None:
             return concatenate_datasets([dataset, Dataset.from_dict(self._compute_token_columns(dataset, batch_size))], axis=1)
