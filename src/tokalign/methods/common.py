@@ -49,7 +49,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         logging_nan_inf_filter=False,
     )
     launcher = cfg.launcher
-    if launcher.name == "ddp":
+    if launcher.name == "ddp" and launcher.num_gpus * launcher.num_nodes > 1:
         import torch
 
         from tokalign.worker import backend
