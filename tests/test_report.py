@@ -81,3 +81,30 @@ def test_default_grouping_uses_the_sweep_arms(tmp_path):
     assert table.group_by == ["arm"] and table.metrics == ["eval/win_rate"]
     assert [(r["group"], round(r["eval/win_rate"][0], 6)) for r in table.rows] == [(("tgdpo_a1",), 0.75), (("tgdpo_dpo",), 0.55)]
     assert files["markdown"] == tmp_path / "table" / "table.md"
+
+
+def test_wandb_runs_join_the_table(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    class FakeRun:
+        def __init__(self, rid, state, alpha, win):
+            self.path, self.state = ["me", "proj", rid], state
+            self.config = {"seed": 0, "method": {"name": "tgdpo", "alpha": alpha}}
+            self.summary = {"eval/win_rate": win, "_runtime": 3}
+
+        def scan_history(self):
+            return [{"_step": 1, "step": 1, "train/loss": 0.7}]
+
+    calls = {}
+
+    class Api:
+        def runs(self, path, filters=None):
+            calls["args"] = (path, filters)
+            return [FakeRun("a", "finished", 1.0, 0.6), FakeRun("b", "crashed", 1.0, 0.1)]
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
+    table, _ = make_report([], out=tmp_path, group_by=["method.alpha"], wandb="me/proj", wandb_group="tgdpo")
+    assert calls["args"] == ("me/proj", {"group": "tgdpo"})
+    assert [(r["group"], r["eval/win_rate"][0]) for r in table.rows] == [((1.0,), 0.6)]
+    assert table.excluded == [("wandb:b", "W&B state crashed")]
