@@ -155,3 +155,14 @@ def test_resume_gives_the_same_next_step(train, tmp_path):
     assert [r["step"] for r in after] == [3]
     for key in ("train/policy_loss", "train/value_loss", "train/reward", "train/kl"):
         assert after[0][key] == metrics(full)[-1][key], key
+
+
+def test_prompt_batches_are_a_function_of_the_step_and_cover_each_pass():
+    import datasets
+
+    data = datasets.Dataset.from_dict({"prompt": [str(i) for i in range(10)]})
+    batches = [ppo.prompt_batch(data, step, 4, seed=1)["prompt"] for step in range(5)]
+    assert batches[2] == ppo.prompt_batch(data, 2, 4, seed=1)["prompt"]
+    flat = [p for b in batches for p in b]
+    assert sorted(flat[:10]) == sorted(flat[10:20]) == sorted(data["prompt"])
+    assert flat[:10] != flat[10:20]  # a fresh shuffle per pass

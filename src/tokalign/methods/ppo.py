@@ -417,11 +417,13 @@ def prompt_batch(data, step: int, size: int, seed: int) -> dict:
     """The prompts of iteration ``step`` (0-based): a fresh shuffle per pass over the data."""
     total = len(data)
     start = step * size
+    orders: dict[int, torch.Tensor] = {}
     index = []
     for position in range(start, start + size):
         epoch, offset = divmod(position, total)
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        index.append(int(order[offset]))
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(total, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        index.append(int(orders[epoch][offset]))
     return data[index]
 
 
