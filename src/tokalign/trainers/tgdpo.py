@@ -87,22 +87,21 @@ class TGDPOTrainer(DPOTrainer):
     """
 
     def __init__(
-        self, *args, guidance_model, alpha: float, guidance_beta: float | None = None,
-        f_min: float | None = None, token_cache_dir: str | os.PathLike | None = None, **kwargs,
+        self, model, ref_model=None, *, args, processing_class, guidance_model, alpha: float,
+        guidance_beta: float | None = None, f_min: float | None = None,
+        token_cache_dir: str | os.PathLike | None = None, **kwargs,
     ):
-        training_args = kwargs["args"]
-        tokenizer = kwargs["processing_class"]
         kwargs.setdefault("data_collator", DataCollatorForTokenPreference(
-            pad_token_id=tokenizer.pad_token_id, max_length=training_args.max_length,
-            truncation_mode=training_args.truncation_mode, pad_to_multiple_of=training_args.pad_to_multiple_of,
+            pad_token_id=processing_class.pad_token_id, max_length=args.max_length,
+            truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
         ))
         guidance_model.eval().requires_grad_(False)
         add_fused_lm_head(guidance_model)
         self.guidance_model = guidance_model
-        self._guidance_hash = hash_module(guidance_model) if training_args.precompute_ref_log_probs else None
+        self._guidance_hash = hash_module(guidance_model) if args.precompute_ref_log_probs else None
         self.alpha, self.guidance_beta, self.f_min = alpha, guidance_beta, f_min
         self.token_cache_dir = Path(token_cache_dir).expanduser() if token_cache_dir else None
-        super().__init__(*args, **kwargs)
+        super().__init__(model, ref_model, args=args, processing_class=processing_class, **kwargs)
         if self.precompute_ref_logps:
             self.guidance_model = None  # everything it had to say is in the dataset now
         elif self.is_deepspeed_enabled:
