@@ -8,7 +8,7 @@ Reports medians over the measured steps, the d3s/grpo ratio of the training phas
 backward, and with the selection cost added) and of the whole step (generation included), and
 trained (loss-weighted) tokens per step. Writes scripts/results/bench_d3s[_<model>].json.
 
-    python scripts/bench_d3s.py                        # tiny model
+    python scripts/bench_d3s.py --threads 1            # tiny model
     python scripts/bench_d3s.py --model smollm2_135m   # SmolLM2-135M (converted on first use)
 """
 
@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=6, help="measured steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loss-type", default="dapo")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 avoids oversubscription on a shared CPU)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
