@@ -58,5 +58,5 @@ class RewardModelScorer:
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
                 enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-                scores += self.model(**enc).logits[:, 0].float().tolist()
+                scores += self.model(**enc.to(self.model.device)).logits[:, 0].float().tolist()
         return scores

@@ -166,3 +166,22 @@ def test_prompt_batches_are_a_function_of_the_step_and_cover_each_pass():
     flat = [p for b in batches for p in b]
     assert sorted(flat[:10]) == sorted(flat[10:20]) == sorted(data["prompt"])
     assert flat[:10] != flat[10:20]  # a fresh shuffle per pass
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_checkpoint_every_rank_and_resume_exactly(train, tmp_path):
+    """DDP (gloo): each rank trains its own prompts, every rank's RNG is saved, resume is exact."""
+    from conftest import run_cli
+
+    args = ("method=ma_ppo", "launcher=ddp", "launcher.num_gpus=2", "trainer.max_steps=3", "trainer.save_steps=2",
+            *SMALL, "trainer.per_device_batch_size=2")
+    full = train(*args)
+    checkpoint = full / "checkpoints" / "checkpoint-2"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
+    assert [r["step"] for r in metrics(full)] == [1, 2, 3]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "checkpoint-2")
+    run_cli("train", f"hydra.run.dir={resumed}", "resume=auto", *args)
+    for key in ("train/policy_loss", "train/value_loss", "train/reward"):
+        assert metrics(resumed)[0][key] == metrics(full)[-1][key], key

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from tokalign.checkpoint import COMPLETE_MARKER, complete_checkpoints, latest_checkpoint, save_atomic
+from tokalign.checkpoint import COMPLETE_MARKER, complete_checkpoints, latest_checkpoint, save_atomic, seal
 from tokalign.losses import (
     kl_penalty_rewards,
     macro_gae,
@@ -390,11 +390,24 @@ def ppo_update(policy, critic, actor_opt, critic_opt, r: Rollout, m: Config, *, 
 
 
 def save_checkpoint(accelerator, root, step: int, keep: int) -> None:
-    def write(tmp):
-        accelerator.save_state(str(tmp))
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+    """One process: written aside and moved into place. Several: every rank writes its part in
+    place (accelerate saves each rank's RNG), then rank 0 seals the directory."""
+    dest = root / f"checkpoint-{step}"
 
-    save_atomic(root / f"checkpoint-{step}", write)
+    def write(path):
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            (path / COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
+
+    if accelerator.num_processes == 1:
+        save_atomic(dest, write)
+    else:
+        write(dest)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            seal(dest)
+    if not accelerator.is_main_process:
+        return
     done = complete_checkpoints(root)
     for old in done[: max(0, len(done) - keep)] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -413,10 +426,11 @@ def load_checkpoint(accelerator, root) -> int:
 # The loop
 
 
-def prompt_batch(data, step: int, size: int, seed: int) -> dict:
-    """The prompts of iteration ``step`` (0-based): a fresh shuffle per pass over the data."""
+def prompt_batch(data, step: int, size: int, seed: int, rank: int = 0, world: int = 1) -> dict:
+    """This rank's prompts of iteration ``step`` (0-based): its slice of the global batch, a fresh
+    shuffle per pass over the data."""
     total = len(data)
-    start = step * size
+    start = (step * world + rank) * size
     orders: dict[int, torch.Tensor] = {}
     index = []
     for position in range(start, start + size):
@@ -453,9 +467,11 @@ def setup(run) -> Trainer:
     cfg, t = run.cfg, run.cfg.trainer
     m = settings(cfg.method)
     precision = str(_value(t.precision))
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    # cpu=True on CPU-only machines: otherwise accelerate treats CPU ranks as unrelated single processes
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available())
     rollout_size = t.per_device_batch_size * t.gradient_accumulation_steps * m.num_mini_batches
-    steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / rollout_size)
+    global_rollout = rollout_size * accelerator.num_processes
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / global_rollout)
     updates = steps * m.num_ppo_epochs * m.num_mini_batches
 
     policy, ref = run.load_policy(), run.load_policy()
@@ -498,12 +514,14 @@ def setup(run) -> Trainer:
 def iteration(tr: Trainer, step: int) -> dict[str, float]:
     """One PPO iteration (0-based ``step``): rollout, macro GAE, update; returns its metrics."""
     cfg, t, m = tr.run.cfg, tr.run.cfg.trainer, tr.m
-    batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed)
+    acc = tr.accelerator
+    batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed, acc.process_index, acc.num_processes)
     tick = time.perf_counter()
     with tr.accelerator.autocast():  # the unwrapped policy under the same precision as its updates
         r = rollout(
             tr.accelerator.unwrap_model(tr.policy), tr.ref, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, m,
-            forward_batch=t.per_device_batch_size, seed=cfg.seed + step * tr.rollout_size,
+            forward_batch=t.per_device_batch_size,
+            seed=cfg.seed + (step * acc.num_processes + acc.process_index) * tr.rollout_size,
             max_prompt_len=max(1, t.max_length - m.max_new_tokens), device=tr.accelerator.device, nlp=tr.nlp,
         )
     rollout_s = time.perf_counter() - tick
@@ -516,14 +534,18 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
         for scheduler in tr.schedulers:
             scheduler.step()
     update_s = time.perf_counter() - tick
-    tokens = r.mask.sum().item()
-    return {
+    tokens = r.mask.sum().item() * acc.num_processes
+    row = {
         **rollout_metrics(r), **stats,
         "rollout_tokens_per_s": tokens / rollout_s,
         "train_tokens_per_s": tokens * m.num_ppo_epochs / update_s,
         "rollout_s": rollout_s, "update_s": update_s,
         "lr": tr.schedulers[0].get_last_lr()[0], "critic_lr": tr.schedulers[1].get_last_lr()[0],
     }
+    if acc.num_processes > 1:  # the mean over ranks (the timings: the mean rank's)
+        means = acc.reduce(torch.tensor(list(row.values()), device=acc.device), reduction="mean")
+        row = dict(zip(row, means.tolist()))
+    return row
 
 
 def train(run) -> dict:
@@ -546,8 +568,7 @@ def train(run) -> dict:
             window = []
         if t.save_steps > 0 and done % t.save_steps == 0:
             accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(accelerator, checkpoints, done, t.save_total_limit)
+            save_checkpoint(accelerator, checkpoints, done, t.save_total_limit)
 
     run.save_model(accelerator.unwrap_model(tr.policy), run.tokenizer)
     if accelerator.is_main_process:
