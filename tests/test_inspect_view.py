@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
+import pytest
+
 from tokalign.inspect_view import TokenSeq, View, render_html
 
 
@@ -47,3 +49,33 @@ def test_tokens_values_and_marks_render():
     assert [("start" in s["class"], "unkept" in s["class"]) for s in spans[:4]] == [(True, False), (False, False), (True, True), (False, False)]
     assert "rgba(0,150,60,0.800)" in spans[3]["style"] and "rgba(210,40,40,0.400)" in spans[1]["style"]  # scaled by max |r̂| = 2
     assert "legend &lt;b&gt;" in page and "pair loss 0.6" in page and "seq dropped" in page
+
+
+@pytest.mark.slow
+def test_tgdpo_view_with_the_reference_as_guidance_has_zero_rewards(train, tiny_model):
+    run_dir = train("method=tgdpo", f"method.guidance_model={tiny_model}", "method.alpha=1.0", "trainer.max_steps=2",
+                    "dataset.num_train=32", "trainer.per_device_batch_size=8", "eval.at_end=false")
+    from tokalign.inspect_view import inspect_run
+
+    spans = parse(inspect_run(run_dir, num_examples=1).read_text())
+    assert len(spans) > 2
+    assert all(float(s["data-r_hat"]) == 0.0 and float(s["data-f"]) == 1.0 for s in spans)  # π_g = π_ref: r̂ = 0, f = 1
+    assert any(float(s["data-delta"]) != 0.0 for s in spans)  # the trained policy moved
+
+
+@pytest.mark.slow
+def test_ma_ppo_view_marks_macro_actions(train):
+    run_dir = train("method=ma_ppo", "method.n=3", "trainer.max_steps=1", "trainer.per_device_batch_size=4",
+                    "method.max_new_tokens=10", "eval.at_end=false")
+    from tokalign.inspect_view import inspect_run
+
+    spans = parse(inspect_run(run_dir, num_examples=2).read_text())
+    segments = [int(float(s["data-segment"])) for s in spans]
+    starts = ["start" in s["class"] for s in spans]
+    assert starts[0]
+    for i in range(1, len(spans)):  # a bar where the macro action changes; one advantage per macro action
+        if segments[i] != segments[i - 1]:
+            assert starts[i]
+        if not starts[i]:
+            assert segments[i] == segments[i - 1] and spans[i]["data-advantage"] == spans[i - 1]["data-advantage"]
+    assert max(segments) >= 1
