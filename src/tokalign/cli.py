@@ -15,6 +15,7 @@ commands:
   train   train a method on a model and dataset; a Hydra app:
             tokalign train method=dpo trainer.max_steps=20 seed=3
             tokalign train -m method=sft,dpo seed=1,2      (multirun)
+            tokalign train -m experiment=tgdpo_toy         (a paper's table sweep: docs/reproducing.md)
             tokalign train --cfg job                       (print the composed config)
             tokalign train --help                          (config groups and options)
   eval    evaluate a finished run and write <run_dir>/eval.json:
