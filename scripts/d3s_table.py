@@ -63,9 +63,9 @@ def mean_std(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--prompts", type=int, default=4, help="prompts per step (x 8 completions)")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-len", type=int, default=16)
     p.add_argument("--eval-prompts", type=int, default=64)
     p.add_argument("--k", type=int, default=4, help="eval samples per prompt (pass@k)")
