@@ -12,7 +12,8 @@ optimizer-step ends (data collation included), the first WARMUP steps dropped. M
 resident set size (RSS, /proc/self/statm sampled every 2 ms by a thread) during the training
 steps, also shown above the process's RSS before any model was loaded; on CUDA, also
 torch.cuda.max_memory_allocated. Setup: trainer construction time, which holds the one-off
-precompute (tgdpo: cold = empty cache in round 0, warm = cache hit afterwards).
+precompute; the precompute itself is timed too (tgdpo: cold = empty cache in round 0, warm =
+cache hit afterwards; TRL's dpo_precompute recomputes in every fresh process).
 
     python scripts/bench_tgdpo.py [--rounds 3] [--steps 12] [--batch 8] [--size bench|tiny]
 
@@ -105,6 +106,16 @@ def child(variant: str, size: str, steps: int, batch: int, cache: str) -> dict:
         learning_rate=1e-5, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
         logging_steps=steps, precompute_ref_log_probs=precompute, seed=0, disable_tqdm=True,
     )
+    cls = DPOTrainer if variant.startswith("dpo") else TGDPOTrainer
+    precompute_s, original = [], cls._precompute_ref_logps
+
+    def timed_precompute(self, *a, **kw):
+        t = time.perf_counter()
+        out = original(self, *a, **kw)
+        precompute_s.append(time.perf_counter() - t)
+        return out
+
+    cls._precompute_ref_logps = timed_precompute
     started = time.perf_counter()
     common = dict(args=args, train_dataset=data, processing_class=tokenizer)
     ref = None if precompute else load_causal_lm(path)
@@ -126,6 +137,8 @@ def child(variant: str, size: str, steps: int, batch: int, cache: str) -> dict:
         "variant": variant,
         "step_s": intervals,
         "setup_s": setup_s,
+        "precompute_s": sum(precompute_s) if precompute else None,
+        "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": peak / 2**20,
         "peak_rss_above_base_mb": (peak - base) / 2**20,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
@@ -169,6 +182,8 @@ def main() -> None:
             "cuda_peak_mb": rs[0]["cuda_peak_mb"] and statistics.median(x["cuda_peak_mb"] for x in rs),
             "setup_s_first": rs[0]["setup_s"],
             "setup_s_later": statistics.median(x["setup_s"] for x in rs[1:]) if len(rs) > 1 else None,
+            "precompute_s_first": rs[0]["precompute_s"],
+            "precompute_s_later": statistics.median(x["precompute_s"] for x in rs[1:]) if len(rs) > 1 and rs[0]["precompute_s"] is not None else None,
         }
     for v in VARIANTS:
         for base in ("dpo", "dpo_precompute"):
@@ -178,13 +193,14 @@ def main() -> None:
 
     cols = ("median_step_ms", "median_step_ms/dpo", "median_step_ms/dpo_precompute", "peak_rss_mb",
             "peak_rss_mb/dpo", "peak_rss_above_base_mb", "peak_rss_above_base_mb/dpo",
-            "peak_rss_above_base_mb/dpo_precompute", "setup_s_first", "setup_s_later")
+            "peak_rss_above_base_mb/dpo_precompute", "precompute_s_first", "precompute_s_later")
     print("\n| variant | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for v in VARIANTS:
         cells = [summary[v].get(c) for c in cols]
         print(f"| {v} | " + " | ".join("-" if c is None else f"{c:.3g}" for c in cells) + " |")
     meta = {"rounds": a.rounds, "steps": a.steps, "timed_steps_per_run": a.steps - WARMUP, "batch": a.batch,
             "size": a.size, "params_m": runs["dpo"][0]["params_m"], "cpu_count": os.cpu_count(),
+            "torch_threads": runs["dpo"][0]["torch_threads"],
             "load_avg": os.getloadavg()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))

@@ -91,6 +91,8 @@ def test_batch_mates_and_padding_do_not_change_an_example_loss(tiny_model, guida
 
 
 def test_precomputed_log_probs_are_cached_and_reused(tiny_model, guidance_dir, data, tmp_path, monkeypatch):
+    from datasets import Dataset
+
     from tokalign.trainers.tgdpo import TGDPOTrainer
 
     _tgdpo(tiny_model, guidance_dir, data, tmp_path, precompute=True)
@@ -102,6 +104,10 @@ def test_precomputed_log_probs_are_cached_and_reused(tiny_model, guidance_dir, d
     monkeypatch.setattr(TGDPOTrainer, "_compute_token_columns", fail)
     again = _tgdpo(tiny_model, guidance_dir, data, tmp_path, precompute=True)
     assert "ref_chosen_token_logps" in again.train_dataset.column_names
+    ids = again.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    rebuilt = Dataset.from_list(ids.to_list())  # as in a new process: same rows, another fingerprint
+    assert rebuilt._fingerprint != ids._fingerprint
+    assert again._token_cache_key(rebuilt) == again._token_cache_key(ids)
     monkeypatch.undo()
     _tgdpo(tiny_model, guidance_dir, data, tmp_path, precompute=True, max_length=MAX_LENGTH - 8)
     assert len(list((tmp_path / "cache").iterdir())) == 2  # truncation is part of the key

@@ -130,15 +130,16 @@ class TGDPOTrainer(DPOTrainer):
         return {"ref": ref.float(), "guidance": guidance.float()}
 
     def _token_cache_key(self, dataset: Dataset) -> str:
-        ids = (dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+        """Content, not `_fingerprint`: a dataset rebuilt in another process often gets a random one."""
+        ids = [dataset[column][:] for column in ("prompt_ids", "chosen_ids", "rejected_ids")]
         return Hasher.hash({
             "format": CACHE_FORMAT,
-            "ref": self._precompute_model_hash,
+            "ref": self._precompute_model_hash,  # weights and dtypes (hash_module)
             "guidance": self._guidance_hash,
             "data": Hasher.hash(ids),
             "max_length": self.args.max_length,
             "truncation_mode": self.args.truncation_mode,
-            "precision": (self.args.bf16, self.args.fp16, str(self.model.dtype), str(self.guidance_model.dtype)),
+            "autocast": (self.args.bf16, self.args.fp16),
         })
 
     def _compute_token_columns(self, dataset: Dataset, batch_size: int) -> dict[str, list[list[float]]]:
