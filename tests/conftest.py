@@ -35,6 +35,19 @@ def tiny_model(cache_dir) -> str:
     return resolve_model(OmegaConf.structured(ModelConfig), cache_dir)
 
 
+def compose_config(*overrides: str):
+    """The validated config `tokalign train <overrides>` would run, composed without running."""
+    from hydra import compose, initialize_config_dir
+
+    from tokalign.cli import conf_dir
+    from tokalign.config import register_schema, validate
+
+    register_schema()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides])
+    return validate(cfg)
+
+
 def run_cli(*args: str) -> None:
     """Run `tokalign ...` in this process, as a user would type it."""
     from tokalign.cli import main

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tokalign.cli import conf_dir
-from tokalign.config import ConfigError, register_schema, validate
+from tests.conftest import compose_config as _compose
+from tokalign.config import ConfigError, validate
 
 CONF = Path(conf_dir())
 GROUPS = ["method", "model", "dataset", "logger", "launcher", "trainer"]
@@ -19,13 +19,6 @@ GROUPS = ["method", "model", "dataset", "logger", "launcher", "trainer"]
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def _compose(*overrides: str):
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides])
-    return validate(cfg)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from test_config import _compose
+from tests.conftest import compose_config as _compose
 from tokalign.config import ConfigError
 from tokalign.launch import check, deepspeed_config, first_host, rendezvous, worker_command
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from tokalign.tracking import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

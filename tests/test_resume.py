@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from tokalign.checkpoint import complete_checkpoints, is_complete, latest_checkpoint
 from tokalign.tracking import read_metrics
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from tokalign.tracking import read_metrics
 
 

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from tests.conftest import run_cli
 from tokalign.cli import conf_dir
 from tokalign.config import register_schema, validate
 

@@ -143,7 +143,7 @@ def test_ma_ppo_with_reward_model_parsing_and_segment_loss(train):
 
 @pytest.mark.slow
 def test_resume_gives_the_same_next_step(train, tmp_path):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     args = ("method=ma_ppo", "trainer.max_steps=3", "trainer.save_steps=2", *SMALL)
     full = train(*args)
@@ -172,7 +172,7 @@ def test_prompt_batches_are_a_function_of_the_step_and_cover_each_pass():
 @pytest.mark.distributed
 def test_two_processes_checkpoint_every_rank_and_resume_exactly(train, tmp_path):
     """DDP (gloo): each rank trains its own prompts, every rank's RNG is saved, resume is exact."""
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     args = ("method=ma_ppo", "launcher=ddp", "launcher.num_gpus=2", "trainer.max_steps=3", "trainer.save_steps=2",
             *SMALL, "trainer.per_device_batch_size=2")
