@@ -190,7 +190,8 @@ def default_curves(records: list[RunRecord], limit: int = 4) -> list[str]:
         return []
     common = set.intersection(*({k for row in r.history for k in row} for r in done))
     picked = [k for k in ("train/loss",) if k in common]
-    picked += sorted(k for k in common if k.startswith("train/") and any(w in k for w in ("reward", "score", "accuracy", "margin")))
+    picked += sorted(k for k in common if k.startswith("train/")
+                     and k.rsplit("/", 1)[-1].startswith(("reward", "score", "accurac", "margin")))
     return picked[:limit]
 
 
