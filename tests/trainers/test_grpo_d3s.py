@@ -27,7 +27,7 @@ def make(tiny_model, tmp_path_factory):
     import datasets
     from trl import GRPOConfig
 
-    from tokalign.methods._grpo_trainer import AccountingGRPOTrainer
+    from tokalign.trainers.grpo import AccountingGRPOTrainer
     from tokalign.models import load_causal_lm, load_tokenizer
 
     rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {a + 1}?"}], "answer": str(2 * a + 1)} for a in range(8)]
@@ -52,7 +52,7 @@ def make(tiny_model, tmp_path_factory):
 
 
 def d3s(make, **kwargs):
-    from tokalign.methods._d3s_trainer import D3SGRPOTrainer
+    from tokalign.trainers.d3s import D3SGRPOTrainer
 
     settings = dict(n_init=G, n_final=G, k_init=1.0, k_final=1.0)
     return make(D3SGRPOTrainer, **(settings | kwargs))

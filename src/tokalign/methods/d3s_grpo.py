@@ -34,7 +34,7 @@ class Config(grpo.Config):
 
 
 def train(run) -> dict:
-    from tokalign.methods._d3s_trainer import D3SGRPOTrainer
+    from tokalign.trainers.d3s import D3SGRPOTrainer
 
     m = run.cfg.method
     trainer_cls = functools.partial(

@@ -85,7 +85,7 @@ def grpo_args(run, **extra: Any):
 
 
 def build_trainer(run, trainer_cls=None, **extra_args: Any):
-    from tokalign.methods._grpo_trainer import AccountingGRPOTrainer
+    from tokalign.trainers.grpo import AccountingGRPOTrainer
 
     funcs, weights = resolve_rewards(run)
     return (trainer_cls or AccountingGRPOTrainer)(

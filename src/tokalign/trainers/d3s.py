@@ -18,7 +18,7 @@ import torch
 from trl.models.utils import disable_gradient_checkpointing
 
 from tokalign.losses import d3s_schedule, d3s_token_mask, select_samples
-from tokalign.methods._grpo_trainer import AccountingGRPOTrainer, loss_weights
+from tokalign.trainers.grpo import AccountingGRPOTrainer, loss_weights
 
 # Output keys that are not indexed by sample (scalars, or image tensors indexed by image/tile).
 _NOT_PER_SAMPLE = ("num_items_in_batch",)
