@@ -291,7 +291,7 @@ def test_rewards_from_config():
     cfg = OmegaConf.create({
         "method": {"rewards": [
             {"_target_": "tokalign.rewards.exact_match", "weight": 1.0},
-            {"_target_": "tests.methods.test_grpo_d3s.scaled_reward", "weight": 0.5, "scale": 3.0},
+            {"_target_": f"{__name__}.scaled_reward", "weight": 0.5, "scale": 3.0},
         ]},
         "dataset": {"name": "toy_math", "path": None, "source": "toy_math"},
     })
