@@ -5,7 +5,10 @@ work and reach the same losses (tests/test_launch_distributed.py); only the wall
 differs. Steps/s comes from the HF Trainer's train_runtime (excludes start-up and evaluation).
 Every run goes through `tokalign train ... launcher=...`, as a user types it.
 
-    python scripts/bench_scaling.py [--reps 3] [--steps 30] [--batch 8]
+Every process gets `--threads` torch threads (the launchers give each worker one), so
+1 process uses `threads` cores and 2 processes use 2 x `threads`.
+
+    python scripts/bench_scaling.py [--reps 3] [--steps 30] [--batch 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def run(root: Path, name: str, steps: int, batch: int, procs: int, launcher: lis
     cmd = [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none", "method=dpo",
            f"trainer.max_steps={steps}", f"trainer.logging_steps={steps}", f"trainer.per_device_batch_size={batch // procs}",
            "eval.at_end=false", f"launcher.num_gpus={procs}", *launcher]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
     return steps_per_s(run_dir, steps)
 
 
@@ -43,7 +46,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8, help="global batch (pairs per step)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("TOKALIGN_CACHE", str(Path.home() / ".cache" / "tokalign"))
     results: dict[str, dict[int, list[float]]] = {k: {1: [], 2: []} for k in LAUNCHERS}
     with tempfile.TemporaryDirectory() as tmp:
