@@ -19,7 +19,11 @@ for setting in "llama3_8b_instruct princeton-nlp/llama3-ultrafeedback-armorm" \
                "llama3_2_3b_instruct princeton-nlp/llama3-ultrafeedback-armorm" \
                "gemma2_2b_it princeton-nlp/gemma2-ultrafeedback-armorm"; do
   read -r model data <<<"$setting"
-  tokalign train -m experiment=tgdpo model="$model" dataset.hub_id="$data" hydra.sweep.dir="$root/$model" "$@"
+  # The guidance model is the DPO policy of the same setting: train it first, then sweep the table.
+  tokalign train experiment=tgdpo +arm=tgdpo_dpo model="$model" dataset.hub_id="$data" \
+    hydra.run.dir="$root/$model/guidance" "$@"
+  TGDPO_GUIDANCE="$root/$model/guidance/model" \
+    tokalign train -m experiment=tgdpo model="$model" dataset.hub_id="$data" hydra.sweep.dir="$root/$model" "$@"
 done
 if [[ -n "${JUDGE_QUESTIONS:-}" ]]; then
   for run in "$root"/*/*/; do

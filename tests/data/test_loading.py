@@ -49,3 +49,13 @@ def test_missing_columns_name_found_and_expected(tmp_path):
         load_split(cfg, "preference", "dpo")
     msg = str(err.value)
     assert "'chosen'" in msg and "'rejected'" in msg and "found:    question, answer" in msg and "method=dpo" in msg
+
+
+def test_prompt_is_extracted_from_pairs_without_one(tmp_path):
+    rows = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away"}
+            for i in range(6)]
+    cfg = _cfg(path=_write(tmp_path / "hh.jsonl", rows), num_eval=1)
+    for kind in ("preference", "prompt"):
+        ds = load_split(cfg, kind, "m")
+        assert ds[0]["prompt"] == "\n\nHuman: hi 0\n\nAssistant:"
+    assert load_split(cfg, "preference", "dpo")[0]["chosen"] == " hello"

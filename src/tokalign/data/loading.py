@@ -85,9 +85,23 @@ def _load_hub(cfg: DictConfig, split: str):
         ) from err
 
 
+def _with_implicit_prompt(ds, mapping: dict) -> Any:
+    """Preference data whose prompt is the shared start of chosen and rejected (HH-RLHF style)."""
+    found = ds.column_names
+    if mapping.get("prompt", "prompt") in found or not {mapping.get(c, c) for c in ("chosen", "rejected")} <= set(found):
+        return ds
+    from trl.data_utils import maybe_extract_prompt
+
+    renames = {mapping[c]: c for c in ("chosen", "rejected") if mapping.get(c, c) != c}
+    return (ds.rename_columns(renames) if renames else ds).map(maybe_extract_prompt)
+
+
 def check_columns(ds, cfg: DictConfig, kind: str, method: str):
     """Rename mapped columns to canonical names; fail naming found and expected columns."""
     mapping = OmegaConf.to_container(cfg.columns) if cfg.columns else {}
+    if kind in ("preference", "prompt"):
+        ds = _with_implicit_prompt(ds, mapping)
+        mapping = {k: v for k, v in mapping.items() if v in ds.column_names}
     found = list(ds.column_names)
     wanted = REQUIRED[kind] + OPTIONAL[kind]
     missing = [c for c in REQUIRED[kind] if mapping.get(c, c) not in found]
@@ -99,12 +113,7 @@ def check_columns(ds, cfg: DictConfig, kind: str, method: str):
             f"  found:    {', '.join(found)}\n  map them with dataset.columns.<expected>=<found column>"
         )
     renames = {mapping.get(c, c): c for c in wanted if mapping.get(c, c) in found and mapping.get(c, c) != c}
-    ds = ds.rename_columns(renames) if renames else ds
-    if kind == "preference" and "prompt" not in ds.column_names:
-        from trl.data_utils import maybe_extract_prompt
-
-        ds = ds.map(maybe_extract_prompt)
-    return ds
+    return ds.rename_columns(renames) if renames else ds
 
 
 def load_split(cfg: DictConfig, kind: str, method: str, split: str = "train") -> Any:
