@@ -98,9 +98,11 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
             run.tracker.log(eval_metrics, step=step)
             run.tracker.log_table("eval/samples", columns, rows, step=step)
         if rank == 0:
-            (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2, default=str))
+            write_text_atomic(run_dir / "summary.json", json.dumps(metrics, indent=2, default=str))
             run.tracker.summary(metrics)
-            print_summary(cfg, run_dir, metrics, run.tracker.wandb_dir)
     finally:
+        wandb_dir = run.tracker.wandb_dir
         run.tracker.finish()
+    if rank == 0:  # last, so that it is the screen the user sees
+        print_summary(cfg, run_dir, metrics, wandb_dir)
     return metrics

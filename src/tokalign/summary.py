@@ -17,7 +17,7 @@ def print_summary(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     console.print(f"run dir     {run_dir}")
     console.print(f"model       {run_dir / 'model'}")
