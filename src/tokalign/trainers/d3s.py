@@ -70,7 +70,7 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
 
     def down_sample(self, output: dict) -> tuple[dict, torch.Tensor]:
         if any(key in output for key in _MULTIMODAL):
-            raise NotImplementedError("D³S row selection supports text-only GRPO")
+            raise ValueError("D³S row selection supports text-only GRPO; this batch carries images or other modalities")
         n, k = self.current_nk()
         self._metrics["train"]["schedule/n"].append(n)
         self._metrics["train"]["schedule/k"].append(k)
