@@ -85,19 +85,19 @@ def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, lis
     """ppo and ma_ppo trainers side by side, alternating iteration by iteration (first one dropped)."""
     from transformers import set_seed
 
-    from tokalign.methods import ppo
     from tokalign.run import Run
+    from tokalign.trainers import ppo as ppo_loop
 
     trainers = {}
     for method in ("ppo", "ma_ppo"):
         cfg = compose_config(method, work / f"paired-{method}", policy, rm, args, args.rounds * args.steps)
         Path(cfg.output_dir).mkdir(parents=True)
         set_seed(0)
-        trainers[method] = ppo.setup(Run(cfg))
+        trainers[method] = ppo_loop.setup(Run(cfg))
     times: dict[str, list[float]] = {"ppo": [], "ma_ppo": []}
     for step in range(args.rounds * args.steps):
         for method in ("ppo", "ma_ppo") if step % 2 == 0 else ("ma_ppo", "ppo"):
-            row = ppo.iteration(trainers[method], step)
+            row = ppo_loop.iteration(trainers[method], step)
             if step > 0:
                 times[method].append(row["rollout_s"] + row["update_s"])
     return times
@@ -128,6 +128,7 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
 
     from tokalign.losses import kl_penalty_rewards
     from tokalign.methods import ma_ppo, ppo
+    from tokalign.trainers import ppo as ppo_loop
 
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, args.length)
@@ -140,8 +141,8 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
         for _ in range(reps):
             tick = time.perf_counter()
             rewards = kl_penalty_rewards(old, ref, mask, scores, kl_coef=cfg.kl_coef)
-            ids = ppo.segments(cfg, mask, ref, None, None, seed=0)
-            ppo.advantages_and_returns(cfg, rewards, values, mask, ids)
+            ids = ppo_loop.segments(cfg, mask, ref, None, None, seed=0)
+            ppo_loop.advantages_and_returns(cfg, rewards, values, mask, ids)
             times.append(time.perf_counter() - tick)
         out[name] = statistics.median(times)
     return out

@@ -65,7 +65,7 @@ def main() -> None:
 
     ref = [r["eval/gold_reward_ref"] for rs in rows.values() for r in rs]
     lines = [
-        f"| method | win rate vs reference | gold reward | runs |",
+        "| method | win rate vs reference | gold reward | runs |",
         "|---|---|---|---|",
         f"| reference (starting policy) | 0.500 | {fmt(ref)} | — |",
     ]

@@ -1,6 +1,5 @@
 """Model sources: the tiny builder is deterministic and cached; tokenizer checks catch mismatches."""
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -148,7 +148,7 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tu
             columns += ["gold_reward", "reference", "reference_gold_reward"]
             rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
         if cfg.eval.reward_model:
-            from tokalign.methods.ppo import resolve_reward_model
+            from tokalign.trainers.ppo import resolve_reward_model
             from tokalign.rewards import RewardModelScorer
 
             if reference is None:

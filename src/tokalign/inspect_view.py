@@ -186,6 +186,7 @@ def ppo_view(cfg, run_dir: Path, tokenizer, load, num_examples: int) -> View:
     """PPO / MA-PPO: one rollout of the trained policy; macro actions and their advantages."""
     from tokalign.data.loading import load_split
     from tokalign.methods import ppo
+    from tokalign.trainers import ppo as ppo_loop
     from tokalign.models import resolve_model
 
     m = ppo.settings(cfg.method)
@@ -194,14 +195,14 @@ def ppo_view(cfg, run_dir: Path, tokenizer, load, num_examples: int) -> View:
     batch = {k: list(data[k]) for k in data.column_names}
     policy, ref = load(run_dir / "model"), load(resolve_model(cfg.model, cfg.cache_dir))
     if (run_dir / "critic" / "config.json").exists():
-        critic, critic_note = ppo.load_critic(str(run_dir / "critic"), "float32", tokenizer.pad_token_id,
+        critic, critic_note = ppo_loop.load_critic(str(run_dir / "critic"), "float32", tokenizer.pad_token_id,
                                               cfg.model.trust_remote_code).eval(), "saved critic"
     else:
         critic = lambda ids, attn, pos, num_response: torch.zeros(len(ids), num_response)  # noqa: E731
         critic_note = "no saved critic: values 0"
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
-        r = ppo.rollout(policy, ref, critic, ppo.reward_function(cfg, m), tokenizer, batch, m, forward_batch=8,
+        r = ppo_loop.rollout(policy, ref, critic, ppo_loop.reward_function(cfg, m), tokenizer, batch, m, forward_batch=8,
                         seed=cfg.seed, max_prompt_len=cfg.trainer.max_length, device=torch.device("cpu"))
     view = View(f"{cfg.method.name} · {cfg.run_name}",
                 f"Colour: advantage Â of each token's macro action (termination={m.termination}, n={m.n}); a bar marks "

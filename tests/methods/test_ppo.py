@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from tokalign.losses import gae, whiten
 from tokalign.methods import ma_ppo, ppo
+from tokalign.trainers import ppo as ppo_loop
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
 SMALL = ("logger=none", "trainer.per_device_batch_size=4", "method.max_new_tokens=12", "eval.at_end=false",
@@ -29,7 +30,7 @@ def test_yaml_exposes_every_knob_with_the_papers_defaults(module):
     assert set(yaml) == {f.name for f in fields(module.Config)}
     cfg = module.Config()
     for f in fields(cfg):
-        assert ppo._value(getattr(cfg, f.name)) == yaml[f.name], f.name
+        assert ppo.option_value(getattr(cfg, f.name)) == yaml[f.name], f.name
     assert (cfg.gamma, cfg.lam, cfg.clip_eps, cfg.kl_coef, cfg.temperature, cfg.top_k) == (1.0, 0.95, 0.2, 0.05, 0.8, 50)
     assert cfg.n == (5 if module is ma_ppo else 1) and cfg.termination == "fixed"
     assert module.DATA_KIND == "prompt" and module.train is ppo.train
@@ -38,12 +39,12 @@ def test_yaml_exposes_every_knob_with_the_papers_defaults(module):
 def test_response_mask_includes_first_eos_only():
     eos = 7
     responses = torch.tensor([[3, 4, 7, 0, 0], [3, 7, 7, 5, 0], [1, 2, 3, 4, 5]])
-    assert ppo.response_mask(responses, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert ppo_loop.response_mask(responses, eos).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 
 def rollout_tensors(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    mask = ppo.response_mask(torch.tensor([[1, 2, 3, 9, 0, 0], [1, 9, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]]), 9)
+    mask = ppo_loop.response_mask(torch.tensor([[1, 2, 3, 9, 0, 0], [1, 9, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]]), 9)
     old, ref = -torch.rand(3, 6, generator=g, dtype=torch.float64), -torch.rand(3, 6, generator=g, dtype=torch.float64)
     values = torch.randn(3, 6, generator=g, dtype=torch.float64)
     return mask, old, ref, values, torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
@@ -55,9 +56,9 @@ def test_n1_is_token_level_ppo_exactly_through_the_trainer_path(module, whiten_a
     """Invariant 2 at trainer level: the trainer's segmentation + GAE with n=1 is textbook token GAE."""
     mask, old, ref, values, score = rollout_tensors()
     m = ppo.settings(OmegaConf.structured(module.Config(n=1, whiten_advantages=whiten_advantages)))
-    rewards = ppo.kl_penalty_rewards(old, ref, mask, score, kl_coef=m.kl_coef)
-    segment_ids = ppo.segments(m, mask, ref, None, None, seed=0)
-    advantages, returns = ppo.advantages_and_returns(m, rewards, values, mask, segment_ids)
+    rewards = ppo_loop.kl_penalty_rewards(old, ref, mask, score, kl_coef=m.kl_coef)
+    segment_ids = ppo_loop.segments(m, mask, ref, None, None, seed=0)
+    advantages, returns = ppo_loop.advantages_and_returns(m, rewards, values, mask, segment_ids)
     token_adv, token_ret = gae(rewards, values, mask, gamma=m.gamma, lam=m.lam)
     assert torch.equal(returns, token_ret)
     assert torch.equal(advantages, whiten(token_adv, mask) if whiten_advantages else token_adv)
@@ -67,7 +68,7 @@ def test_n1_is_token_level_ppo_exactly_through_the_trainer_path(module, whiten_a
 def test_macro_segments_cover_exactly_the_response(termination):
     mask, old, ref, values, score = rollout_tensors()
     m = ppo.settings(OmegaConf.structured(ma_ppo.Config(termination=termination)))
-    ids = ppo.segments(m, mask, ref, None, None, seed=3)
+    ids = ppo_loop.segments(m, mask, ref, None, None, seed=3)
     assert torch.equal(ids >= 0, mask.bool())
     assert (ids.max(-1).values + 1).sum() < mask.sum() or termination != "fixed"  # n=5 groups tokens
 
@@ -76,11 +77,11 @@ def test_reward_resolution():
     cfg = OmegaConf.create({"dataset": {"path": None, "source": "toy_math", "name": "toy_math"}})
     from tokalign import rewards
 
-    assert ppo.reward_function(cfg, ppo.Config()) is rewards.exact_match
-    assert ppo.reward_function(cfg, ppo.Config(reward="gold")) is rewards.gold_reward
-    assert ppo.reward_function(cfg, ppo.Config(reward="tokalign.rewards:gold_reward")) is rewards.gold_reward
+    assert ppo_loop.reward_function(cfg, ppo.Config()) is rewards.exact_match
+    assert ppo_loop.reward_function(cfg, ppo.Config(reward="gold")) is rewards.gold_reward
+    assert ppo_loop.reward_function(cfg, ppo.Config(reward="tokalign.rewards:gold_reward")) is rewards.gold_reward
     with pytest.raises(ValueError, match="reward_model"):
-        ppo.reward_function(cfg, ppo.Config(reward="model"))
+        ppo_loop.reward_function(cfg, ppo.Config(reward="model"))
 
 
 def test_logps_and_values_ignore_batch_mates_and_padding(tiny_model):
@@ -89,21 +90,21 @@ def test_logps_and_values_ignore_batch_mates_and_padding(tiny_model):
 
     tok = load_tokenizer(tiny_model)
     policy = load_causal_lm(tiny_model).eval()
-    critic = ppo.load_critic(tiny_model, "float32", tok.pad_token_id).eval()
+    critic = ppo_loop.load_critic(tiny_model, "float32", tok.pad_token_id).eval()
     texts = ["Tell me about the lake.", "Write a short note about the garden, the city and the old museum."]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
     responses = torch.tensor([[40, 41, 42, tok.eos_token_id], [43, 44, tok.eos_token_id, tok.pad_token_id]])
-    mask = ppo.response_mask(responses, tok.eos_token_id)
+    mask = ppo_loop.response_mask(responses, tok.eos_token_id)
     ids, attn = torch.cat([enc["input_ids"], responses], 1), torch.cat([enc["attention_mask"], mask], 1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        batch_logps = ppo.token_logps(ppo.response_logits(policy, ids, attn, pos, 4), responses, 0.8)
+        batch_logps = ppo_loop.token_logps(ppo_loop.response_logits(policy, ids, attn, pos, 4), responses, 0.8)
         batch_values = critic(ids, attn, pos, 4)
         alone = tok(texts[:1], return_tensors="pt")
         ids1 = torch.cat([alone["input_ids"], responses[:1]], 1)
         attn1 = torch.ones_like(ids1)
         pos1 = attn1.cumsum(-1) - 1
-        logps1 = ppo.token_logps(ppo.response_logits(policy, ids1, attn1, pos1, 4), responses[:1], 0.8)
+        logps1 = ppo_loop.token_logps(ppo_loop.response_logits(policy, ids1, attn1, pos1, 4), responses[:1], 0.8)
         values1 = critic(ids1, attn1, pos1, 4)
     torch.testing.assert_close(batch_logps[0], logps1[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batch_values[0], values1[0], atol=1e-5, rtol=1e-5)
@@ -161,8 +162,8 @@ def test_prompt_batches_are_a_function_of_the_step_and_cover_each_pass():
     import datasets
 
     data = datasets.Dataset.from_dict({"prompt": [str(i) for i in range(10)]})
-    batches = [ppo.prompt_batch(data, step, 4, seed=1)["prompt"] for step in range(5)]
-    assert batches[2] == ppo.prompt_batch(data, 2, 4, seed=1)["prompt"]
+    batches = [ppo_loop.prompt_batch(data, step, 4, seed=1)["prompt"] for step in range(5)]
+    assert batches[2] == ppo_loop.prompt_batch(data, 2, 4, seed=1)["prompt"]
     flat = [p for b in batches for p in b]
     assert sorted(flat[:10]) == sorted(flat[10:20]) == sorted(data["prompt"])
     assert flat[:10] != flat[10:20]  # a fresh shuffle per pass
