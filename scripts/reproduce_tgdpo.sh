@@ -2,7 +2,7 @@
 # TGDPO's main table (DPO vs TGDPO α = 0.5 / 1 / 2, three seeds) and its tokalign table.
 #   scripts/reproduce_tgdpo.sh            # the paper: Llama-3-8B-Instruct, Llama-3.2-3B-Instruct, Gemma-2-2B-it
 #   scripts/reproduce_tgdpo.sh --toy      # the laptop twin (tiny model, toy task), CPU
-# Extra arguments are Hydra overrides for every run, e.g. seed=0 or hydra/launcher=submitit_slurm.
+# Extra arguments are Hydra overrides for every run, e.g. seed=0 or hydra/launcher=slurm.
 # With JUDGE_QUESTIONS=<dir> holding alpaca_eval.json, mt_bench.jsonl and arena_hard.jsonl, every
 # finished run's answers are exported for those judges (docs/reproducing.md).
 set -euo pipefail

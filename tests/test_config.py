@@ -40,8 +40,10 @@ def test_defaults_are_the_embedded_toy_setup():
 
 
 def test_overrides_reach_the_typed_config():
-    cfg = _compose("method.beta=0.05", "trainer.max_steps=20", "seed=3", "model.path=/some/dir")
+    cfg = _compose("method.beta=0.05", "trainer.max_steps=20", "seed=3", "model.path=/some/dir",
+                   "dataset.path=/my/pairs.jsonl", "dataset.columns.prompt=question")
     assert (cfg.method.beta, cfg.trainer.max_steps, cfg.seed, cfg.model.path) == (0.05, 20, 3, "/some/dir")
+    assert (cfg.dataset.path, cfg.dataset.columns.prompt, cfg.dataset.columns.chosen) == ("/my/pairs.jsonl", "question", "chosen")
 
 
 def test_hub_presets_name_real_checkpoints():

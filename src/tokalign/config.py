@@ -109,7 +109,7 @@ class DatasetConfig:
     split: str = "train"
     eval_split: Optional[str] = None
     # canonical column -> column in the files (prompt, completion, chosen, rejected, answer)
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=lambda: {c: c for c in ("prompt", "completion", "chosen", "rejected", "answer")})
     num_train: Optional[int] = None
     num_eval: int = 64
     seed: int = 0
