@@ -18,9 +18,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from tokalign.report import replace_marked_block
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("grpo", "pods", "d3s_grpo")  # conf/method/<name>.yaml hold their settings
-MARK_BEGIN, MARK_END = "<!-- d3s-table:begin -->", "<!-- d3s-table:end -->"
 
 
 def run_one(method: str, seed: int, out_dir: Path, args) -> Path:
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     doc_png = Path(args.doc).with_name("d3s_table.png")
     doc_png.write_bytes((out_dir / "d3s_table.png").read_bytes())
     (out_dir / "results.json").write_text(json.dumps(dict(target=target, results=results, args=vars(args)), indent=2))
-    write_section(Path(args.doc), table + f"\n\n![accuracy vs trained tokens]({doc_png.name})\n")
+    replace_marked_block(Path(args.doc), "d3s-table", table + f"\n\n![accuracy vs trained tokens]({doc_png.name})\n")
 
 
 def plot(curves, path: Path, target: float) -> None:
@@ -130,17 +131,6 @@ def plot(curves, path: Path, target: float) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def write_section(doc: Path, body: str) -> None:
-    """Replace the text between the table markers of docs/d3s.md (appended if absent)."""
-    text = doc.read_text() if doc.exists() else ""
-    block = f"{MARK_BEGIN}\n{body}{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        text = text[: text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
 
 
 if __name__ == "__main__":

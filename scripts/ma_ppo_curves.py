@@ -24,6 +24,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tokalign.report import replace_marked_block
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "ppo": ["method=ppo"],
@@ -31,7 +33,6 @@ VARIANTS = {
     "ma_ppo ppl": ["method=ma_ppo", "method.termination=ppl"],
     "ma_ppo parsing": ["method=ma_ppo", "method.termination=parsing"],
 }
-BEGIN, END = "<!-- ma_ppo_curves:begin -->", "<!-- ma_ppo_curves:end -->"
 
 
 def run_dir(out: Path, variant: str, seed: int) -> Path:
@@ -130,16 +131,6 @@ def markdown(summaries: dict[str, tuple[float, list[dict]]], args) -> str:
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, text: str) -> None:
-    body = doc.read_text() if doc.exists() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in body and END in body:
-        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END) :]
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(body)
-
-
 def plot(runs: dict[str, list[dict]], summaries: dict, smooth: int, path: Path) -> None:
     import matplotlib
 
@@ -187,7 +178,7 @@ def main() -> None:
     summaries = {key: summarise(runs, key, args.smooth, args.final_window) for key in ("reward", "rlhf_reward")}
     text = markdown(summaries, args)
     print(text)
-    write_doc(args.doc, text)
+    replace_marked_block(args.doc, "ma_ppo_curves", text)
     plot(runs, summaries, args.smooth, args.plot)
     results = ROOT / "scripts" / "results" / "ma_ppo_curves.json"
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,13 @@ def test_wandb_runs_join_the_table(tmp_path, monkeypatch):
     assert calls["args"] == ("me/proj", {"group": "tgdpo"})
     assert [(r["group"], r["eval/win_rate"][0]) for r in table.rows] == [((1.0,), 0.6)]
     assert table.excluded == [("wandb:b", "W&B state crashed")]
+
+
+def test_replace_marked_block_rewrites_only_its_block(tmp_path):
+    from tokalign.report import replace_marked_block
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("# title\n")
+    replace_marked_block(doc, "t", "| a |\n")
+    replace_marked_block(doc, "t", "| b |")
+    assert doc.read_text() == "# title\n\n<!-- t:begin -->\n| b |\n<!-- t:end -->\n"

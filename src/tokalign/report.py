@@ -257,3 +257,18 @@ def make_report(
     for path in plot_curves(records, group_by, curve_keys, out):
         files[path.stem] = path
     return table, files
+
+
+def replace_marked_block(doc: Path, name: str, body: str) -> None:
+    """Put `body` between `<!-- name:begin -->` and `<!-- name:end -->` in a Markdown file.
+
+    Scripts that measure a table rewrite only their own block of the docs (appended if absent).
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = doc.read_text() if doc.exists() else ""
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
