@@ -68,3 +68,11 @@ def test_grpo_two_processes_train_the_global_batch(tmp_path, cache_dir, launcher
     assert [m["train/usage/kept_samples"] for m in read_metrics(run_dir) if "train/usage/kept_samples" in m] == [8, 8]
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss, _ in _losses(run_dir))
     assert (run_dir / "model" / "model.safetensors").exists()
+
+
+def test_d3s_selection_is_global_across_two_processes(tmp_path, cache_dir):
+    """N = 2 of G = 4 per group, 2 groups over 2 ranks: 4 completions trained per step in all."""
+    run_dir = _run(tmp_path, "d3s2", *GRPO, "method=d3s_grpo", "method.n_init=2", "method.schedule=constant",
+                   "method.k_init=0.5", "trainer.per_device_batch_size=4", "launcher.num_gpus=2", "launcher=ddp")
+    assert [m["train/usage/kept_samples"] for m in read_metrics(run_dir) if "train/usage/kept_samples" in m] == [4, 4]
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss, _ in _losses(run_dir))
