@@ -182,6 +182,11 @@ class RunConfig:
     launcher: Any = None
 
 
+def option(value: Any) -> Any:
+    """The plain value of a config choice: typed configs hold Enum members, YAML files strings."""
+    return value.value if isinstance(value, Enum) else value
+
+
 def register_schema() -> None:
     """Make the root schema a Hydra config so `conf/config.yaml` composes onto typed nodes."""
     from hydra.core.config_store import ConfigStore

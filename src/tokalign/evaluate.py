@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tokalign.data.loading import task_of
 from tokalign.generation import generate, prompt_text
 
 
@@ -102,10 +103,9 @@ def _reward_model_accuracy(cfg: DictConfig, model_dir: Path, data) -> tuple[dict
 
 def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tuple[dict, list[str], list[list[Any]]]:
     """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json."""
-    from tokalign.config import method_module
+    from tokalign.config import EvalConfig, method_module
     from tokalign.data.loading import load_split
     from tokalign.models import load_tokenizer, resolve_model
-    from tokalign.config import EvalConfig
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "resolved.yaml")
@@ -116,7 +116,7 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tu
         raise FileNotFoundError(f"{model_dir} holds no finished model (was the run completed?)")
     tokenizer = load_tokenizer(str(model_dir))
     method = cfg.method.name
-    task = "local" if cfg.dataset.path else cfg.dataset.source
+    task = task_of(cfg.dataset)
 
     if method == "reward":
         data = load_split(cfg.dataset, "preference", method, "eval")
@@ -148,8 +148,8 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tu
             columns += ["gold_reward", "reference", "reference_gold_reward"]
             rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
         if cfg.eval.reward_model:
-            from tokalign.trainers.ppo import resolve_reward_model
             from tokalign.rewards import RewardModelScorer
+            from tokalign.trainers.ppo import resolve_reward_model
 
             if reference is None:
                 reference = _sample(cfg, resolve_model(cfg.model, cfg.cache_dir), tokenizer, prompts, "eval: reference")

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.checkpoint import write_text_atomic
+from tokalign.config import option
 
 
 class LaunchError(RuntimeError):
@@ -87,10 +88,6 @@ def launcher_schema(name: str):
     return LAUNCHERS[name]
 
 
-def _value(v: Any) -> Any:
-    return v.value if isinstance(v, Enum) else v
-
-
 def world_size(launcher: DictConfig) -> int:
     return 1 if launcher.name == "local" else launcher.num_gpus * launcher.num_nodes
 
@@ -102,13 +99,13 @@ def check(cfg: DictConfig) -> None:
     la = cfg.launcher
     if la.name == "local":
         return
-    runner, off_opt, off_par = _value(la.runner), "none", "none"
+    runner, off_opt, off_par = option(la.runner), "none", "none"
     if la.num_gpus < 1 or la.num_nodes < 1 or not 0 <= la.node_rank < la.num_nodes:
         raise ConfigError(f"launcher: need num_gpus >= 1, num_nodes >= 1, 0 <= node_rank < num_nodes; got {la.num_gpus}, {la.num_nodes}, {la.node_rank}")
     if la.name == "ddp" and runner == "deepspeed":
         raise ConfigError("launcher=ddp runs with runner=accelerate or runner=torchrun; use launcher=deepspeed for DeepSpeed")
     if la.name == "deepspeed":
-        off_opt, off_par = _value(la.offload_optimizer), _value(la.offload_param)
+        off_opt, off_par = option(la.offload_optimizer), option(la.offload_param)
         if la.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"launcher.zero_stage must be 0, 1, 2 or 3, got {la.zero_stage}")
         if off_par != "none" and la.zero_stage != 3:
@@ -124,9 +121,9 @@ def check(cfg: DictConfig) -> None:
 def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
     """The DeepSpeed JSON for this run, every number taken from the config."""
     t, la = cfg.trainer, cfg.launcher
-    precision = _value(t.precision)
+    precision = option(t.precision)
     zero: dict[str, Any] = {"stage": la.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
-    for key, device in (("offload_optimizer", _value(la.offload_optimizer)), ("offload_param", _value(la.offload_param))):
+    for key, device in (("offload_optimizer", option(la.offload_optimizer)), ("offload_param", option(la.offload_param))):
         if device != "none":
             zero[key] = {"device": device, "pin_memory": True, **({"nvme_path": la.nvme_path} if device == "nvme" else {})}
     if la.zero_stage == 3:
@@ -144,7 +141,7 @@ def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if _value(la.offload_optimizer) != "none":
+    if option(la.offload_optimizer) != "none":
         # An offloaded optimizer steps on the CPU: DeepSpeed's own (compiled) AdamW. Otherwise
         # the HF Trainer's torch optimizer is used and no DeepSpeed op is compiled.
         ds["optimizer"] = {"type": "AdamW", "params": {
@@ -186,7 +183,7 @@ def rendezvous(la: DictConfig) -> tuple[str, int]:
 def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> list[str]:
     """The command that starts this node's workers on the resolved config."""
     la = cfg.launcher
-    runner, n = _value(la.runner), world_size(la)
+    runner, n = option(la.runner), world_size(la)
     worker = ["-m", "tokalign.worker", str(config_path)]
     if runner == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={la.num_gpus}", f"--nnodes={la.num_nodes}",
@@ -199,7 +196,7 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
         elif la.num_nodes > 1:
             cmd += ["--no_ssh", f"--node_rank={la.node_rank}"]
         return [*cmd, "--module", "tokalign.worker", str(config_path)]
-    precision = {"fp32": "no"}.get(_value(cfg.trainer.precision), _value(cfg.trainer.precision))
+    precision = {"fp32": "no"}.get(option(cfg.trainer.precision), option(cfg.trainer.precision))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", f"--num_processes={n}", f"--num_machines={la.num_nodes}",
            f"--machine_rank={la.node_rank}", f"--main_process_ip={addr}", f"--main_process_port={port}",
            f"--mixed_precision={precision}"]

@@ -21,6 +21,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from tokalign.config import option
+
 MISSING = "-"
 
 
@@ -38,7 +40,7 @@ class RunRecord:
         v = OmegaConf.select(self.cfg, key, default=None)
         if v is None:
             v = self.choices.get(key.removeprefix("choices."))
-        return MISSING if v is None else (v.value if hasattr(v, "value") else v)
+        return MISSING if v is None else option(v)
 
 
 def _read_json(path: Path) -> dict | None:

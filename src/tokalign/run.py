@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.checkpoint import save_pretrained_atomic, write_text_atomic
-from tokalign.config import method_module
+from tokalign.config import method_module, option
+from tokalign.data.loading import task_of
 from tokalign.tracking import Tracker
 
 
@@ -27,7 +28,7 @@ class Run:
         self.cfg = cfg
         self.dir = Path(cfg.output_dir)
         self.rank = rank
-        self.resume = str(cfg.resume.value if hasattr(cfg.resume, "value") else cfg.resume) == "auto"
+        self.resume = option(cfg.resume) == "auto"
         self.method = method_module(cfg.method.name)
         self.tracker = Tracker(cfg, self.dir, rank=rank)
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
@@ -46,12 +47,12 @@ class Run:
 
         d = self.cfg.dataset
         kind = self.method.DATA_KIND
-        if kind != "preference" or str(d.pairs.value if hasattr(d.pairs, "value") else d.pairs) == "synthetic":
+        if kind != "preference" or option(d.pairs) == "synthetic":
             return load_split(d, kind, self.cfg.method.name, "train")
         from tokalign.data.on_policy import build_pairs
         from tokalign.rewards import TASK_REWARDS
 
-        scorer = TASK_REWARDS.get("local" if d.path else str(d.source.value if hasattr(d.source, "value") else d.source))
+        scorer = TASK_REWARDS.get(task_of(d))
         if scorer is None:
             raise ValueError(f"dataset.pairs=on_policy needs a programmatic reward; dataset {d.name!r} has none")
         prompts = list(load_split(d, "prompt", self.cfg.method.name, "train")["prompt"])

@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tokalign.config import option
+
 
 def _logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -75,7 +77,7 @@ class Tracker:
             tags=list(cfg.tags),
             config=OmegaConf.to_container(cfg, resolve=True),
             dir=str(self.run_dir),
-            mode=wandb_mode(str(cfg.logger.mode.value if hasattr(cfg.logger.mode, "value") else cfg.logger.mode)),
+            mode=wandb_mode(option(cfg.logger.mode)),
             id=run_id,
             resume="allow",
         )

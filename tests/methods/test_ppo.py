@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tokalign.losses import gae, whiten
+from tokalign.config import option
 from tokalign.methods import ma_ppo, ppo
 from tokalign.trainers import ppo as ppo_loop
 
@@ -30,7 +31,7 @@ def test_yaml_exposes_every_knob_with_the_papers_defaults(module):
     assert set(yaml) == {f.name for f in fields(module.Config)}
     cfg = module.Config()
     for f in fields(cfg):
-        assert ppo.option_value(getattr(cfg, f.name)) == yaml[f.name], f.name
+        assert option(getattr(cfg, f.name)) == yaml[f.name], f.name
     assert (cfg.gamma, cfg.lam, cfg.clip_eps, cfg.kl_coef, cfg.temperature, cfg.top_k) == (1.0, 0.95, 0.2, 0.05, 0.8, 50)
     assert cfg.n == (5 if module is ma_ppo else 1) and cfg.termination == "fixed"
     assert module.DATA_KIND == "prompt" and module.train is ppo.train

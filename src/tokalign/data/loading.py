@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tokalign.config import option
 from tokalign.data import toy_math, toy_pref
 
 REQUIRED = {"sft": ("prompt", "completion"), "preference": ("chosen", "rejected"), "prompt": ("prompt",)}
@@ -37,6 +38,11 @@ def _chat(rows: list[dict]) -> list[dict]:
                 rec[key] = [{"role": "assistant", "content": r[key]}]
         out.append(rec)
     return out
+
+
+def task_of(cfg: DictConfig) -> str:
+    """What the data is: a toy task, hub or local (`dataset.path=...` is local whatever the preset)."""
+    return "local" if cfg.path else str(option(cfg.source))
 
 
 def toy_rows(cfg: DictConfig, kind: str, split: str) -> list[dict]:
@@ -123,7 +129,7 @@ def load_split(cfg: DictConfig, kind: str, method: str, split: str = "train") ->
     """
     import datasets
 
-    source = "local" if cfg.path else cfg.source  # dataset.path=... loads a local file whatever the preset
+    source = task_of(cfg)
     if source in ("toy_pref", "toy_math"):
         return datasets.Dataset.from_list(_chat(toy_rows(cfg, kind, split)))
     if source == "local" and not cfg.path:

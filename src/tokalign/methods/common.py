@@ -8,6 +8,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tokalign.checkpoint import discard_incomplete, latest_checkpoint, seal, step_of
+from tokalign.config import option
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -17,7 +18,7 @@ class NonFiniteLossError(FloatingPointError):
 def trl_args(run, **method_args: Any) -> dict[str, Any]:
     """Keyword arguments for a TRL `*Config`, from the shared trainer knobs plus the method's."""
     t, cfg = run.cfg.trainer, run.cfg
-    precision = str(t.precision.value if hasattr(t.precision, "value") else t.precision)
+    precision = option(t.precision)
     args = dict(
         output_dir=str(run.dir / "checkpoints"),
         learning_rate=t.learning_rate,

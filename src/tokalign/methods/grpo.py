@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from tokalign.data.loading import task_of
 from tokalign.methods.common import peft_config, run_trainer, trl_args
 
 DATA_KIND = "prompt"
@@ -47,7 +48,7 @@ def resolve_rewards(run) -> tuple[list, list[float]]:
     specs = OmegaConf.to_container(run.cfg.method.rewards, resolve=True) if run.cfg.method.rewards else []
     if not specs:
         d = run.cfg.dataset
-        task = "local" if d.path else str(d.source.value if hasattr(d.source, "value") else d.source)
+        task = task_of(d)
         if task not in TASK_REWARDS:
             raise ValueError(
                 f"dataset {d.name!r} has no built-in reward: set method.rewards, e.g. "

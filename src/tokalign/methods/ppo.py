@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Optional
+from typing import Optional
+
+from tokalign.config import option
 
 DATA_KIND = "prompt"
 
@@ -92,13 +94,9 @@ class Config:
     policy_loss_level: LossLevel = LossLevel.token
 
 
-def option_value(x: Any) -> Any:
-    return x.value if isinstance(x, Enum) else x
-
-
 def settings(method_cfg) -> Config:
     """The method config as a plain ``Config`` (enums as their string values)."""
-    return Config(**{f.name: option_value(method_cfg[f.name]) for f in fields(Config) if f.name in method_cfg})
+    return Config(**{f.name: option(method_cfg[f.name]) for f in fields(Config) if f.name in method_cfg})
 
 
 def train(run) -> dict:

@@ -18,7 +18,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tokalign.checkpoint import COMPLETE_MARKER, complete_checkpoints, latest_checkpoint, save_atomic, seal
+from tokalign.checkpoint import (
+    COMPLETE_MARKER,
+    complete_checkpoints,
+    latest_checkpoint,
+    save_atomic,
+    seal,
+)
+from tokalign.config import option
+from tokalign.data.loading import task_of
 from tokalign.losses import (
     kl_penalty_rewards,
     macro_gae,
@@ -28,9 +36,7 @@ from tokalign.losses import (
     segment_macro_actions,
     whiten,
 )
-
-from tokalign.methods.ppo import Config, option_value, settings
-
+from tokalign.methods.ppo import Config, settings
 
 # ---------------------------------------------------------------------------------------------
 # Models
@@ -84,7 +90,7 @@ def reward_function(cfg, m: Config) -> Callable:
     from tokalign import rewards
 
     if m.reward == "task":
-        task = "local" if cfg.dataset.path else str(option_value(cfg.dataset.source))
+        task = task_of(cfg.dataset)
         if task not in rewards.TASK_REWARDS:
             raise ValueError(f"dataset {cfg.dataset.name!r} has no programmatic reward: set method.reward")
         return rewards.TASK_REWARDS[task]
@@ -378,7 +384,7 @@ def setup(run) -> Trainer:
 
     cfg, t = run.cfg, run.cfg.trainer
     m = settings(cfg.method)
-    precision = str(option_value(t.precision))
+    precision = option(t.precision)
     # cpu=True on CPU-only machines: otherwise accelerate treats CPU ranks as unrelated single processes
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available())
     rollout_size = t.per_device_batch_size * t.gradient_accumulation_steps * m.num_mini_batches
