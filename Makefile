@@ -19,6 +19,7 @@ demo: install
 	$(VENV)/bin/tokalign train
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from tokalign.data.toy_math import rows as toy_rows
-    from tokalign.trainers.d3s import D3SGRPOTrainer
+    from tokalign.methods.d3s_grpo.trainer import D3SGRPOTrainer
     from tokalign.models import load_causal_lm, load_tokenizer
     from tokalign.rewards import exact_match
 

@@ -65,11 +65,11 @@ def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: 
     from omegaconf import OmegaConf
 
     from tokalign.cli import conf_dir
-    from tokalign.config import register_schema, validate
+    from tokalign.compose import register, validate
 
-    register_schema()
+    register()
     overrides = [
-        f"method={method}", f"model.path={policy}", "method.reward=model", f"method.reward_model={rm}",
+        f"method={method}", f"model.path={policy}", f"method.reward=model:{rm}",
         "method.top_k=0", f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
         f"trainer.max_steps={steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
         f"output_dir={out}", f"trainer.max_length={args.length + 64}",
@@ -85,8 +85,8 @@ def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, lis
     """ppo and ma_ppo trainers side by side, alternating iteration by iteration (first one dropped)."""
     from transformers import set_seed
 
+    from tokalign.methods.ppo import loop as ppo_loop
     from tokalign.run import Run
-    from tokalign.trainers import ppo as ppo_loop
 
     trainers = {}
     for method in ("ppo", "ma_ppo"):
@@ -127,8 +127,8 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
     import torch
 
     from tokalign.losses import kl_penalty_rewards
-    from tokalign.methods import ma_ppo, ppo
-    from tokalign.trainers import ppo as ppo_loop
+    from tokalign.methods import ppo
+    from tokalign.methods.ppo.advantages import advantages_and_returns, segments
 
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, args.length)
@@ -136,13 +136,13 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
     old, ref = -torch.rand(shape, generator=g), -torch.rand(shape, generator=g)
     values, scores = torch.randn(shape, generator=g), torch.randn(args.batch, generator=g)
     out = {}
-    for name, cfg in (("ppo", ppo.Config()), ("ma_ppo", ma_ppo.Config())):
+    for name, cfg in (("ppo", ppo.Config()), ("ma_ppo", ppo.Config(name="ma_ppo", n=5))):
         times = []
         for _ in range(reps):
             tick = time.perf_counter()
             rewards = kl_penalty_rewards(old, ref, mask, scores, kl_coef=cfg.kl_coef)
-            ids = ppo_loop.segments(cfg, mask, ref, None, None, seed=0)
-            ppo_loop.advantages_and_returns(cfg, rewards, values, mask, ids)
+            ids = segments(cfg, mask, ref, None, None, seed=0)
+            advantages_and_returns(cfg, rewards, values, mask, ids)
             times.append(time.perf_counter() - tick)
         out[name] = statistics.median(times)
     return out

@@ -80,12 +80,12 @@ def child(variant: str, size: str, steps: int, batch: int, cache: str) -> dict:
     from tokalign.config import DatasetConfig, ModelConfig
     from tokalign.data.loading import load_split
     from tokalign.models import load_causal_lm, load_tokenizer, resolve_model
-    from tokalign.trainers.tgdpo import TGDPOTrainer
+    from tokalign.methods.tgdpo.trainer import TGDPOTrainer
 
     model_cfg = OmegaConf.structured(ModelConfig)
     model_cfg.tiny = OmegaConf.merge(model_cfg.tiny, SIZES[size])
     path = resolve_model(model_cfg, os.environ.get("TOKALIGN_CACHE", "~/.cache/tokalign"))
-    data = load_split(OmegaConf.structured(DatasetConfig(num_train=max(256, steps * batch))), "preference", "bench")
+    data = load_split(OmegaConf.structured(DatasetConfig(num_train=max(256, steps * batch))), "preference")
     tokenizer = load_tokenizer(path)
     torch.manual_seed(0)
 

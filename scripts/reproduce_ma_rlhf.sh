@@ -25,7 +25,7 @@ for model in gemma_2b gemma_7b; do
       launcher=deepspeed launcher.num_gpus=8 trainer.precision=bf16 trainer.learning_rate=1e-5 trainer.max_steps=0 \
       hydra.run.dir="$stage/rm" "$@"
     tokalign train -m experiment=ma_rlhf model="$model" dataset="$data" model.path="$stage/sft/model" \
-      method.reward_model="$stage/rm" hydra.sweep.dir="$stage/ppo" "$@"
+      method.reward="model:$stage/rm" hydra.sweep.dir="$stage/ppo" "$@"
   done
 done
 tokalign table runs="$root" out="$root/table" title="MA-RLHF" 'group_by=[model.name,dataset.name,arm]' \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,22 @@ def compose_config(*overrides: str):
     from hydra import compose, initialize_config_dir
 
     from tokalign.cli import conf_dir
-    from tokalign.config import register_schema, validate
+    from tokalign.compose import register, validate
 
-    register_schema()
+    register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides])
     return validate(cfg)
+
+
+def paper_overrides(*overrides: str) -> list[str]:
+    """What a user must add to a paper experiment that needs their own models (MA-RLHF: the reward model)."""
+    if "experiment=ma_rlhf" not in overrides:
+        return []
+    rm = Path(tempfile.gettempdir()) / "tokalign-test-rm"
+    (rm / "model").mkdir(parents=True, exist_ok=True)
+    (rm / "model" / "config.json").write_text("{}")
+    return [f"method.reward=model:{rm}"]
 
 
 def run_cli(*args: str) -> None:

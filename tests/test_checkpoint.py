@@ -1,10 +1,11 @@
-"""Only sealed checkpoints whose files are all still there are resumed from."""
+"""Only sealed checkpoints whose files are all still there are resumed from; the one resumed from matches its hashes."""
 
 from __future__ import annotations
 
 from tokalign.checkpoint import (
-    SEAL, complete_checkpoints, discard_incomplete, is_complete, latest_checkpoint, save_atomic, seal,
+    SEAL, complete_checkpoints, discard_incomplete, is_complete, latest_checkpoint, save_checkpoint_dir, seal, verify,
 )
+from tokalign.files import atomic_dir
 
 
 def _ckpt(root, step, files=("model.safetensors", "optimizer.pt", "trainer_state.json"), sealed=True):
@@ -32,11 +33,22 @@ def test_latest_skips_unsealed_truncated_and_half_deleted(tmp_path):
     assert not is_complete(tmp_path / "checkpoint-4")
 
 
-def test_discard_incomplete_keeps_only_sealed(tmp_path):
+def test_discard_incomplete_keeps_only_sealed_and_clears_temporaries(tmp_path):
     good = _ckpt(tmp_path, 10)
     _ckpt(tmp_path, 12, sealed=False)
-    assert [p.name for p in discard_incomplete(tmp_path)] == ["checkpoint-12"]
+    (tmp_path / ".checkpoint-14-abc123").mkdir()  # a single-process save killed mid-write
+    assert [p.name for p in discard_incomplete(tmp_path)] == ["checkpoint-12", ".checkpoint-14-abc123"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]
+
+
+def test_verify_catches_same_size_tampering_and_planted_files(tmp_path):
+    good = _ckpt(tmp_path, 2)
+    assert verify(good) is None
+    (good / "optimizer.pt").write_text("X" * len("optimizer.pt" * 10))  # same size, other bytes
+    assert is_complete(good) and "optimizer.pt does not match its sealed hash" in verify(good)
+    other = _ckpt(tmp_path, 4)
+    (other / "rng_state.pth").write_text("planted")
+    assert "files added or missing" in verify(other)
 
 
 def test_steps_sort_numerically_and_missing_root_is_empty(tmp_path):
@@ -47,7 +59,7 @@ def test_steps_sort_numerically_and_missing_root_is_empty(tmp_path):
 
 
 def test_atomic_checkpoint_saves_are_sealed(tmp_path):
-    dest = save_atomic(tmp_path / "checkpoint-3", lambda d: (d / "state.pt").write_text("s"))
-    assert is_complete(dest) and latest_checkpoint(tmp_path) == dest
-    model = save_atomic(tmp_path / "model", lambda d: (d / "w").write_text("w"))
+    dest = save_checkpoint_dir(tmp_path / "checkpoint-3", lambda d: (d / "state.pt").write_text("s"))
+    assert is_complete(dest) and verify(dest) is None and latest_checkpoint(tmp_path) == dest
+    model = atomic_dir(tmp_path / "model", lambda d: (d / "w").write_text("w"))
     assert not (model / SEAL).exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from tokalign.errors import ConfigError
 from tokalign.evaluate import _eval_reward, _per_prompt, _scored, _verifiable, pass_at_k
 from tokalign.rewards import exact_match, gold_reward, math_verify_reward
 
@@ -35,9 +36,12 @@ def test_per_prompt_scores_in_one_call():
 
 
 def test_eval_reward_names_a_function_or_falls_back_to_the_task():
-    cfg = lambda r: OmegaConf.create({"eval": {"reward": r}})  # noqa: E731
-    assert _eval_reward(cfg(None), "toy_pref") is gold_reward and _eval_reward(cfg(None), "hub") is None
-    assert _eval_reward(cfg("tokalign.rewards.math_verify_reward"), "hub") is math_verify_reward
-    assert _eval_reward(cfg("tokalign.rewards:exact_match"), "hub") is exact_match
-    with pytest.raises(ValueError, match="eval.reward"):
-        _eval_reward(cfg("tokalign.rewards.nope"), "hub")
+    def cfg(reward, source):
+        return OmegaConf.create({"eval": {"reward": reward}, "dataset": {"name": source, "path": None, "source": source}})
+
+    assert _eval_reward(cfg(None, "toy_pref")) is gold_reward and _eval_reward(cfg("task", "hub")) is None
+    assert _eval_reward(cfg("tokalign.rewards.math_verify_reward", "hub")) is math_verify_reward
+    assert _eval_reward(cfg("math_verify", "hub")) is math_verify_reward
+    assert _eval_reward(cfg("tokalign.rewards:exact_match", "hub")) is exact_match
+    with pytest.raises(ConfigError, match="eval.reward"):
+        _eval_reward(cfg("tokalign.rewards.nope", "hub"))

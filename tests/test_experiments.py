@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.conftest import compose_config, paper_overrides
 from tokalign.cli import conf_dir
-from tokalign.config import register_schema, validate
 
 CONF = Path(conf_dir())
 PAPERS = {"tgdpo": "tgdpo", "ma_rlhf": "ma_ppo", "d3s": "d3s_grpo"}
@@ -20,9 +19,7 @@ def _sweep(experiment: str) -> dict:
 
 
 def _compose(*overrides: str):
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = validate(compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides]))
+    cfg = compose_config(*overrides, *paper_overrides(*overrides))
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -33,7 +30,7 @@ def test_every_row_of_the_sweep_composes(experiment):
     assert set(params) == {"+arm", "seed"} and len(str(params["seed"]).split(",")) >= 3
     for arm in str(params["+arm"]).split(","):
         cfg = _compose(f"experiment={experiment}", f"+arm={arm}")
-        assert cfg.method.name in ("dpo", "tgdpo", "ppo", "ma_ppo", "grpo", "d3s_grpo") and f"-s{cfg.seed}" in cfg.run_name
+        assert cfg.method.name in ("dpo", "tgdpo", "ppo", "ma_ppo", "grpo", "d3s_grpo", "pods") and f"-s{cfg.seed}" in cfg.run_name
 
 
 @pytest.mark.parametrize("paper,method", PAPERS.items())

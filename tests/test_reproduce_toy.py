@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli
-from tests.test_inspect_view import parse
+from tests.html_spans import parse
 
 
 @pytest.mark.slow

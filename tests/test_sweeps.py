@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 
 from tests.conftest import run_cli
 from tokalign.cli import conf_dir
-from tokalign.config import register_schema, validate
+from tokalign.compose import register, validate
 
 SWEEPS = sorted(p.stem for p in (Path(conf_dir()) / "sweep").glob("*.yaml"))
 
 
 def _compose_with_hydra(*overrides: str):
-    register_schema()
+    register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides], return_hydra_config=True)
 

@@ -1,57 +1,119 @@
-"""Checkpoints that are either complete or absent.
+"""Checkpoints that are either complete or absent, and provably the ones that were written.
 
-Everything is written into a temporary sibling directory and moved into place with one
-`os.replace`, so a killed run never leaves a half-written model where a reader looks.
-Checkpoints written in place (the HF Trainer's, one shard per rank under DeepSpeed) are
-sealed once every rank has finished: a manifest of every file and its size. Only a
-checkpoint whose manifest still matches its files counts, so one killed mid-write or
-half-deleted by rotation is never resumed from.
+A checkpoint written by one process goes through `files.atomic_dir`. Checkpoints written in
+place (the HF Trainer's, one shard per rank under DeepSpeed) are sealed once every rank has
+finished: a manifest of every file with its size and SHA-256. Only a checkpoint whose files
+still match their sizes counts (`is_complete`, cheap, for listing); the one chosen for a
+resume must also match its hashes (`verify`), so a truncated or tampered file in a shared
+run directory is never loaded (resuming unpickles optimizer and RNG states).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-_STEP = re.compile(r"checkpoint-(\d+)$")
-# The trainer's own state file (global step, log history), in HF Trainer's name.
-COMPLETE_MARKER = "trainer_state.json"
+from tokalign.files import atomic_dir, atomic_text, clean_temporaries
+
+_STEP = re.compile(r"^checkpoint-(\d+)$")
 SEAL = "checkpoint_complete.json"
 
 
-def save_atomic(dest: str | os.PathLike, write) -> Path:
-    """Call `write(tmp_dir)`, then swap tmp_dir into `dest` (replacing an older one)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        write(tmp)
-        if _STEP.search(dest.name):
-            seal(tmp)
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def _files(path: Path) -> list[Path]:
+    return [f for f in sorted(path.rglob("*")) if f.is_file() and f.name != SEAL]
+
+
+def seal(path: str | os.PathLike) -> Path:
+    """Mark a checkpoint directory complete: call once every file in it is written."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    manifest = {str(f.relative_to(path)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(path)}
+    return atomic_text(path / SEAL, json.dumps(manifest, indent=0))
+
+
+def _manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads((path / SEAL).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Sealed, and every file the seal lists is still there with its size."""
+    path = Path(path)
+    manifest = _manifest(path)
+    try:
+        return manifest is not None and all((path / n).stat().st_size == e["size"] for n, e in manifest.items())
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def verify(path: str | os.PathLike) -> str | None:
+    """None when every file matches its sealed size and hash and no file was added; else what differs."""
+    path = Path(path)
+    manifest = _manifest(path)
+    if manifest is None:
+        return "no seal"
+    present = {str(f.relative_to(path)) for f in _files(path)}
+    if present != set(manifest):
+        return f"files added or missing: {sorted(present ^ set(manifest))}"
+    for name, entry in manifest.items():
+        if not isinstance(entry, dict) or _sha256(path / name) != entry.get("sha256"):
+            return f"{name} does not match its sealed hash"
+    return None
+
+
+def step_of(path: str | os.PathLike) -> int:
+    return int(_STEP.match(Path(path).name).group(1))
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if _STEP.match(p.name)), key=step_of) if root.is_dir() else []
+
+
+def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """`checkpoint-N` directories holding a finished save, oldest first."""
+    return [p for p in _checkpoints(Path(root)) if is_complete(p)]
+
+
+def discard_incomplete(root: str | os.PathLike) -> list[Path]:
+    """Delete what a killed run left half-written: unsealed `checkpoint-N` dirs and temporaries."""
+    root = Path(root)
+    bad = [p for p in _checkpoints(root) if not is_complete(p)]
+    for p in bad:
+        shutil.rmtree(p, ignore_errors=True)
+    return bad + clean_temporaries(root, "checkpoint-")
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def rotate(root: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints."""
+    done = complete_checkpoints(root)
+    for old in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint_dir(dest: str | os.PathLike, write) -> Path:
+    """A checkpoint written by one process: written aside, sealed, moved into place."""
+
+    def sealed(tmp: Path) -> None:
+        write(tmp)
+        seal(tmp)
+
+    return atomic_dir(dest, sealed)
 
 
 def save_pretrained_atomic(model, tokenizer, dest: str | os.PathLike, state_dict=None) -> Path:
@@ -62,50 +124,4 @@ def save_pretrained_atomic(model, tokenizer, dest: str | os.PathLike, state_dict
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
-    return save_atomic(dest, write)
-
-
-def _files(path: Path) -> dict[str, int]:
-    return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file() and f.name != SEAL}
-
-
-def seal(path: str | os.PathLike) -> Path:
-    """Mark a checkpoint directory complete: call once every file in it is written."""
-    path = Path(path)
-    return write_text_atomic(path / SEAL, json.dumps(_files(path), indent=0))
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """Sealed, and every file the seal lists is still there with its size."""
-    path = Path(path)
-    try:
-        manifest = json.loads((path / SEAL).read_text())
-        return all((path / name).stat().st_size == size for name, size in manifest.items())
-    except (OSError, ValueError):
-        return False
-
-
-def step_of(path: str | os.PathLike) -> int:
-    return int(_STEP.search(Path(path).name).group(1))
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    return sorted((p for p in root.iterdir() if _STEP.search(p.name)), key=step_of) if root.is_dir() else []
-
-
-def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """`checkpoint-N` directories holding a finished save, oldest first."""
-    return [p for p in _checkpoints(Path(root)) if is_complete(p)]
-
-
-def discard_incomplete(root: str | os.PathLike) -> list[Path]:
-    """Delete `checkpoint-N` directories a killed run left unfinished; returns them."""
-    bad = [p for p in _checkpoints(Path(root)) if not is_complete(p)]
-    for p in bad:
-        shutil.rmtree(p, ignore_errors=True)
-    return bad
-
-
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    done = complete_checkpoints(root)
-    return done[-1] if done else None
+    return atomic_dir(dest, write)

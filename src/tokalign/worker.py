@@ -2,7 +2,8 @@
 
 It loads the config its parent resolved (never composes one), joins the process group the
 spawner describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...), trains its share
-and leaves the group. Rank 0 alone writes files, logs and evaluates (see tokalign.run).
+and leaves the group. Rank 0 alone writes files, logs and evaluates (see tokalign.run). It
+dies with its spawner (parent-death signal), so a killed launch leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-
-def backend(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    return "nccl" if torch.cuda.is_available() else "gloo"
+from tokalign.distributed import backend
+from tokalign.errors import UserError
+from tokalign.rundir import die_with_parent
 
 
 def join(launcher) -> None:
@@ -33,7 +30,7 @@ def join(launcher) -> None:
         deepspeed.init_distributed(dist_backend=backend(launcher.backend), auto_mpi_discovery=False)
         # The HF Trainer would set up accelerate's state without a backend, which on CPUs
         # counts a single process; configured here, the training arguments reuse it
-        # (accelerator_config.use_configured_state, see methods.common.trl_args).
+        # (accelerator_config.use_configured_state, see methods.trl_support.trl_args).
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         PartialState(backend=backend(launcher.backend))
     elif not dist.is_initialized():
@@ -44,16 +41,21 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
     from omegaconf import OmegaConf
 
-    from tokalign.config import validate
+    from tokalign.compose import validate
     from tokalign.run import run_training
 
+    die_with_parent()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.exit("usage: python -m tokalign.worker <run_dir>/resolved.yaml")
-    cfg = validate(OmegaConf.load(Path(argv[0])))
-    join(cfg.launcher)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        run_training(cfg, rank=int(os.environ.get("RANK", "0")))
+        cfg = validate(OmegaConf.load(Path(argv[0])))
+        join(cfg.launcher)
+        run_training(cfg, rank=rank)
+    except UserError as err:
+        print(f"tokalign: error (rank {rank}): {err}", file=sys.stderr)
+        sys.exit(2)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

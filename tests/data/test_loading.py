@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tokalign.config import DatasetConfig
-from tokalign.data.loading import DataError, load_split
+from tokalign.data.loading import load_split
+from tokalign.errors import DataError
 
 
 def _cfg(**kw):
@@ -19,13 +20,13 @@ def _cfg(**kw):
     ("prompt", {"prompt"}),
 ])
 def test_toy_pref_kinds(kind, columns):
-    ds = load_split(_cfg(num_train=20), kind, "m")
+    ds = load_split(_cfg(num_train=20), kind)
     assert len(ds) == 20 and columns <= set(ds.column_names)
     assert ds[0]["prompt"][0]["role"] == "user"
 
 
 def test_toy_math_prompts_carry_answers():
-    ds = load_split(_cfg(source="toy_math", num_train=10), "prompt", "grpo")
+    ds = load_split(_cfg(source="toy_math", num_train=10), "prompt")
     assert set(ds.column_names) == {"prompt", "answer"}
 
 
@@ -38,7 +39,7 @@ def test_local_file_with_column_map_and_held_out_tail(tmp_path):
     rows = [{"q": f"question {i}", "good": "yes", "bad": "no"} for i in range(30)]
     cfg = _cfg(path=_write(tmp_path / "pairs.jsonl", rows), num_eval=5,
                columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
-    train, held = load_split(cfg, "preference", "dpo"), load_split(cfg, "preference", "dpo", "eval")
+    train, held = load_split(cfg, "preference", method="dpo"), load_split(cfg, "preference", "eval", method="dpo")
     assert (len(train), len(held)) == (25, 5)
     assert held[0]["prompt"] == "question 25" and {"prompt", "chosen", "rejected"} <= set(train.column_names)
 
@@ -46,7 +47,7 @@ def test_local_file_with_column_map_and_held_out_tail(tmp_path):
 def test_missing_columns_name_found_and_expected(tmp_path):
     cfg = _cfg(path=_write(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}] * 3))
     with pytest.raises(DataError) as err:
-        load_split(cfg, "preference", "dpo")
+        load_split(cfg, "preference", method="dpo")
     msg = str(err.value)
     assert "'chosen'" in msg and "'rejected'" in msg and "found:    question, answer" in msg and "method=dpo" in msg
 
@@ -56,6 +57,6 @@ def test_prompt_is_extracted_from_pairs_without_one(tmp_path):
             for i in range(6)]
     cfg = _cfg(path=_write(tmp_path / "hh.jsonl", rows), num_eval=1)
     for kind in ("preference", "prompt"):
-        ds = load_split(cfg, kind, "m")
+        ds = load_split(cfg, kind)
         assert ds[0]["prompt"] == "\n\nHuman: hi 0\n\nAssistant:"
-    assert load_split(cfg, "preference", "dpo")[0]["chosen"] == " hello"
+    assert load_split(cfg, "preference", method="dpo")[0]["chosen"] == " hello"

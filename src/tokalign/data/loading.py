@@ -1,6 +1,6 @@
 """Turn `cfg.dataset` into train/eval `datasets.Dataset`s of the shape a method asks for.
 
-Kinds (what a method declares as `DATA_KIND`):
+Kinds (what a method declares as its `data`):
   sft         prompt, completion
   preference  prompt, chosen, rejected
   prompt      prompt (+ answer where the task has one)
@@ -17,14 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
 from tokalign.data import toy_math, toy_pref
+from tokalign.errors import DataError
 
 REQUIRED = {"sft": ("prompt", "completion"), "preference": ("chosen", "rejected"), "prompt": ("prompt",)}
 OPTIONAL = {"sft": (), "preference": ("prompt",), "prompt": ("answer",)}
 DEFAULT_TRAIN = 2000
-
-
-class DataError(ValueError):
-    """Data that cannot feed the chosen method; the message names the columns found and expected."""
 
 
 def _chat(rows: list[dict]) -> list[dict]:
@@ -122,13 +119,14 @@ def check_columns(ds, cfg: DictConfig, kind: str, method: str):
     return ds.rename_columns(renames) if renames else ds
 
 
-def load_split(cfg: DictConfig, kind: str, method: str, split: str = "train") -> Any:
-    """One split ("train" or "eval") as a `datasets.Dataset` with canonical columns.
+def load_split(cfg: DictConfig, kind: str, split: str = "train", *, method: str = "this method") -> Any:
+    """One split ("train" or "eval") as a `datasets.Dataset` with canonical columns; `method` names the reader in errors.
 
     Without `dataset.eval_split`, the last `num_eval` rows of the train split are held out.
     """
     import datasets
 
+    kind = option(kind)
     source = task_of(cfg)
     if source in ("toy_pref", "toy_math"):
         return datasets.Dataset.from_list(_chat(toy_rows(cfg, kind, split)))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from tokalign.files import atomic_text
 from tokalign.generation import generate
 
 
@@ -65,9 +65,5 @@ def build_pairs(
                 "score_chosen": scores[best],
                 "score_rejected": scores[worst],
             })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".onpolicy-")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
+    atomic_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

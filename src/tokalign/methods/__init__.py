@@ -1,1 +1,1 @@
-"""One module per method: its `Config` (the method's own knobs), `DATA_KIND`, and `train(run)`."""
+"""One package per method: its settings (`Config`), trainer or loop, and token view (see `base`)."""

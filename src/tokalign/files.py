@@ -1,0 +1,104 @@
+"""Files and directories that are either complete or absent, and disk errors said plainly.
+
+Everything tokalign puts into a run directory or the cache is written into a temporary
+sibling and moved into place with one `os.replace`, so a killed process never leaves a
+half-written file where a reader looks. A full disk or a read-only path becomes a
+`StorageError` naming the path, not an error from deep inside a serializer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tokalign.errors import StorageError
+
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EACCES: "permission denied", errno.EROFS: "read-only file system", errno.EPERM: "not permitted"}
+
+
+def _storage_error(err: BaseException) -> str | None:
+    """What a disk-full or permission failure is, also when a library wrapped it in a RuntimeError."""
+    if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[err.errno]
+    text = str(err)
+    if "unexpected pos" in text or "No space left" in text:  # torch's zip writer on a full disk
+        return _STORAGE_ERRNOS[errno.ENOSPC]
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn disk-full and permission errors while writing `path` into one clear StorageError."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (OSError, RuntimeError) as err:
+        what = _storage_error(err)
+        if what is None:
+            raise
+        raise StorageError(f"cannot write {path}: {what}") from err
+
+
+def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], None], *, replace: bool = True) -> Path:
+    """Call `write(tmp_dir)`, then move tmp_dir to `dest`.
+
+    `replace=True` swaps out an existing `dest` (a newer final model); `replace=False` keeps
+    it (a cache entry another process published first) and discards this copy.
+    """
+    dest = Path(dest)
+    with storage_errors(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            write(tmp)
+            if dest.exists() and not replace:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return dest
+            old = None
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+                os.replace(dest, old)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                if replace or not dest.exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer won the race
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest
+
+
+def atomic_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temporary sibling and one rename."""
+    path = Path(path)
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def clean_temporaries(root: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the hidden `.<prefix>*` siblings a killed writer left in `root`; returns them."""
+    root = Path(root)
+    left = sorted(root.glob(f".{prefix}*")) if root.is_dir() else []
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return left

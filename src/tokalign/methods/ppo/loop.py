@@ -1,0 +1,224 @@
+"""The PPO loop (MA-RLHF macro actions included), on accelerate so it runs under DDP.
+
+`fit(run)` drives it: `setup` (policy, frozen reference, critic, reward, optimizers), then per
+iteration the rollout, scoring, advantage and update stages, logging, and sealed checkpoints
+that `resume=auto` continues exactly (models, optimizers, schedulers, RNG, step, history).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from tokalign import rewards
+from tokalign.config import option
+from tokalign.errors import DivergenceError
+from tokalign.losses import masked_mean
+from tokalign.methods.ppo import reward_spec, settings
+from tokalign.methods.ppo.advantages import advantages_and_returns, segments
+from tokalign.methods.ppo.checkpoint import load_checkpoint, save_checkpoint
+from tokalign.methods.ppo.models import Critic, load_critic
+from tokalign.methods.ppo.rollout import Rollout, prompt_batch, sample
+from tokalign.methods.ppo.scoring import TokenRewards, kl_score_rewards, score
+from tokalign.methods.ppo.update import ppo_update
+
+
+@dataclass
+class Trainer:
+    """Everything an iteration needs: the run, settings, models, optimizers and schedulers."""
+
+    run: Any
+    m: Any
+    accelerator: Any
+    policy: Any
+    frozen: dict
+    critic: Critic
+    actor_opt: Any
+    critic_opt: Any
+    schedulers: list
+    reward_fn: Callable
+    token_rewards: TokenRewards
+    nlp: Any
+    rollout_size: int
+    steps: int
+
+
+def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards = kl_score_rewards) -> Trainer:
+    """Models and optimizers; `frozen_extra` adds frozen models whose log-probs `token_rewards` reads."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    cfg, t = run.cfg, run.cfg.trainer
+    m = settings(cfg.method)
+    precision = option(t.precision)
+    # cpu=True on CPU-only machines: otherwise accelerate treats CPU ranks as unrelated single processes
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available())
+    rollout_size = t.per_device_batch_size * t.gradient_accumulation_steps * m.num_mini_batches
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / (rollout_size * accelerator.num_processes))
+    updates = steps * m.num_ppo_epochs * m.num_mini_batches
+
+    policy, ref = run.load_policy(), run.load_policy()
+    spec = reward_spec(cfg.method)
+    rm_path = rewards.reward_model_path(spec)
+    use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
+    critic = load_critic(rm_path if use_rm else run.model_path, option(cfg.model.dtype), run.tokenizer.pad_token_id,
+                         cfg.model.trust_remote_code)
+    for model in (policy, critic.model):
+        for module in model.modules():  # PPO ratios need identical rollout and update forwards
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        if t.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+    reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")
+    if hasattr(reward_fn, "model"):
+        reward_fn.model.to(accelerator.device)
+    nlp = None
+    if m.termination == "parsing" and m.spacy_model:
+        import spacy
+
+        nlp = spacy.load(m.spacy_model)
+
+    def optimizer(model, lr):
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay)
+
+    critic_lr = m.critic_learning_rate if m.critic_learning_rate is not None else t.learning_rate
+    actor_opt, critic_opt = optimizer(policy, t.learning_rate), optimizer(critic, critic_lr)
+    schedulers = [
+        get_scheduler(option(t.lr_scheduler), opt, num_warmup_steps=math.ceil(t.warmup_ratio * updates),
+                      num_training_steps=updates)
+        for opt in (actor_opt, critic_opt)
+    ]
+    policy, critic, actor_opt, critic_opt = accelerator.prepare(policy, critic, actor_opt, critic_opt)
+    frozen = {"ref": ref, **(frozen_extra or {})}
+    for model in frozen.values():
+        model.requires_grad_(False).eval().to(accelerator.device)
+    for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
+        accelerator.register_for_checkpointing(scheduler)
+    return Trainer(run, m, accelerator, policy, frozen, critic, actor_opt, critic_opt, schedulers, reward_fn,
+                   token_rewards, nlp, rollout_size, steps)
+
+
+def rollout(tr: Trainer, batch: dict, seed: int) -> Rollout:
+    """Sample, score and compute advantages for one batch of prompts."""
+    t, m = tr.run.cfg.trainer, tr.m
+    policy = tr.accelerator.unwrap_model(tr.policy)
+    input_ids, attention_mask, responses, mask = sample(
+        policy, tr.run.tokenizer, list(batch["prompt"]), m, max_prompt_len=max(1, t.max_length - m.max_new_tokens),
+        device=tr.accelerator.device,
+    )
+    s = score(policy, tr.frozen, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, input_ids, attention_mask, responses,
+              mask, m, forward_batch=t.per_device_batch_size)
+    token_rewards = tr.token_rewards(s, mask, m)
+    segment_ids = segments(m, mask, s.logps["ref"], responses, tr.run.tokenizer, seed, tr.nlp)
+    advantages, returns = advantages_and_returns(m, token_rewards, s.values, mask, segment_ids)
+    return Rollout(input_ids, attention_mask, responses, mask, s.old_logps, s.logps["ref"], s.values, s.scores,
+                   token_rewards, segment_ids, advantages, returns)
+
+
+def rollout_metrics(r: Rollout) -> dict[str, float]:
+    valid = r.mask.bool()
+    residual_var = masked_mean((r.returns - r.old_values - masked_mean(r.returns - r.old_values, valid)) ** 2, valid)
+    returns_var = masked_mean((r.returns - masked_mean(r.returns, valid)) ** 2, valid)
+    num_segments = (r.segment_ids.max(-1).values + 1).sum()
+    return {
+        "reward": r.scores.mean().item(),
+        "rlhf_reward": r.rewards.sum(-1).mean().item(),
+        "kl": torch.where(valid, r.old_logps - r.ref_logps, 0).sum(-1).mean().item(),
+        "explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
+        "macro_length": (valid.sum() / num_segments.clamp(min=1)).item(),
+        "response_length": valid.sum(-1).float().mean().item(),
+    }
+
+
+def _check_rollout(row: dict[str, float], step: int, kl_limit: float) -> None:
+    bad = {k: row[k] for k in ("reward", "kl", "rlhf_reward") if not math.isfinite(row[k])}
+    if bad or row["kl"] > kl_limit:
+        what = ", ".join(f"{k} {v}" for k, v in bad.items()) or f"kl {row['kl']:.4g} > method.kl_limit={kl_limit}"
+        raise DivergenceError(f"the rollout of iteration {step + 1} diverged ({what}); nothing was saved. "
+                              "Lower trainer.learning_rate; resume=auto continues the last good checkpoint")
+
+
+def iteration(tr: Trainer, step: int) -> dict[str, float]:
+    """One PPO iteration (0-based `step`): rollout, macro GAE, update; returns its metrics."""
+    cfg, t, m, acc = tr.run.cfg, tr.run.cfg.trainer, tr.m, tr.accelerator
+    batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed, acc.process_index, acc.num_processes)
+    tick = time.perf_counter()
+    with acc.autocast():  # the unwrapped policy under the same precision as its updates
+        r = rollout(tr, batch, seed=cfg.seed + (step * acc.num_processes + acc.process_index) * tr.rollout_size)
+    rollout_s = time.perf_counter() - tick
+    metrics = rollout_metrics(r)
+    _check_rollout(metrics, step, m.kl_limit)
+    tick = time.perf_counter()
+    stats = ppo_update(
+        tr.policy, tr.critic, tr.actor_opt, tr.critic_opt, r, m, micro_batch=t.per_device_batch_size,
+        accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, accelerator=acc,
+    )
+    for _ in range(m.num_ppo_epochs * m.num_mini_batches):  # one scheduler step per optimizer step
+        for scheduler in tr.schedulers:
+            scheduler.step()
+    update_s = time.perf_counter() - tick
+    tokens = r.mask.sum().item() * acc.num_processes
+    row = {
+        **metrics, **stats,
+        "rollout_tokens_per_s": tokens / rollout_s,
+        "train_tokens_per_s": tokens * m.num_ppo_epochs / update_s,
+        "rollout_s": rollout_s, "update_s": update_s,
+        "lr": tr.schedulers[0].get_last_lr()[0], "critic_lr": tr.schedulers[1].get_last_lr()[0],
+    }
+    if acc.num_processes > 1:  # the mean over ranks (the timings: the mean rank's)
+        means = acc.reduce(torch.tensor(list(row.values()), device=acc.device), reduction="mean")
+        row = dict(zip(row, means.tolist()))
+    return row
+
+
+def _finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def fit(run, **setup_args) -> dict:
+    """Train (resuming when asked), save the final policy and critic, return the summary's training metrics."""
+    from tqdm.auto import tqdm
+
+    from tokalign.checkpoint import save_pretrained_atomic
+
+    t = run.cfg.trainer
+    tr = setup(run, **setup_args)
+    acc = tr.accelerator
+    checkpoints = run.dir / "checkpoints"
+    resume = run.resume_checkpoint()
+    start, history = load_checkpoint(acc, resume) if resume else (0, [])
+    window: list[dict] = []
+    progress = tqdm(total=tr.steps, initial=start, desc=run.cfg.method.name, disable=not acc.is_main_process,
+                    dynamic_ncols=True)
+    for step in range(start, tr.steps):
+        row = iteration(tr, step)
+        history.append(row)
+        window.append(row)
+        done = step + 1
+        progress.set_postfix(reward=f"{row['reward']:.3g}", kl=f"{row['kl']:.3g}", refresh=False)
+        progress.update()
+        if done % max(1, t.logging_steps) == 0 or done == tr.steps:
+            run.tracker.log({f"train/{k}": sum(w[k] for w in window) / len(window) for k in row}, step=done)
+            window = []
+        if t.save_steps > 0 and done % t.save_steps == 0:
+            if not (_finite(tr.policy) and _finite(tr.critic)):
+                raise DivergenceError(f"the weights became non-finite at iteration {done}; nothing was saved")
+            acc.wait_for_everyone()
+            save_checkpoint(acc, checkpoints, done, history, t.save_total_limit)
+    progress.close()
+    run.save_model(acc.unwrap_model(tr.policy), run.tokenizer)
+    if acc.is_main_process:
+        save_pretrained_atomic(acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic")
+    first, last = (history[0], history[-1]) if history else ({}, {})
+    return {
+        "train/steps": tr.steps,
+        "train/reward_first": first.get("reward"),
+        "train/reward_last": last.get("reward"),
+        "train/kl_last": last.get("kl"),
+        "train/macro_length": last.get("macro_length"),
+    }

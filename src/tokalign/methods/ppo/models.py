@@ -1,0 +1,58 @@
+"""The models of the PPO loop and the per-token quantities read from them.
+
+The critic wraps a `*ForSequenceClassification` model and applies its scalar head at every
+position, so it stays a standard HF checkpoint that starts from a reward model (backbone and
+head) or from the policy (a new head) alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Critic(nn.Module):
+    """Per-token values V_t, read at the position before response token t (the state x, y_<t)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, num_response: int) -> torch.Tensor:
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return self.model.score(hidden[:, -num_response - 1 : -1]).squeeze(-1).float()
+
+
+def load_critic(path: str, dtype: str, pad_token_id: int, trust_remote_code: bool = False) -> Critic:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
+        trust_remote_code=trust_remote_code,
+    )
+    model.config.pad_token_id = pad_token_id
+    return Critic(model)
+
+
+def response_logits(model, input_ids, attention_mask, position_ids, num_response: int) -> torch.Tensor:
+    """(B, R, V) logits predicting the R response tokens (the last R columns of input_ids)."""
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        logits_to_keep=num_response + 1, use_cache=False,
+    )
+    return out.logits[:, :-1].float()
+
+
+def token_logps(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log π(y_t) of the sampling distribution (logits / temperature), (B, R)."""
+    logits = logits / temperature
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Full-vocabulary entropy of the sampling distribution at each position."""
+    logp = torch.log_softmax(logits / temperature, -1)
+    return -(logp.exp() * logp).sum(-1)

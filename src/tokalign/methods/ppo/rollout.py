@@ -1,0 +1,81 @@
+"""Rollout stage: which prompts an iteration uses, and the responses the policy samples for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from tokalign.generation import as_messages
+
+
+@dataclass
+class Rollout:
+    """One PPO iteration's samples: (B, P+R) sequences and (B, R) per-response-token tensors."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    responses: torch.Tensor
+    mask: torch.Tensor
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor
+    old_values: torch.Tensor
+    scores: torch.Tensor
+    rewards: torch.Tensor
+    segment_ids: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return position_ids(self.attention_mask)
+
+    def rows(self, index: torch.Tensor) -> "Rollout":
+        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens, so left padding does not shift them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_batch(data, step: int, size: int, seed: int, rank: int = 0, world: int = 1) -> dict:
+    """This rank's prompts of iteration `step` (0-based): its slice of the global batch, a fresh
+    shuffle per pass over the data."""
+    total = len(data)
+    start = (step * world + rank) * size
+    orders: dict[int, torch.Tensor] = {}
+    index = []
+    for position in range(start, start + size):
+        epoch, offset = divmod(position, total)
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(total, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        index.append(int(orders[epoch][offset]))
+    return data[index]
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS (everything when there is none), 0 after."""
+    eos = (responses == eos_token_id).long()
+    return ((eos.cumsum(-1) - eos) == 0).long()
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompts: list, m, *, max_prompt_len: int, device) -> tuple[torch.Tensor, ...]:
+    """Left-padded prompts + sampled responses: (input_ids, attention_mask, responses, response mask)."""
+    texts = [tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    prompt_ids = enc["input_ids"][:, -max_prompt_len:].to(device)
+    prompt_mask = enc["attention_mask"][:, -max_prompt_len:].to(device)
+    was_training = policy.training
+    policy.eval()
+    sequences = policy.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=m.max_new_tokens, do_sample=True,
+        temperature=m.temperature, top_k=m.top_k, top_p=m.top_p,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    policy.train(was_training)
+    responses = sequences[:, prompt_ids.shape[1]:]
+    mask = response_mask(responses, tokenizer.eos_token_id)
+    responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
+    return torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1), responses, mask

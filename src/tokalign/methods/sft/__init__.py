@@ -1,0 +1,35 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on prompt/completion data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokalign.config import knob
+from tokalign.methods.base import DataKind, Method, MethodConfig
+
+
+@dataclass
+class Config(MethodConfig):
+    algorithm: str = "sft"
+    name: str = "sft"
+    completion_only_loss: bool = knob(True, help="train on completion tokens only (not the prompt)")
+
+
+def train(run) -> dict:
+    from trl import SFTConfig, SFTTrainer
+
+    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
+
+    m = run.cfg.method
+    trainer = SFTTrainer(
+        model=run.load_policy(),
+        args=SFTConfig(**trl_args(run, completion_only_loss=m.completion_only_loss)),
+        train_dataset=run.train_data,
+        processing_class=run.tokenizer,
+        peft_config=peft_config(run),
+    )
+    return run_trainer(run, trainer)
+
+
+METHOD = Method(name="sft", config=Config, data=DataKind.sft, train=train,
+                summary="supervised fine-tuning on TRL's SFTTrainer")

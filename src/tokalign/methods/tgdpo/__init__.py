@@ -1,0 +1,85 @@
+"""TGDPO (Zhu et al., ICML 2025): DPO whose tokens are weighted by a guidance model's token rewards.
+
+The loss is `tokalign.losses.tgdpo_loss`, the trainer `trainer.TGDPOTrainer`, the guidance a
+DPO checkpoint (`method.guidance_model`, or one built on demand and cached when empty).
+See docs/tgdpo.md and docs/methods.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from tokalign.config import knob, require
+from tokalign.methods.base import DataKind, Method, MethodConfig
+
+
+@dataclass
+class Config(MethodConfig):
+    algorithm: str = "tgdpo"
+    name: str = "tgdpo"
+    beta: float = knob(0.1, gt=0, help="DPO's KL coefficient (their 8B recipe: 0.1)")
+    alpha: float = knob(0.5, ge=0, help="strength of the token weights f = 1 ± α r̂ (paper: 0.5; ablation 0.5/1/2)")
+    guidance_beta: Optional[float] = knob(None, gt=0, help="β_g in r̂ = β_g (log π_g − log π_ref); null: beta (their code)")
+    f_min: Optional[float] = knob(None, help="clamp token weights f >= f_min; null: unclamped (their code)")
+    guidance_model: Optional[str] = knob(None, help="a DPO checkpoint (path or hub id); null: train one on this setting, cached")
+    precompute: bool = knob(True, help="reference + guidance per-token log-probs once per dataset, cached on disk")
+
+
+def guidance_beta(m) -> float:
+    return m.guidance_beta if m.guidance_beta is not None else m.beta
+
+
+def guidance_path(run) -> str:
+    from tokalign.methods.dpo.on_demand import dpo_model_path
+
+    m = run.cfg.method
+    return str(m.guidance_model) if m.guidance_model else str(
+        dpo_model_path(run, beta=guidance_beta(m), knob="method.guidance_model"))
+
+
+def check(cfg: DictConfig) -> None:
+    m = cfg.method
+    require(not (m.precompute and cfg.launcher.name == "deepspeed" and cfg.launcher.zero_stage == 3),
+            "method.precompute=true under launcher.zero_stage=3: the precompute needs whole weights on one process; "
+            "use method.precompute=false")
+
+
+def train(run) -> dict:
+    from trl import DPOConfig
+
+    from tokalign.methods.dpo.on_demand import load_frozen
+    from tokalign.methods.tgdpo.trainer import TGDPOTrainer
+    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
+
+    m = run.cfg.method
+    guidance = load_frozen(run, guidance_path(run), "guidance model")
+    trainer = TGDPOTrainer(
+        model=run.load_policy(),
+        ref_model=None if run.cfg.model.lora.enabled or m.precompute else run.load_policy(),
+        args=DPOConfig(**trl_args(run, beta=m.beta, precompute_ref_log_probs=m.precompute)),
+        train_dataset=run.train_data,
+        processing_class=run.tokenizer,
+        peft_config=peft_config(run),
+        guidance_model=guidance,
+        alpha=m.alpha,
+        guidance_beta=m.guidance_beta,
+        f_min=m.f_min,
+        token_cache_dir=Path(run.cfg.cache_dir).expanduser() / "token_logps",
+    )
+    return run_trainer(run, trainer)
+
+
+def view(ctx):
+    from tokalign.methods.tgdpo.view import tgdpo_view
+
+    return tgdpo_view(ctx)
+
+
+METHOD = Method(
+    name="tgdpo", config=Config, data=DataKind.preference, train=train, check=check, view=view,
+    summary="TGDPO (Zhu et al., ICML 2025): token-weighted DPO guided by a DPO model's token rewards",
+)

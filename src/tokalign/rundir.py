@@ -1,0 +1,83 @@
+"""Run directories: one writer each, no process that outlives the one that started it, and a safe way to read one.
+
+`claim(run_dir)` takes an exclusive `flock` on `<run_dir>/.tokalign.lock` and records who
+holds it (pid, host, time) for the message a second writer gets. The kernel drops the lock
+when the last process holding its descriptor exits, however it exits, so a lock is never
+stale; a launch passes the descriptor to its workers' spawner, which keeps the directory
+claimed until the last worker is gone. `die_with_parent` arms Linux's parent-death signal.
+`load_run_config` reads a (possibly someone else's) run directory without running its code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from tokalign.errors import UserError
+from tokalign.files import storage_errors
+
+LOCK = ".tokalign.lock"
+_PR_SET_PDEATHSIG = 1
+
+
+@contextlib.contextmanager
+def claim(run_dir: str | os.PathLike) -> Iterator[int]:
+    """Hold `run_dir` for this process (and the children given the descriptor); yields the descriptor."""
+    run_dir = Path(run_dir)
+    with storage_errors(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose "
+                            "another hydra.run.dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
+        return f"pid {info['pid']} on {info['host']} (since {since})"
+    except (ValueError, KeyError, OSError):
+        return "another process"
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send `signum` to this process when its parent dies (Linux; a no-op elsewhere)."""
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum))
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signum)
+
+
+def load_run_config(run_dir: str | os.PathLike, *, trust_remote_code: bool = False) -> DictConfig:
+    """A run's resolved config, with `model.trust_remote_code` set by the reader, never by the directory."""
+    path = Path(run_dir) / "resolved.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run directory (no resolved.yaml)")
+    cfg = OmegaConf.load(path)
+    if cfg.model.get("trust_remote_code") and not trust_remote_code:
+        print(f"tokalign: {run_dir} was trained with model.trust_remote_code=true; its model code runs here only "
+              "with trust_remote_code=true on this command line", file=sys.stderr)
+    cfg.model.trust_remote_code = trust_remote_code
+    return cfg
