@@ -1,4 +1,4 @@
-"""D³S selection, token mask and schedule (METHODS.md §4: invariants 2–7 and the pure parts of 1, 8, 9)."""
+"""D³S selection, token mask and schedule (docs/methods.md, D³S: invariants 2–7 and the pure parts of 1, 8, 9)."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""Pure loss functions: tokalign's public API (METHODS.md §5). Only torch is imported here.
+"""Pure loss functions: tokalign's public API (docs/methods.md). Only torch is imported here.
 
 Conventions: (B, T) per-token tensors align with a (B, T) 0/1 response mask and are ignored
 (even NaN) where it is 0; losses return ``(loss, metrics)`` with a scalar loss and a dict of

@@ -1,4 +1,4 @@
-"""D³S dynamic dual-level down-sampling for GRPO (arXiv 2509.22115; METHODS.md §4).
+"""D³S dynamic dual-level down-sampling for GRPO (arXiv 2509.22115, ICLR 2026).
 
 Sample level: keep the subset whose advantages have the largest variance (the PODS rule).
 Token level: among kept samples, keep the tokens with the largest |A|·H. Schedule: (N, K)

@@ -2,7 +2,7 @@
 
 Both are ``-log σ(z)`` on a margin ``z`` built from token log-ratios
 ``Δ_t = log π_θ(y_t) − log π_ref(y_t)``; TGDPO only re-weights each token's log-ratio by
-``f_t`` (METHODS.md §1–§2). They share ``_preference_loss``, so TGDPO with α = 0 (f ≡ 1) runs
+``f_t``. They share ``_preference_loss``, so TGDPO with α = 0 (f ≡ 1) runs
 exactly DPO's arithmetic.
 
 Inputs are (B, T) per-token log-probs aligned with (B, T) 0/1 response masks; chosen and
@@ -99,7 +99,7 @@ def tgdpo_loss(
     guidance_beta: float | None = None,
     f_min: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """TGDPO loss (Zhu et al., ICML 2025; the ``sigmoid`` form of their code, METHODS.md §2).
+    """TGDPO loss (Zhu et al., ICML 2025; arXiv 2506.14574; the ``sigmoid`` form of their code).
 
     A guidance model π_g (a DPO checkpoint) gives the detached token reward
     ``r̂_t = β_g (log π_g(y_t) − log π_ref(y_t))``; each token's log-ratio is weighted by
