@@ -16,8 +16,10 @@ from tokalign.losses.macro import (
 )
 from tokalign.losses.masked import masked_mean
 from tokalign.losses.ppo import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 
 __all__ = [
+    "contrastive_token_rewards",
     "d3s_schedule",
     "d3s_token_mask",
     "dpo_loss",
@@ -34,5 +36,6 @@ __all__ = [
     "segment_value_weights",
     "select_samples",
     "tgdpo_loss",
+    "treg_loss",
     "whiten",
 ]
