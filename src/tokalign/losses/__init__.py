@@ -16,6 +16,7 @@ from tokalign.losses.macro import (
 )
 from tokalign.losses.masked import masked_mean
 from tokalign.losses.ppo import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from tokalign.losses.rto import rto_token_rewards
 from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "max_variance_subset",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "rto_token_rewards",
     "segment_broadcast",
     "segment_macro_actions",
     "segment_sum",
