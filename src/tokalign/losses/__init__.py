@@ -5,6 +5,7 @@ Conventions: (B, T) per-token tensors align with a (B, T) 0/1 response mask and 
 0-dim detached tensors.
 """
 
+from tokalign.losses.aligndistil import aligndistil_loss
 from tokalign.losses.d3s import d3s_schedule, d3s_token_mask, max_variance_subset, select_samples
 from tokalign.losses.dpo import dpo_loss, tgdpo_loss
 from tokalign.losses.macro import (
@@ -20,6 +21,7 @@ from tokalign.losses.rto import rto_token_rewards
 from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 
 __all__ = [
+    "aligndistil_loss",
     "contrastive_token_rewards",
     "d3s_schedule",
     "d3s_token_mask",
