@@ -1,4 +1,4 @@
-"""D³S selection, token mask and schedule (METHODS.md §4: invariants 2–7 and the pure parts of 1, 8, 9)."""
+"""D³S selection, token mask and schedule (docs/methods.md, D³S: invariants 2–7 and the pure parts of 1, 8, 9)."""
 
 import itertools
 import math
@@ -76,6 +76,54 @@ def test_kept_advantages_are_not_renormalised_unless_pods(scope):  # invariant 4
             torch.testing.assert_close(members, expected, rtol=0, atol=1e-12)
         else:
             assert members.tolist() == [0.0]
+
+
+def test_pods_renormalises_the_kept_raw_rewards_by_hand():
+    rewards = torch.tensor([3.0, 1.0, 0.0, 2.0], dtype=torch.float64)
+    kept, pods = select_samples(_grpo_advantages(rewards, 4), 2, group_size=4, renormalize=True, rewards=rewards)
+    # keeps rewards 3 and 0: mean 1.5, unbiased std √4.5; PODS: (r − 1.5) / (√4.5 + 1e-4)
+    assert kept.tolist() == [0, 2]
+    assert pods.tolist() == pytest.approx([1.5 / (math.sqrt(4.5) + 1e-4), -1.5 / (math.sqrt(4.5) + 1e-4)], abs=1e-15)
+
+    # A tiny spread shows where the 1e-4 guard sits. Rewards (0, 0, 0, 2e-4): std 1e-4, so GRPO's
+    # advantages are (r − 5e-5) / 2e-4 = (−¼, −¼, −¼, ¾). PODS keeps rewards 0 and 2e-4 (std √2·1e-4):
+    # ∓1e-4 / (√2·1e-4 + 1e-4) = ∓(√2 − 1); re-standardising the advantages −¼, ¾ instead gives
+    # ∓½ / (√2/2 + 1e-4) ≈ ∓0.7070.
+    rewards = torch.tensor([0.0, 0.0, 0.0, 2e-4], dtype=torch.float64)
+    advantages = _grpo_advantages(rewards, 4)
+    assert advantages.tolist() == pytest.approx([-0.25, -0.25, -0.25, 0.75], abs=1e-12)
+    kept, pods = select_samples(advantages, 2, group_size=4, renormalize=True, rewards=rewards)
+    assert kept.tolist() == [0, 3]
+    assert pods.tolist() == pytest.approx([1 - math.sqrt(2), math.sqrt(2) - 1], abs=1e-12)
+    _, from_advantages = select_samples(advantages, 2, group_size=4, renormalize=True)
+    assert from_advantages.tolist() == pytest.approx([-0.5 / (0.5**0.5 + 1e-4), 0.5 / (0.5**0.5 + 1e-4)], abs=1e-12)
+
+    tied = torch.full((4,), 0.7, dtype=torch.float64)  # an all-tied group stays at 0
+    _, pods = select_samples(_grpo_advantages(tied, 4), 2, group_size=4, renormalize=True, rewards=tied)
+    assert pods.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("scope", ["group", "batch"])
+def test_pods_mode_matches_pods_formula_per_group(scope):  # invariant 4, PODS side
+    group_size = 6
+    rewards = (randn(4 * group_size, seed=12, scale=2.0) + 1.0).float()  # float32, as rewards arrive
+    advantages = _grpo_advantages(rewards.double(), group_size)
+    kept, plain = select_samples(advantages, 3, group_size=group_size, scope=scope, rewards=rewards)
+    assert torch.equal(plain, advantages[kept])  # rewards matter only to the PODS mode
+    same_kept, pods = select_samples(
+        advantages, 3, group_size=group_size, scope=scope, renormalize=True, rewards=rewards
+    )
+    assert torch.equal(same_kept, kept) and pods.dtype == advantages.dtype
+    groups = kept // group_size
+    for g in groups.unique():
+        members = pods[groups == g]
+        raw = rewards[kept][groups == g].double()
+        if raw.numel() > 1:
+            torch.testing.assert_close(members, (raw - raw.mean()) / (raw.std() + 1e-4), rtol=0, atol=1e-12)
+        else:  # PODS would divide by a NaN std here
+            assert members.tolist() == [0.0]
+    with pytest.raises(ValueError, match="aligned"):
+        select_samples(advantages, 3, group_size=group_size, renormalize=True, rewards=rewards[:-1])
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])

@@ -1,4 +1,4 @@
-"""Macro-action segmentation and macro GAE (METHODS.md §3, invariants 1–8 and 10)."""
+"""Macro-action segmentation and macro GAE (docs/methods.md, MA-RLHF: invariants 1–8 and 10)."""
 
 import itertools
 import random
@@ -12,6 +12,8 @@ from tokalign.losses import macro_gae, segment_macro_actions, segment_sum, segme
 from .helpers import make_mask, randn, reference_token_gae
 
 RULES = ["fixed", "randomized", "ppl", "parsing"]
+# The authors' conventions (the defaults) and each named alternative.
+OPTIONS = [{}, {"isolate_last": False}, {"ppl_start": "at_rise"}, {"sampling": "iid"}, {"lengths": (1, 2), "repeats": 1}]
 SIDES = ["right", "left", "middle"]
 WEIGHTINGS = ["equal", "position", "last"]
 PIECES = ["Ġthe", "Ġcat", "s", ".", ",", "Ċ", "Ġand", "▁a", "ing", " of", "!", "\n\n", " Dog", "?"]
@@ -37,11 +39,12 @@ def _segment_sizes(row_ids: list[int]) -> list[int]:
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("max_len", [None, 2])
-def test_segments_partition_every_response(rule, max_len):  # invariant 1
+@pytest.mark.parametrize("options", OPTIONS)
+def test_segments_partition_every_response(rule, max_len, options):  # invariant 1
     for seed, side in itertools.product(range(6), SIDES):
         lengths = [0, 1, 2, 7, 11, random.Random(seed).randint(0, 11)]
         mask, kwargs = _inputs(seed, lengths, 13, side)
-        ids = segment_macro_actions(mask, rule, max_len=max_len, **kwargs)
+        ids = segment_macro_actions(mask, rule, max_len=max_len, **kwargs, **options)
         assert ids.dtype == torch.long and ids.shape == mask.shape
         assert torch.equal(ids >= 0, mask.bool())  # every valid token once, never padding
         for row in ids:
@@ -51,12 +54,15 @@ def test_segments_partition_every_response(rule, max_len):  # invariant 1
                 assert all(b - a in (0, 1) for a, b in zip(row_ids, row_ids[1:]))
             if max_len is not None and rule != "parsing":
                 assert max(_segment_sizes(row_ids), default=0) <= max_len
+            if row_ids and options.get("isolate_last", True):
+                assert _segment_sizes(row_ids)[-1] == 1
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_segmentation_ignores_batch_mates_and_padding(rule):  # invariant 8, segmentation side
+@pytest.mark.parametrize("options", OPTIONS)
+def test_segmentation_ignores_batch_mates_and_padding(rule, options):  # invariant 8, segmentation side
     mask, kwargs = _inputs(3, [5, 9, 1], 10, "right")
-    ids = segment_macro_actions(mask, rule, **kwargs)
+    ids = segment_macro_actions(mask, rule, **kwargs, **options)
     for row, length in enumerate([5, 9, 1]):
         # the same row, left-padded to width 14, beside a different batch-mate at the same index
         alone = make_mask([0] * row + [length], 14, "left")
@@ -65,33 +71,99 @@ def test_segmentation_ignores_batch_mates_and_padding(rule):  # invariant 8, seg
         ppl = torch.ones(row + 1, 14, dtype=torch.float64)
         ppl[row, alone[row].bool()] = kwargs["token_ppl"][row, mask[row].bool()]
         other["token_ppl"] = ppl
-        moved = segment_macro_actions(alone, rule, **other)
+        moved = segment_macro_actions(alone, rule, **other, **options)
         assert _row_segments(moved[row]) == _row_segments(ids[row])
 
 
 def test_fixed_segments_have_n_tokens():
-    ids = segment_macro_actions(make_mask([7, 3, 0], 8, "left"), "fixed", n=3)
+    mask = make_mask([7, 3, 0], 8, "left")
+    ids = segment_macro_actions(mask, "fixed", n=3, isolate_last=False)
     assert [_row_segments(row) for row in ids] == [[0, 0, 0, 1, 1, 1, 2], [0, 0, 0], []]
+    ids = segment_macro_actions(mask, "fixed", n=3)  # the last (scored) token alone
+    assert [_row_segments(row) for row in ids] == [[0, 0, 0, 1, 1, 1, 2], [0, 0, 1], []]
 
 
-def test_randomized_is_reproducible_and_draws_from_lengths():  # invariant 10
-    mask = make_mask([40, 25, 40], 45, "middle")
-    first = segment_macro_actions(mask, "randomized", lengths=(1, 2, 3, 5, 10), seed=7)
-    assert torch.equal(first, segment_macro_actions(mask, "randomized", lengths=(1, 2, 3, 5, 10), seed=7))
-    assert not torch.equal(first, segment_macro_actions(mask, "randomized", lengths=(1, 2, 3, 5, 10), seed=8))
-    assert not torch.equal(first[0], first[2])  # rows draw separately
-    for row in first:
-        sizes = _segment_sizes(_row_segments(row))
-        assert all(size in (1, 2, 3, 5, 10) for size in sizes[:-1]) and sizes[-1] <= 10
+# The authors' code (ernie-research/MA-RLHF, DeepSpeed-Chat dschat/rlhf/ppo_trainer.py) on one
+# response of L tokens: boundaries from the rule over the first L − 1 tokens, then a last boundary at
+# token L − 1, and a one-token segment appended after it. Below, their boundary lists and the
+# segments they give; their duplicate boundaries (an empty segment) are the only difference.
+@pytest.mark.parametrize(
+    "length, boundaries, expected",
+    [
+        (7, [0, 3, 6, 6], [0, 0, 0, 1, 1, 1, 2]),  # [0 1 2] [3 4 5] [] [6]: their empty segment dropped
+        (8, [0, 3, 6, 7], [0, 0, 0, 1, 1, 1, 2, 3]),  # [0 1 2] [3 4 5] [6] [7]
+        (5, [0, 3, 4], [0, 0, 0, 1, 2]),  # [0 1 2] [3] [4]
+        (3, [0, 2], [0, 0, 1]),
+        (1, [0, 0], [0]),
+    ],
+)
+def test_fixed_n3_matches_the_authors_segments(length, boundaries, expected):
+    sizes = [b - a for a, b in zip(boundaries, boundaries[1:])] + [1]  # their split sizes
+    assert [k for k, size in enumerate(s for s in sizes if s) for _ in range(size)] == expected
+    for side in SIDES:
+        ids = segment_macro_actions(make_mask([length], length + 3, side), "fixed", n=3)
+        assert _row_segments(ids[0]) == expected
 
 
 def test_ppl_starts_where_perplexity_rises():
     mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0]])
     ppl = torch.tensor([[9.0, 3.0, 2.0, 4.0, 1.0, 1.0, 5.0, 99.0]])
-    ids = segment_macro_actions(mask, "ppl", token_ppl=ppl)
+    # valid perplexities 3 2 4 1 1 5 rise after tokens 1 and 4 (counting from 0). The authors'
+    # code starts segments at those tokens (boundaries [0, 1, 4, 5]: [0] [1 2 3] [4] [5]).
+    assert segment_macro_actions(mask, "ppl", token_ppl=ppl).tolist() == [[-1, 0, 1, 1, 1, 2, 3, -1]]
+    # ... "at_rise" starts them at the token whose perplexity rose: [0 1] [2 3 4] [5]
+    ids = segment_macro_actions(mask, "ppl", token_ppl=ppl, ppl_start="at_rise", isolate_last=False)
     assert ids.tolist() == [[-1, 0, 0, 1, 1, 1, 2, -1]]
-    capped = segment_macro_actions(mask, "ppl", token_ppl=ppl, max_len=2)
+    capped = segment_macro_actions(mask, "ppl", token_ppl=ppl, ppl_start="at_rise", max_len=2)
     assert capped.tolist() == [[-1, 0, 0, 1, 1, 2, 3, -1]]
+    ppl = torch.tensor([[9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0]])  # rises everywhere: token level
+    assert segment_macro_actions(mask, "ppl", token_ppl=ppl).tolist() == [[-1, 0, 1, 2, 3, 4, 5, -1]]
+    flat = torch.ones(1, 8)
+    assert segment_macro_actions(mask, "ppl", token_ppl=flat).tolist() == [[-1, 0, 0, 0, 0, 0, 1, -1]]
+
+
+def test_randomized_uses_the_authors_list_without_replacement():
+    # lengths (2,) twice: [2, 2] whatever the shuffle; on 8 tokens their code cuts the first 7 as
+    # [0 1] [2 3] and, the list used up, [4 5 6]; then [7] alone
+    mask = make_mask([8], 11, "middle")
+    ids = segment_macro_actions(mask, "randomized", lengths=(2,), repeats=2)
+    assert _row_segments(ids[0]) == [0, 0, 1, 1, 2, 2, 2, 3]
+    # lengths (1, 4) once: the shuffle gives [1, 4] → [0] [1 2 3 4] [5] [6], or [4, 1] → [0 1 2 3] [4] [5] [6]
+    mask = make_mask([7], 7)
+    seen = {
+        tuple(_row_segments(segment_macro_actions(mask, "randomized", lengths=(1, 4), repeats=1, seed=seed)[0]))
+        for seed in range(20)
+    }
+    assert seen == {(0, 1, 1, 1, 1, 2, 3), (0, 0, 0, 0, 1, 2, 3)}
+
+
+def test_randomized_shuffle_consumes_the_repeated_list_then_lumps_the_rest():
+    lengths = (1, 2, 3, 5, 10)
+    orders = set()
+    for seed in range(5):
+        ids = segment_macro_actions(make_mask([60], 60), "randomized", lengths=lengths, repeats=2, seed=seed)
+        sizes = _segment_sizes(_row_segments(ids[0]))
+        # 42 tokens in the shuffled list, then the 17 left before the last token, then the last token
+        assert sorted(sizes[:-2]) == sorted(lengths * 2) and sizes[-2:] == [17, 1]
+        orders.add(tuple(sizes[:-2]))
+    assert len(orders) == 5  # a fresh order per seed
+    for seed in range(5):  # repeats=None: just enough copies to cover the row, each used at most that often
+        ids = segment_macro_actions(make_mask([40], 40), "randomized", lengths=lengths, seed=seed)
+        sizes = _segment_sizes(_row_segments(ids[0]))
+        assert all(sizes[:-2].count(size) <= 2 for size in lengths) and sizes[-1] == 1
+
+
+@pytest.mark.parametrize("sampling", ["shuffle", "iid"])
+def test_randomized_is_reproducible_and_draws_from_lengths(sampling):  # invariant 10
+    mask = make_mask([40, 25, 40], 45, "middle")
+    options = dict(lengths=(1, 2, 3, 5, 10), sampling=sampling, isolate_last=False)
+    first = segment_macro_actions(mask, "randomized", seed=7, **options)
+    assert torch.equal(first, segment_macro_actions(mask, "randomized", seed=7, **options))
+    assert not torch.equal(first, segment_macro_actions(mask, "randomized", seed=8, **options))
+    assert not torch.equal(first[0], first[2])  # rows draw separately
+    for row in first:
+        sizes = _segment_sizes(_row_segments(row))
+        assert all(size in (1, 2, 3, 5, 10) for size in sizes[:-1]) and sizes[-1] <= 10
 
 
 def test_parsing_chunker_by_hand():
@@ -110,7 +182,7 @@ def test_parsing_falls_back_to_token_level_instead_of_failing():
     texts = [["a", "b"], None, ["Ġx", "Ġy", "Ġz", "Ġw"]]  # wrong length, missing, fine
     with pytest.warns(UserWarning, match="token-level"):
         ids = segment_macro_actions(mask, "parsing", texts=texts)
-    assert [_row_segments(row) for row in ids] == [[0, 1, 2], [0, 1], [0, 0, 0, 0]]
+    assert [_row_segments(row) for row in ids] == [[0, 1, 2], [0, 1], [0, 0, 0, 1]]  # the last token alone
     with pytest.warns(UserWarning, match="token-level"):
         ids = segment_macro_actions(mask, "parsing")
     assert torch.equal(ids, segment_macro_actions(mask, "fixed", n=1))
@@ -141,7 +213,7 @@ def test_parsing_with_a_spacy_pipeline_maps_characters_to_tokens():
     # noun chunks "the big dog" [0, 11) and "A cat" [19, 24); sentence starts 0 and 20; "." ends at 18
     nlp = lambda text: _FakeDoc(sentence_starts=[0, 20], chunks=[(0, 11), (20, 25)], punct_ends=[19])  # noqa: E731
     ids = segment_macro_actions(torch.ones(1, len(pieces)), "parsing", texts=[pieces], nlp=nlp)
-    assert ids.tolist() == [[0, 0, 0, 1, 1, 1, 2, 2]]
+    assert ids.tolist() == [[0, 0, 0, 1, 1, 1, 2, 3]]  # "A" starts a sentence; "cat", the last token, stands alone
 
 
 # ---------------------------------------------------------------------------- macro GAE
@@ -195,10 +267,11 @@ def test_macro_gae_by_hand():
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("aggregation", ["sum", "mean"])
-def test_singleton_segments_are_token_gae_exactly(side, weighting, aggregation):  # invariant 2
+@pytest.mark.parametrize("isolate_last", [True, False])
+def test_singleton_segments_are_token_gae_exactly(side, weighting, aggregation, isolate_last):  # invariant 2
     for seed in range(3):
         rewards, values, mask = _gae_batch(seed, side)
-        ids = segment_macro_actions(mask, "fixed", n=1)
+        ids = segment_macro_actions(mask, "fixed", n=1, isolate_last=isolate_last)
         got = macro_gae(
             rewards, values, mask, ids, gamma=0.99, lam=0.9, value_weighting=weighting, reward_aggregation=aggregation
         )
@@ -210,7 +283,7 @@ def test_singleton_segments_are_token_gae_exactly(side, weighting, aggregation):
 @pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.9, 0.5)])
 def test_one_segment_gives_a_single_advantage(weighting, gamma, lam):  # invariant 3
     rewards, values, mask = _gae_batch(4, "middle")
-    ids = segment_macro_actions(mask, "fixed", n=100)
+    ids = segment_macro_actions(mask, "fixed", n=100, isolate_last=False)
     advantages, returns = macro_gae(rewards, values, mask, ids, gamma=gamma, lam=lam, value_weighting=weighting)
     weights = segment_value_weights(ids, weighting, dtype=values.dtype)
     valid = mask.bool()
@@ -224,11 +297,12 @@ def test_one_segment_gives_a_single_advantage(weighting, gamma, lam):  # invaria
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("aggregation", ["sum", "mean"])
-def test_macro_gae_matches_closed_form_and_is_constant_per_segment(rule, weighting, aggregation):  # invariants 4, 5
+@pytest.mark.parametrize("options", OPTIONS)
+def test_macro_gae_matches_closed_form_and_is_constant_per_segment(rule, weighting, aggregation, options):  # inv. 4, 5
     for seed, side in itertools.product(range(2), SIDES):
         rewards, values, mask = _gae_batch(seed, side)
         _, kwargs = _inputs(seed, [int(x) for x in mask.sum(-1)], 10, side)
-        ids = segment_macro_actions(mask, rule, **kwargs)
+        ids = segment_macro_actions(mask, rule, **kwargs, **options)
         got = macro_gae(
             rewards, values, mask, ids, gamma=0.95, lam=0.9, value_weighting=weighting, reward_aggregation=aggregation
         )
@@ -256,11 +330,12 @@ def test_value_weights_sum_to_one_per_segment(weighting):  # invariant 6
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_macro_gae_ignores_batch_mates_and_padding(rule):  # invariant 8
+@pytest.mark.parametrize("options", OPTIONS)
+def test_macro_gae_ignores_batch_mates_and_padding(rule, options):  # invariant 8
     rewards, values, mask = _gae_batch(5, "right")
     lengths = [int(x) for x in mask.sum(-1)]
     _, kwargs = _inputs(5, lengths, 10, "right")
-    ids = segment_macro_actions(mask, rule, **kwargs)
+    ids = segment_macro_actions(mask, rule, **kwargs, **options)
     advantages, returns = macro_gae(rewards, values, mask, ids, value_weighting="position")
     for row, length in enumerate(lengths):
         new_mask = make_mask([length], 13, "left")
@@ -285,3 +360,17 @@ def test_macro_gae_rejects_ids_that_disagree_with_the_mask():
     mask = make_mask([3], 4)
     with pytest.raises(ValueError, match="segment_ids"):
         macro_gae(torch.zeros(1, 4), torch.zeros(1, 4), mask, torch.tensor([[0, 0, -1, -1]]))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_the_last_token_keeps_its_score_undiluted_under_mean(rule):  # invariant 7 with the authors' isolate_last
+    rewards, values, mask = _gae_batch(7, "left")
+    _, kwargs = _inputs(7, [int(x) for x in mask.sum(-1)], 10, "left")
+    ids = segment_macro_actions(mask, rule, **kwargs)
+    advantages, _ = macro_gae(rewards, values, mask, ids, gamma=0.9, lam=0.8, reward_aggregation="mean")
+    for row in range(mask.shape[0]):
+        positions = mask[row].nonzero().flatten().tolist()
+        if positions:  # Â of the last segment is δ = r_last − V_last: the score is neither averaged nor repeated
+            last = positions[-1]
+            assert advantages[row, last] == rewards[row, last] - values[row, last]
+            assert (ids[row] == ids[row, last]).sum() == 1

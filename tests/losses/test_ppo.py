@@ -1,4 +1,4 @@
-"""Token-level PPO pieces and their macro-action forms (METHODS.md §3, invariants 2, 7, 9)."""
+"""Token-level PPO pieces and their macro-action forms (docs/methods.md, MA-RLHF: invariants 2, 7, 9)."""
 
 import math
 
@@ -52,7 +52,7 @@ def test_score_lands_once_on_the_last_valid_token(side):  # invariant 7
         torch.testing.assert_close(added[row], expected, rtol=0, atol=1e-15)
     assert (with_score[mask == 0] == 0).all()
     # under `sum`, one segment collects every reward, the score exactly once (γ = 1, V = 0)
-    ids = segment_macro_actions(mask, "fixed", n=100)
+    ids = segment_macro_actions(mask, "fixed", n=100, isolate_last=False)
     advantages, _ = macro_gae(with_score, torch.zeros_like(with_score), mask, ids, gamma=1.0)
     single_advantage = advantages.sum(-1) / mask.sum(-1).clamp(min=1)
     torch.testing.assert_close(single_advantage, with_score.sum(-1), rtol=0, atol=1e-12)

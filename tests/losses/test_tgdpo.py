@@ -1,4 +1,4 @@
-"""TGDPO invariants (METHODS.md §2) on small float64 tensors."""
+"""TGDPO invariants (docs/methods.md, TGDPO) on small float64 tensors."""
 
 import math
 

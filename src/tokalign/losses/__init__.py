@@ -1,10 +1,11 @@
-"""Pure loss functions: tokalign's public API (METHODS.md §5). Only torch is imported here.
+"""Pure loss functions: tokalign's public API (docs/methods.md). Only torch is imported here.
 
 Conventions: (B, T) per-token tensors align with a (B, T) 0/1 response mask and are ignored
 (even NaN) where it is 0; losses return ``(loss, metrics)`` with a scalar loss and a dict of
 0-dim detached tensors.
 """
 
+from tokalign.losses.aligndistil import aligndistil_loss
 from tokalign.losses.d3s import d3s_schedule, d3s_token_mask, max_variance_subset, select_samples
 from tokalign.losses.dpo import dpo_loss, tgdpo_loss
 from tokalign.losses.macro import (
@@ -16,8 +17,12 @@ from tokalign.losses.macro import (
 )
 from tokalign.losses.masked import masked_mean
 from tokalign.losses.ppo import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from tokalign.losses.rto import rto_token_rewards
+from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 
 __all__ = [
+    "aligndistil_loss",
+    "contrastive_token_rewards",
     "d3s_schedule",
     "d3s_token_mask",
     "dpo_loss",
@@ -28,11 +33,13 @@ __all__ = [
     "max_variance_subset",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "rto_token_rewards",
     "segment_broadcast",
     "segment_macro_actions",
     "segment_sum",
     "segment_value_weights",
     "select_samples",
     "tgdpo_loss",
+    "treg_loss",
     "whiten",
 ]

@@ -1,4 +1,4 @@
-"""D³S dynamic dual-level down-sampling for GRPO (arXiv 2509.22115; METHODS.md §4).
+"""D³S dynamic dual-level down-sampling for GRPO (arXiv 2509.22115, ICLR 2026).
 
 Sample level: keep the subset whose advantages have the largest variance (the PODS rule).
 Token level: among kept samples, keep the tokens with the largest |A|·H. Schedule: (N, K)
@@ -12,6 +12,8 @@ import torch
 
 # Smallest token keep ratio d3s_schedule returns: K must stay > 0.
 MIN_KEEP_RATIO = 1e-6
+# PODS's guard in (r − mean) / (std + eps), as TRL's GRPO.
+PODS_STD_EPS = 1e-4
 # Slack in ceil(K·n) so that floating error (0.3·10 = 3.0000000000000004) does not add a token.
 _CEIL_SLACK = 1e-9
 
@@ -48,18 +50,25 @@ def select_samples(
     group_size: int,
     scope: str = "group",
     renormalize: bool = False,
+    rewards: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """D³S sample-level selection on flat advantages whose groups are consecutive (TRL layout).
 
     ``scope="group"`` keeps ``n`` samples per group; ``scope="batch"`` keeps ``n · num_groups``
     from the pooled batch (the same budget; all-tied groups tend to be dropped whole).
     Returns the kept indices (ascending) and their advantages: bit-identical to the input
-    unless ``renormalize`` (PODS baseline) re-standardises within each group's kept samples
-    as TRL's GRPO does, ``(a − mean) / (std + 1e-4)`` with the unbiased std; a group with a
-    single kept sample gets advantage 0.
+    unless ``renormalize`` (the PODS baseline, Xu et al., arXiv 2504.13818) re-standardises
+    within each group's kept samples, ``(x − mean) / (std + 1e-4)`` with the unbiased std.
+    PODS (YixuanEvenXu/pods, ``trainer/maxvargrpo_trainer.py``) standardises the kept samples'
+    raw ``rewards`` (flat, aligned with ``advantages``): pass them for exactly its advantages.
+    Without them the already-standardised advantages are re-standardised, which moves the 1e-4
+    guard (it then acts on std(A) instead of std(r)). A group with a single kept sample gets
+    advantage 0 (PODS's unbiased std of one sample is NaN).
     """
     if advantages.dim() != 1 or advantages.numel() % group_size:
         raise ValueError("advantages must be 1-D with a whole number of groups of group_size")
+    if rewards is not None and rewards.shape != advantages.shape:
+        raise ValueError("rewards must be aligned with advantages")
     num_groups = advantages.numel() // group_size
     if scope == "group":
         groups = advantages.view(num_groups, group_size)
@@ -68,15 +77,15 @@ def select_samples(
         kept = max_variance_subset(advantages, n * num_groups)
     else:
         raise ValueError(f"unknown selection scope {scope!r}")
-    kept_advantages = advantages[kept]
-    if renormalize:
-        group = kept // group_size
-        counts = torch.bincount(group, minlength=num_groups).to(advantages.dtype)
-        means = torch.zeros_like(counts).index_add(0, group, kept_advantages) / counts.clamp(min=1)
-        centred = kept_advantages - means[group]
-        variances = torch.zeros_like(counts).index_add(0, group, centred**2) / (counts - 1).clamp(min=1)
-        kept_advantages = centred / (variances.sqrt()[group] + 1e-4)
-    return kept, kept_advantages
+    if not renormalize:
+        return kept, advantages[kept]
+    values = (advantages if rewards is None else rewards)[kept].to(advantages.dtype)
+    group = kept // group_size
+    counts = torch.bincount(group, minlength=num_groups).to(values.dtype)
+    means = torch.zeros_like(counts).index_add(0, group, values) / counts.clamp(min=1)
+    centred = values - means[group]
+    variances = torch.zeros_like(counts).index_add(0, group, centred**2) / (counts - 1).clamp(min=1)
+    return kept, centred / (variances.sqrt()[group] + PODS_STD_EPS)
 
 
 def d3s_token_mask(

@@ -2,7 +2,7 @@
 
 Both are ``-log σ(z)`` on a margin ``z`` built from token log-ratios
 ``Δ_t = log π_θ(y_t) − log π_ref(y_t)``; TGDPO only re-weights each token's log-ratio by
-``f_t`` (METHODS.md §1–§2). They share ``_preference_loss``, so TGDPO with α = 0 (f ≡ 1) runs
+``f_t``. They share ``preference_terms``, so TGDPO with α = 0 (f ≡ 1) runs
 exactly DPO's arithmetic.
 
 Inputs are (B, T) per-token log-probs aligned with (B, T) 0/1 response masks; chosen and
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tokalign.losses.masked import masked_fill_zero
 
 
-def _preference_loss(
+def preference_terms(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
@@ -29,11 +29,11 @@ def _preference_loss(
     label_smoothing: float = 0.0,
     chosen_weights: torch.Tensor | None = None,
     rejected_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``z = β (Σ_t w_t Δ_t(y_w) − Σ_t w_t Δ_t(y_l))``, loss ``−(1−ε) log σ(z) − ε log σ(−z)``.
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair losses ``−(1−ε) log σ(z) − ε log σ(−z)``, margins z and metrics.
 
-    Weights ``None`` mean 1 (plain DPO). The logged rewards are always the unweighted
-    ``βΔ(y)`` so that DPO and TGDPO runs compare.
+    ``z = β (Σ_t w_t Δ_t(y_w) − Σ_t w_t Δ_t(y_l))``; weights ``None`` mean 1 (plain DPO). The
+    logged rewards are always the unweighted ``βΔ(y)`` so that DPO, TGDPO and T-REG runs compare.
     """
     chosen_ratios = masked_fill_zero(policy_chosen_logps - ref_chosen_logps.detach(), chosen_mask)
     rejected_ratios = masked_fill_zero(policy_rejected_logps - ref_rejected_logps.detach(), rejected_mask)
@@ -52,7 +52,7 @@ def _preference_loss(
         "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
         "rewards/accuracies": (chosen_rewards > rejected_rewards).to(z.dtype).mean(),
     }
-    return losses.mean(), metrics
+    return losses, z, metrics
 
 
 def dpo_loss(
@@ -72,7 +72,7 @@ def dpo_loss(
     At ε = 0 this equals TRL's ``loss_type="sigmoid"`` (which ignores ``label_smoothing``).
     Metrics: rewards/chosen (= βΔ(y_w)), rewards/rejected, rewards/margins, rewards/accuracies.
     """
-    return _preference_loss(
+    losses, _, metrics = preference_terms(
         policy_chosen_logps,
         policy_rejected_logps,
         ref_chosen_logps,
@@ -82,6 +82,7 @@ def dpo_loss(
         beta=beta,
         label_smoothing=label_smoothing,
     )
+    return losses.mean(), metrics
 
 
 def tgdpo_loss(
@@ -99,7 +100,7 @@ def tgdpo_loss(
     guidance_beta: float | None = None,
     f_min: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """TGDPO loss (Zhu et al., ICML 2025; the ``sigmoid`` form of their code, METHODS.md §2).
+    """TGDPO loss (Zhu et al., ICML 2025; arXiv 2506.14574; the ``sigmoid`` form of their code).
 
     A guidance model π_g (a DPO checkpoint) gives the detached token reward
     ``r̂_t = β_g (log π_g(y_t) − log π_ref(y_t))``; each token's log-ratio is weighted by
@@ -125,7 +126,7 @@ def tgdpo_loss(
     else:
         chosen_weights, rejected_weights = raw_chosen_weights.clamp(min=f_min), raw_rejected_weights.clamp(min=f_min)
 
-    loss, metrics = _preference_loss(
+    losses, _, metrics = preference_terms(
         policy_chosen_logps,
         policy_rejected_logps,
         ref_chosen_logps,
@@ -144,4 +145,4 @@ def tgdpo_loss(
     metrics["f/clamped_frac"] = (used_weights != raw_weights).to(raw_weights.dtype).mean()
     metrics["guidance/chosen"] = guidance_chosen.sum(-1).mean()
     metrics["guidance/rejected"] = guidance_rejected.sum(-1).mean()
-    return loss, metrics
+    return losses.mean(), metrics

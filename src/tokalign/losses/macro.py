@@ -1,4 +1,4 @@
-"""Macro actions (MA-RLHF, Chai et al., ICLR 2025): segmenting responses and GAE over segments.
+"""Macro actions (MA-RLHF, Chai et al., ICLR 2025, arXiv 2410.02743): segments and GAE over them.
 
 A segmentation is a (B, T) long tensor: on valid tokens the per-row index 0, 1, …, K_b − 1 of
 the macro action holding the token, −1 where the mask is 0 (``segment_macro_actions``).
@@ -39,17 +39,31 @@ def segment_macro_actions(
     texts: Sequence[Sequence[str]] | None = None,
     max_len: int | None = None,
     nlp: Callable | None = None,
+    isolate_last: bool = True,
+    ppl_start: str = "before_rise",
+    sampling: str = "shuffle",
+    repeats: int | None = None,
 ) -> torch.Tensor:
-    """Cut each row's valid tokens into contiguous macro actions (METHODS.md §3).
+    """Cut each row's valid tokens into contiguous macro actions (MA-RLHF, Chai et al., ICLR 2025).
+
+    Defaults follow the authors' code (ernie-research/MA-RLHF, DeepSpeed-Chat
+    ``dschat/rlhf/ppo_trainer.py``), except that every row decides its own boundaries (their
+    code applied batch row 0's to every row) and no segment is ever empty (their duplicate
+    boundary made one, so their n = 1 was not token-level PPO; here it is, exactly).
 
     Rules (each row's first valid token always starts a segment):
 
     - ``fixed``: a segment every ``n`` tokens (n = 1 is token-level PPO).
-    - ``randomized``: segment lengths drawn uniformly from ``lengths``; row b uses a
-      ``torch.Generator`` seeded with ``seed + b``, so the result is reproducible and
-      independent of padding and batch-mates (vary ``seed`` per step for fresh draws).
-    - ``ppl``: a segment starts at t when ``token_ppl[t] > token_ppl[t-1]`` (the reference
-      model's perplexity rises). Any increasing transform, such as the token NLL, is equivalent.
+    - ``randomized``: segment lengths taken from ``lengths`` with a ``torch.Generator`` seeded
+      with ``seed + b`` for row b, so the result is reproducible and independent of padding
+      and batch-mates (vary ``seed`` per step for fresh draws). ``sampling="shuffle"`` (the
+      authors'): ``lengths`` repeated ``repeats`` times, shuffled, used once each without
+      replacement; tokens left when the list runs out form one segment. ``repeats=None``
+      repeats the list just enough to cover the row. ``sampling="iid"``: each length drawn
+      uniformly and independently.
+    - ``ppl``: ``token_ppl`` (the reference model's per-token perplexity; any increasing
+      transform, such as the token NLL, is equivalent) rises from token i to token i+1.
+      ``ppl_start="before_rise"`` (the authors') starts the new segment at i, ``"at_rise"`` at i+1.
     - ``parsing``: phrase chunks from ``texts``, a per-row list of the decoded strings of the
       row's valid tokens (GPT-2 "Ġ"/"Ċ" and SentencePiece "▁" markers are understood). Offline
       chunker: a segment starts after a line break, after a punctuation-ended piece when the
@@ -59,6 +73,10 @@ def segment_macro_actions(
       are missing, do not match its number of valid tokens, or fail to parse falls back to
       token-level segments with a warning, never an error.
 
+    ``isolate_last`` (any rule; the authors'): the row's last valid token, the one that
+    carries the sequence score, is a macro action of its own, so that averaging a segment
+    (``reward_aggregation="mean"``, value weighting) never dilutes the score; the segment
+    before it closes one token early.
     ``max_len`` (any rule; None = no cap): a segment that already has ``max_len`` tokens is
     closed, for ``parsing`` at the next word start so words stay whole.
     """
@@ -70,35 +88,62 @@ def segment_macro_actions(
             raise ValueError(f"n must be >= 1, got {n}")
         starts = position % n == 0
     elif rule == "randomized":
-        starts = _random_starts(position, valid, lengths, seed)
+        starts = _random_starts(position, valid, lengths, seed, sampling, repeats)
     elif rule == "ppl":
-        if token_ppl is None:
-            raise ValueError("rule='ppl' needs token_ppl")
-        starts = F.pad(valid[:, 1:] & valid[:, :-1] & (token_ppl[:, 1:] > token_ppl[:, :-1]), (1, 0))
+        starts = _ppl_starts(valid, token_ppl, ppl_start)
     elif rule == "parsing":
         starts, word_starts = _parsing_starts(valid, texts, nlp)
     else:
         raise ValueError(f"unknown macro-action rule {rule!r}")
 
-    starts = (starts | (position == 0)) & valid
+    starts = starts | (position == 0)
+    if isolate_last:
+        starts = starts | (position == valid.sum(-1, keepdim=True) - 1)
+    starts = starts & valid
     if max_len is not None:
         starts = _cap_segment_length(starts, valid, word_starts, max_len)
     return torch.where(valid, starts.long().cumsum(-1) - 1, -1)
 
 
 def _random_starts(
-    position: torch.Tensor, valid: torch.Tensor, lengths: Sequence[int], seed: int
+    position: torch.Tensor,
+    valid: torch.Tensor,
+    lengths: Sequence[int],
+    seed: int,
+    sampling: str,
+    repeats: int | None,
 ) -> torch.Tensor:
     choices = torch.as_tensor(lengths, dtype=torch.long)
     if choices.numel() == 0 or bool((choices < 1).any()):
         raise ValueError(f"lengths must be non-empty and >= 1, got {lengths}")
+    if repeats is not None and repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if sampling not in ("shuffle", "iid"):
+        raise ValueError(f"unknown randomized sampling {sampling!r}")
     starts = torch.zeros_like(valid)
     for row, count in enumerate(valid.sum(-1).tolist()):
         generator = torch.Generator().manual_seed(seed + row)
-        drawn = choices[torch.randint(len(choices), (count,), generator=generator)]
-        segment_starts = (drawn.cumsum(0) - drawn).to(position.device)  # count draws always cover the row
+        if sampling == "iid":
+            drawn = choices[torch.randint(len(choices), (count,), generator=generator)]  # count draws cover the row
+        else:
+            copies = -(-count // int(choices.sum())) if repeats is None else repeats
+            pool = choices.repeat(max(copies, 1))
+            drawn = pool[torch.randperm(len(pool), generator=generator)]
+        segment_starts = torch.cat([drawn.new_zeros(1), drawn.cumsum(0)]).to(position.device)
         starts[row] = torch.isin(position[row], segment_starts)
     return starts
+
+
+def _ppl_starts(valid: torch.Tensor, token_ppl: torch.Tensor | None, ppl_start: str) -> torch.Tensor:
+    """Starts where the perplexity rises between two valid tokens, at the earlier or later one."""
+    if token_ppl is None:
+        raise ValueError("rule='ppl' needs token_ppl")
+    rises = valid[:, 1:] & valid[:, :-1] & (token_ppl[:, 1:] > token_ppl[:, :-1])
+    if ppl_start == "before_rise":
+        return F.pad(rises, (0, 1))
+    if ppl_start == "at_rise":
+        return F.pad(rises, (1, 0))
+    raise ValueError(f"unknown ppl_start {ppl_start!r}")
 
 
 def _cap_segment_length(
