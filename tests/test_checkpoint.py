@@ -63,3 +63,12 @@ def test_atomic_checkpoint_saves_are_sealed(tmp_path):
     assert is_complete(dest) and verify(dest) is None and latest_checkpoint(tmp_path) == dest
     model = atomic_dir(tmp_path / "model", lambda d: (d / "w").write_text("w"))
     assert not (model / SEAL).exists()
+
+
+def test_a_checkpoint_resealed_without_this_accounts_key_is_refused(tmp_path, monkeypatch):
+    ckpt = _ckpt(tmp_path / "run", 2)
+    (ckpt / "optimizer.pt").write_text("payload that unpickles to code")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "someone-else"))
+    seal(ckpt)  # a writer with another key rewrites the seal to match
+    monkeypatch.undo()
+    assert is_complete(ckpt) and "not made with this account's key" in verify(ckpt)

@@ -1,4 +1,5 @@
-"""Real 2-process runs (gloo, CPU) through the command a user types, against one process with the same global batch.
+"""Real 2-process runs (gloo, CPU) through the command a user types, against one process with the same global batch;
+and a killed launch leaves no worker behind.
 
 DPO's loss must match step for step. GRPO's cannot: TRL seeds each rank's sampler differently
 (`set_seed(seed, device_specific=True)` in GRPOTrainer.__init__), so the two runs generate different
@@ -9,6 +10,11 @@ single process's.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -76,3 +82,41 @@ def test_d3s_selection_is_global_across_two_processes(tmp_path, cache_dir):
                    "method.k_init=0.5", "trainer.per_device_batch_size=4", "launcher.num_gpus=2", "launcher=ddp")
     assert [m["train/usage/kept_samples"] for m in read_metrics(run_dir) if "train/usage/kept_samples" in m] == [4, 4]
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss, _ in _losses(run_dir))
+
+
+def _workers(config: str) -> list[int]:
+    """Live processes started on this run's resolved config (spawner and workers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
+            state = open(f"/proc/{pid}/stat").read().split()[2]
+        except OSError:
+            continue
+        if config in cmdline and state != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_dir):
+    from tokalign.rundir import claim
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none",
+                             "launcher=ddp", "launcher.num_gpus=2", "method=dpo", "trainer.max_steps=500",
+                             "trainer.logging_steps=1", "trainer.per_device_batch_size=2", "eval.at_end=false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = str(run_dir / "resolved.yaml")
+    deadline = time.time() + 300
+    while not read_metrics(run_dir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    workers = _workers(config)
+    assert read_metrics(run_dir) and len(workers) >= 3  # the spawner and two ranks, training
+    proc.send_signal(signal.SIGKILL)  # the parent alone, as an OOM killer or a lost terminal would
+    proc.wait()
+    deadline = time.time() + 60
+    while _workers(config) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _workers(config) == []
+    with claim(run_dir):  # nobody holds the run directory any more
+        pass

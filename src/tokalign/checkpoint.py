@@ -2,18 +2,22 @@
 
 A checkpoint written by one process goes through `files.atomic_dir`. Checkpoints written in
 place (the HF Trainer's, one shard per rank under DeepSpeed) are sealed once every rank has
-finished: a manifest of every file with its size and SHA-256. Only a checkpoint whose files
-still match their sizes counts (`is_complete`, cheap, for listing); the one chosen for a
-resume must also match its hashes (`verify`), so a truncated or tampered file in a shared
-run directory is never loaded (resuming unpickles optimizer and RNG states).
+finished: a manifest of every file with its size and SHA-256, signed with an HMAC under a key
+private to the user (`~/.config/tokalign/seal.key`, made on first use). Only a checkpoint
+whose files still match their sizes counts (`is_complete`, cheap, for listing); the one chosen
+for a resume must also match its hashes and signature (`verify`), so a truncated file, or one
+planted or rewritten by someone else in a shared run directory, is never loaded (resuming
+unpickles optimizer and RNG states, which can run code).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -32,19 +36,41 @@ def _files(path: Path) -> list[Path]:
     return [f for f in sorted(path.rglob("*")) if f.is_file() and f.name != SEAL]
 
 
+def _key_path() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "tokalign" / "seal.key"
+
+
+def _key(create: bool) -> bytes | None:
+    path = _key_path()
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(secrets.token_hex(32))
+        except FileExistsError:  # another process made it first
+            pass
+    return path.read_text().strip().encode() if path.exists() else None
+
+
+def _signature(files: dict, key: bytes) -> str:
+    return hmac.new(key, json.dumps(files, sort_keys=True).encode(), "sha256").hexdigest()
+
+
 def seal(path: str | os.PathLike) -> Path:
     """Mark a checkpoint directory complete: call once every file in it is written."""
     path = Path(path)
-    manifest = {str(f.relative_to(path)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(path)}
-    return atomic_text(path / SEAL, json.dumps(manifest, indent=0))
+    files = {str(f.relative_to(path)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(path)}
+    return atomic_text(path / SEAL, json.dumps({"files": files, "hmac": _signature(files, _key(create=True))}, indent=0))
 
 
 def _manifest(path: Path) -> dict | None:
+    """The sealed files (name -> size, hash), or None when there is no readable seal."""
     try:
-        manifest = json.loads((path / SEAL).read_text())
+        seal_data = json.loads((path / SEAL).read_text())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) else None
+    files = seal_data.get("files") if isinstance(seal_data, dict) else None
+    return files if isinstance(files, dict) else None
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -63,6 +89,11 @@ def verify(path: str | os.PathLike) -> str | None:
     manifest = _manifest(path)
     if manifest is None:
         return "no seal"
+    key = _key(create=False)
+    signature = json.loads((path / SEAL).read_text()).get("hmac", "")
+    if key is None or not hmac.compare_digest(signature, _signature(manifest, key)):
+        return (f"its seal was not made with this account's key ({_key_path()}): it may have been written or changed "
+                "by someone else; copy the key of the account that trained it to resume it")
     present = {str(f.relative_to(path)) for f in _files(path)}
     if present != set(manifest):
         return f"files added or missing: {sorted(present ^ set(manifest))}"

@@ -9,6 +9,7 @@ heavy (torch, trl, deepspeed) is imported until a job runs.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,13 @@ def conf_dir() -> str:
     return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
-def _fail(err: Exception) -> None:
-    print(f"tokalign: error: {err}", file=sys.stderr)
+_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")
+
+
+def _fail(err: Exception | str) -> None:
+    """A user error: one line on stderr, exit status 2 (OmegaConf's and Hydra's messages folded into it)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith(_NOISE)]
+    print(f"tokalign: error: {' '.join(lines)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -98,7 +104,7 @@ def _args(argv: list[str], command: Command) -> dict:
 
 
 def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
-    """The config `tokalign train <overrides>` would run (and the options of `groups`), composed without running."""
+    """The config `tokalign train <overrides>` would run (with Hydra's node, and the options of `groups`)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -106,9 +112,23 @@ def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
 
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["output_dir=.", *overrides])
+        cfg = compose("config", overrides=["output_dir=.", *overrides], return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         return cfg, {g: loader.get_group_options(g) for g in groups}
+
+
+def _preflight(argv: list[str]) -> None:
+    """A single run's config and run directory, checked before Hydra starts anything."""
+    from omegaconf import OmegaConf, open_dict
+
+    from tokalign.compose import validate
+    from tokalign.rundir import check_writable
+
+    cfg, _ = _compose(argv)
+    check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate(cfg)
 
 
 def train_help(overrides: list[str]) -> str:
@@ -153,12 +173,12 @@ def train(argv: list[str]) -> None:
     register()
     if not any(a.startswith("-") for a in argv):  # a single run: every error before anything starts, in one line
         try:
-            validate(_compose(argv)[0])
+            _preflight(argv)
         except _user_errors() as err:
             _fail(err)
-        except Exception as err:  # noqa: BLE001 - Hydra's composition errors (bad override, missing option)
+        except Exception as err:  # Hydra's composition errors (a bad override, a missing option)
             if type(err).__module__.startswith("hydra"):
-                _fail(str(err).splitlines()[0])
+                _fail(err)
             raise
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
@@ -171,6 +191,11 @@ def train(argv: list[str]) -> None:
             return launch(cfg)
         except _user_errors() as err:
             _fail(err)
+        except Exception:
+            traceback.print_exc()
+            print("tokalign: internal error: the traceback above is a bug in tokalign or a library it calls; "
+                  "please report it with the command you ran", file=sys.stderr)
+            sys.exit(1)
 
     sys.argv = ["tokalign train", *argv]
     app()

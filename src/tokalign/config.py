@@ -10,6 +10,7 @@ own packages; presets under `conf/` hold only values that differ.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import operator
 import typing
 from dataclasses import dataclass, field
@@ -51,8 +52,15 @@ def describe_bounds(bounds: dict[str, float]) -> str:
 
 
 def check_bounds(schema: type, node: DictConfig, prefix: str) -> None:
-    """Raise ConfigError for the first value outside its knob's bounds (nested dataclasses too)."""
+    """Raise ConfigError for the first unknown key or value outside its knob's bounds (nested dataclasses too)."""
     hints = typing.get_type_hints(schema)
+    known = [f.name for f in dataclasses.fields(schema)]
+    unknown = [k for k in node if k not in known]
+    if unknown:
+        path = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ConfigError(f"{path} is not a knob here" + (f"; did you mean {close[0]}?" if close else
+                                                         f"; known: {', '.join(known)}"))
     for f in dataclasses.fields(schema):
         if f.name not in node:
             continue
@@ -231,7 +239,8 @@ class DatasetConfig:
     eval_split: Optional[str] = knob(None, help="evaluation split; null: hold out num_eval rows of the training split")
     columns: dict[str, str] = knob(help="canonical column -> column in the files", factory=_canonical_columns)
     num_train: Optional[int] = knob(None, ge=1, help="training rows: generated (null: 2000), or the first rows of the split (null: all)")
-    num_eval: int = knob(64, ge=1, help="evaluation rows")
+    num_eval: int = knob(64, ge=1, help="evaluation rows: generated (toy tasks), or at most this many held out of the training split")
+    eval_fraction: float = knob(0.1, gt=0, lt=1, help="without eval_split: share of the training split held out for evaluation")
     seed: int = knob(0, help="seed of generated data and on-policy sampling")
     pairs: Pairs = knob(Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy")
     on_policy: OnPolicySpec = knob(help="on-policy pair building (pairs=on_policy)", factory=OnPolicySpec)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option, world_size
 from tokalign.distributed import deepspeed_config
-from tokalign.errors import LaunchError
+from tokalign.errors import LaunchError, UserError
 from tokalign.files import atomic_text
 from tokalign.rundir import claim, die_with_parent
 
@@ -114,10 +114,26 @@ def _spawn(cmd: list[str], lock_fd: int) -> int:
                 proc.wait()
 
 
+def _previous_run(run_dir: Path) -> list[str]:
+    return [name for name in ("summary.json", "model", "checkpoints", "metrics.jsonl") if (run_dir / name).exists()]
+
+
 def launch(cfg: DictConfig) -> dict:
-    """Run a validated, resolved config with its launcher; returns the final metrics."""
+    """Run a validated, resolved config with its launcher; returns the final metrics.
+
+    With resume=auto a finished run (summary.json) is left as it is; with resume=never a
+    directory holding an earlier run's results is refused rather than mixed with a new one.
+    """
     run_dir = Path(cfg.output_dir)
     with claim(run_dir) as lock_fd:
+        summary = run_dir / "summary.json"
+        if option(cfg.resume) == "auto" and summary.exists():
+            print(f"tokalign: {run_dir} already finished (summary.json); nothing to do", flush=True)
+            return json.loads(summary.read_text())
+        earlier = _previous_run(run_dir)
+        if option(cfg.resume) == "never" and earlier:
+            raise UserError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
+                            "or choose another hydra.run.dir")
         config_path = write_resolved(cfg)
         if cfg.launcher.name == "local":
             from tokalign.run import run_training
@@ -133,5 +149,4 @@ def launch(cfg: DictConfig) -> dict:
         rc = _spawn(cmd, lock_fd)
     if rc != 0:
         raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")
-    summary = run_dir / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}

@@ -219,8 +219,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ModelError(f"cannot load a tokenizer from {path!r}: {err}") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"cannot load a tokenizer from {path!r}: {str(err).splitlines()[0]}") from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -233,11 +233,32 @@ def load_causal_lm(path: str, *, dtype: str = "float32", trust_remote_code: bool
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError, KeyError) as err:
         raise ModelError(
-            f"cannot load model {path!r}: {err}\nHub models need network access and, for gated ones, "
-            "`huggingface-cli login`; or download it and pass model.path=/local/dir"
+            f"cannot load model {path!r}: {str(err).splitlines()[0]} (hub models need network access and, for gated "
+            "ones, `hf auth login`; or download it and pass model.path=/local/dir)"
         ) from err
+
+
+WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(path: str | os.PathLike) -> int:
+    """A local checkpoint has a readable config, weights and a tokenizer; returns the weights' size in bytes."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}/config.json is not a readable JSON config ({err})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelError(f"{path}/config.json is not a Hugging Face model config (no model_type)")
+    weights = [f for pattern in WEIGHTS for f in path.glob(pattern)]
+    if not weights:
+        raise ModelError(f"{path} holds no weights ({', '.join(WEIGHTS)})")
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ModelError(f"{path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save one beside the weights")
+    return sum(f.stat().st_size for f in weights)
 
 
 def check_tokenizers_match(policy_tok, other_tok, what: str = "guidance model") -> None:

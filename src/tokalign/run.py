@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.checkpoint import complete_checkpoints, discard_incomplete, step_of, verify
 from tokalign.config import option
-from tokalign.files import atomic_text
+from tokalign.files import atomic_text, storage_errors
 from tokalign.methods.base import DataKind
 from tokalign.methods.registry import get_method
 from tokalign.tracking import Tracker
@@ -34,6 +34,8 @@ class Run:
     """What a method's `train(run)` gets: config, run dir, tracker, tokenizer, data, model loading."""
 
     def __init__(self, cfg: DictConfig, rank: int = 0):
+        """Everything that can fail on the user's input (model, tokenizer, data, disk) is checked
+        before the tracker starts a W&B run."""
         from tokalign.models import load_tokenizer, resolve_model
 
         self.cfg = cfg
@@ -41,10 +43,12 @@ class Run:
         self.rank = rank
         self.resume = option(cfg.resume) == "auto"
         self.method = get_method(cfg.method.algorithm)
-        self.tracker = Tracker(cfg, self.dir, rank=rank)
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
+        self._check_disk()
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
-        self.train_data = self._train_data()
+        self.train_data, data_metrics = self._train_data()
+        self.tracker = Tracker(cfg, self.dir, rank=rank)
+        self.tracker.log(data_metrics, step=0)
 
     def load_policy(self):
         from tokalign.models import load_causal_lm
@@ -52,28 +56,51 @@ class Run:
         return load_causal_lm(self.model_path, dtype=option(self.cfg.model.dtype),
                               trust_remote_code=self.cfg.model.trust_remote_code)
 
+    def _check_disk(self) -> None:
+        """Room in the run directory for the final model (and a checkpoint with optimizer state)."""
+        import shutil
+
+        from tokalign.errors import StorageError
+        from tokalign.models import check_model_dir
+
+        if self.rank != 0 or not Path(self.model_path).is_dir():
+            return
+        weights = check_model_dir(self.model_path)
+        need = weights * (4 if self.cfg.trainer.save_steps > 0 else 1)
+        free = shutil.disk_usage(self.dir).free
+        if free < need:
+            raise StorageError(f"{self.dir} has {free / 2**30:.1f} GiB free; this model's final weights and checkpoints "
+                               f"need about {need / 2**30:.1f} GiB")
+
     def _train_data(self):
+        """Training rows after screening, and what the screening and hold-out did (said once, logged at step 0)."""
         import datasets
 
-        from tokalign.data.loading import load_split
+        from tokalign.data.loading import load_training_rows, screen
 
-        d, kind = self.cfg.dataset, self.method.data
+        d, kind, method = self.cfg.dataset, self.method.data, self.cfg.method.name
         if kind != DataKind.preference or option(d.pairs) == "synthetic":
-            return load_split(d, kind, "train", method=self.cfg.method.name)
-        from tokalign import rewards
-        from tokalign.data.on_policy import build_pairs
+            data, note = load_training_rows(d, kind, method=method)
+        else:
+            from tokalign import rewards
+            from tokalign.data.on_policy import build_pairs
 
-        scorer = rewards.reward_function(d.on_policy.reward, d, "dataset.on_policy.reward")
-        prompts = list(load_split(d, DataKind.prompt, "train", method=self.cfg.method.name)["prompt"])
-        o = d.on_policy
-        rows = build_pairs(
-            prompts, model=self.load_policy(), tokenizer=self.tokenizer, model_path=self.model_path,
-            scorer=scorer, scorer_name=getattr(scorer, "__name__", "reward"), num_samples=o.num_samples,
-            temperature=o.temperature, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed,
-            cache_dir=self.cfg.cache_dir,
-        )
-        self.tracker.log({"data/on_policy_pairs": len(rows), "data/on_policy_prompts": len(prompts)}, step=0)
-        return datasets.Dataset.from_list(rows)
+            scorer = rewards.reward_function(d.on_policy.reward, d, "dataset.on_policy.reward")
+            prompt_rows, note = load_training_rows(d, DataKind.prompt, method=method)
+            prompts = list(prompt_rows["prompt"])
+            o = d.on_policy
+            data = datasets.Dataset.from_list(build_pairs(
+                prompts, model=self.load_policy(), tokenizer=self.tokenizer, model_path=self.model_path,
+                scorer=scorer, scorer_name=getattr(scorer, "__name__", "reward"), num_samples=o.num_samples,
+                temperature=o.temperature, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed,
+                cache_dir=self.cfg.cache_dir,
+            ))
+        data, dropped = screen(data, kind, self.tokenizer, self.cfg.trainer.max_length)
+        if self.rank == 0:
+            said = [f"{len(data)} training rows", *(f"dropped {n} ({why})" for why, n in dropped.items() if n)]
+            _say("data: " + "; ".join(said + ([note] if note else [])))
+        metrics = {"data/train_rows": len(data), **{f"data/dropped/{why}": n for why, n in dropped.items() if n}}
+        return data, metrics
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint to continue from (resume=auto): the newest sealed one whose files match their
@@ -150,10 +177,6 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
     from tokalign.summary import print_summary
 
     run_dir = Path(cfg.output_dir)
-    if option(cfg.resume) == "auto" and (run_dir / "summary.json").exists():
-        if rank == 0:
-            _say(f"{run_dir} already finished (summary.json); nothing to do")
-        return json.loads((run_dir / "summary.json").read_text())
     if not (run_dir / "resolved.yaml").exists():  # launchers write it before spawning ranks
         atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
     set_seed(cfg.seed)
@@ -166,8 +189,13 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
                 _say("the final model is already saved: running only what is missing (evaluation, summary)")
             metrics = json.loads(trained.read_text())
         else:
-            metrics = dict(run.method.train(run))
-            metrics["train/wall_s"] = round(run.tracker.previous_wall_s + time.time() - started, 1)
+            with storage_errors(run_dir):
+                metrics = dict(run.method.train(run))
+            earlier = run.tracker.previous_wall_s  # attempts killed earlier count up to their last log
+            metrics["train/wall_s"] = round(earlier + time.time() - started, 1)
+            metrics["train/attempts"] = len(run.tracker.attempts)
+            if metrics.get("train/runtime_s") is not None:
+                metrics["train/runtime_s"] = round(earlier + metrics["train/runtime_s"], 1)
             if rank == 0:
                 atomic_text(trained, json.dumps(metrics, indent=2, default=str))
         if cfg.launcher.name == "deepspeed":

@@ -18,13 +18,14 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.errors import UserError
+from tokalign.errors import StorageError, UserError
 from tokalign.files import storage_errors
 
 LOCK = ".tokalign.lock"
@@ -58,6 +59,19 @@ def _holder(fd: int) -> str:
         return f"pid {info['pid']} on {info['host']} (since {since})"
     except (ValueError, KeyError, OSError):
         return "another process"
+
+
+def check_writable(run_dir: str | os.PathLike) -> None:
+    """The run directory exists (it is created) and takes files; a StorageError names it otherwise."""
+    path = Path(run_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise StorageError(f"cannot use {path} as a run directory: {existing} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise StorageError(f"cannot use {path} as a run directory: {err.strerror}") from None
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:

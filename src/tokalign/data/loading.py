@@ -10,6 +10,8 @@ Toy tasks are generated; hub and local data are renamed through `dataset.columns
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from tokalign.config import option
 from tokalign.data import toy_math, toy_pref
 from tokalign.errors import DataError
 
+SUFFIXES = (".jsonl", ".json", ".parquet")
 REQUIRED = {"sft": ("prompt", "completion"), "preference": ("chosen", "rejected"), "prompt": ("prompt",)}
 OPTIONAL = {"sft": (), "preference": ("prompt",), "prompt": ("answer",)}
 DEFAULT_TRAIN = 2000
@@ -59,21 +62,56 @@ def toy_rows(cfg: DictConfig, kind: str, split: str) -> list[dict]:
     return rows
 
 
+def read_json_rows(path: Path) -> list[dict]:
+    """The objects of a .jsonl file (one per line) or a .json file (a list); every error names file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); re-encode the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if path.suffix == ".jsonl":
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        numbered = [(1, text)]
+    rows = []
+    for number, chunk in numbered:
+        try:
+            value = json.loads(chunk)
+        except json.JSONDecodeError as err:
+            line = number if path.suffix == ".jsonl" else err.lineno
+            raise DataError(f"{path}:{line}: broken JSON ({err.msg}, column {err.colno})") from None
+        items = value if isinstance(value, list) and path.suffix == ".json" else [value]
+        bad = next((item for item in items if not isinstance(item, dict)), None)
+        if bad is not None:
+            raise DataError(f"{path}:{number}: expected a JSON object per row, found {type(bad).__name__}")
+        rows += items
+    return rows
+
+
 def _load_files(cfg: DictConfig, split: str):
     """A file, or a directory whose files are named by split (train.jsonl, test.jsonl) or not at all."""
     import datasets
 
     path = Path(str(cfg.path)).expanduser()
-    files = sorted(p for p in path.iterdir() if p.suffix in {".jsonl", ".json", ".parquet"}) if path.is_dir() else [path]
-    if not files or not all(f.exists() for f in files):
-        raise DataError(f"dataset.path={path}: no .jsonl/.json/.parquet file found")
+    if not path.exists():
+        raise DataError(f"dataset.path={path} does not exist")
+    files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES) if path.is_dir() else [path]
+    if not files or files[0].suffix not in SUFFIXES:
+        raise DataError(f"dataset.path={path}: no {'/'.join(SUFFIXES)} file found")
     named = [f for f in files if f.stem == split]
     if named:
         files = named
     elif split != cfg.split:
         raise DataError(f"dataset.path={path}: no file named {split}.jsonl/.parquet for split {split!r}")
-    fmt = "parquet" if files[0].suffix == ".parquet" else "json"
-    return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+    if files[0].suffix != ".parquet":
+        return datasets.Dataset.from_list([row for f in files for row in read_json_rows(f)])
+    try:
+        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read it as Parquet ({err})") from None
 
 
 def _load_hub(cfg: DictConfig, split: str):
@@ -119,26 +157,80 @@ def check_columns(ds, cfg: DictConfig, kind: str, method: str):
     return ds.rename_columns(renames) if renames else ds
 
 
+def held_out(cfg: DictConfig, total: int) -> int:
+    """Rows held out of a split of `total` rows for evaluation (no `eval_split`): a share, capped, never all."""
+    if total < 2:
+        raise DataError(f"dataset {cfg.name!r} has {total} row(s): too few to train and evaluate; add rows or give "
+                        "dataset.eval_split")
+    return min(cfg.num_eval, max(1, math.floor(cfg.eval_fraction * total)), total - 1)
+
+
 def load_split(cfg: DictConfig, kind: str, split: str = "train", *, method: str = "this method") -> Any:
     """One split ("train" or "eval") as a `datasets.Dataset` with canonical columns; `method` names the reader in errors.
 
-    Without `dataset.eval_split`, the last `num_eval` rows of the train split are held out.
+    Without `dataset.eval_split`, the last `held_out` rows of the training split are the evaluation rows.
     """
+    return _split(cfg, kind, split, method)[0]
+
+
+def load_training_rows(cfg: DictConfig, kind: str, *, method: str = "this method") -> tuple[Any, str]:
+    """The training split, and a sentence saying how many of its rows were held out for evaluation."""
+    return _split(cfg, kind, "train", method)
+
+
+def _split(cfg: DictConfig, kind: str, split: str, method: str) -> tuple[Any, str]:
     import datasets
 
     kind = option(kind)
     source = task_of(cfg)
     if source in ("toy_pref", "toy_math"):
-        return datasets.Dataset.from_list(_chat(toy_rows(cfg, kind, split)))
+        return datasets.Dataset.from_list(_chat(toy_rows(cfg, kind, split))), ""
     if source == "local" and not cfg.path:
         raise DataError("dataset.source=local needs dataset.path=/file.jsonl (or .parquet, or a directory)")
     load = _load_files if source == "local" else _load_hub
+    note = ""
     if cfg.eval_split:
         ds = check_columns(load(cfg, cfg.split if split == "train" else cfg.eval_split), cfg, kind, method)
     else:
         full = check_columns(load(cfg, cfg.split), cfg, kind, method)
-        cut = max(0, len(full) - cfg.num_eval)
-        ds = full.select(range(cut) if split == "train" else range(cut, len(full)))
+        held = held_out(cfg, len(full))
+        ds = full.select(range(len(full) - held) if split == "train" else range(len(full) - held, len(full)))
+        note = (f"{held} of the {len(full)} rows of split {cfg.split!r} held out for evaluation "
+                f"(dataset.eval_fraction={cfg.eval_fraction}, at most dataset.num_eval={cfg.num_eval})")
     if split == "train" and cfg.num_train:
         ds = ds.select(range(min(cfg.num_train, len(ds))))
-    return ds
+    return ds, note
+
+def _empty(value: Any) -> bool:
+    if isinstance(value, list):
+        return not value or all(_empty(m.get("content") if isinstance(m, dict) else m) for m in value)
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _prompt_tokens(tokenizer, messages: list[dict]) -> int:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def screen(ds, kind: str, tokenizer, max_length: int) -> tuple[Any, dict[str, int]]:
+    """Drop the rows a method cannot train on, counting why: an empty field, chosen == rejected, or a
+    prompt that leaves no room for a response within `max_length` tokens."""
+    from tokalign.generation import as_messages
+
+    kind = option(kind)
+    counts = {"empty field": 0, "chosen == rejected": 0, f"prompt >= trainer.max_length={max_length} tokens": 0}
+    keep = []
+    for i, row in enumerate(ds):
+        fields = [c for c in REQUIRED[kind] + ("prompt",) if c in row]
+        if any(_empty(row[c]) for c in fields):
+            counts["empty field"] += 1
+        elif kind == "preference" and row["chosen"] == row["rejected"]:
+            counts["chosen == rejected"] += 1
+        elif "prompt" in row and _prompt_tokens(tokenizer, as_messages(row["prompt"])) >= max_length:
+            counts[f"prompt >= trainer.max_length={max_length} tokens"] += 1
+        else:
+            keep.append(i)
+    if not keep:
+        reasons = ", ".join(f"{n} ({why})" for why, n in counts.items() if n)
+        raise DataError(f"no usable training row is left: dropped {reasons}")
+    return (ds if len(keep) == len(ds) else ds.select(keep)), counts

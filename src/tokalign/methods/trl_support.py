@@ -20,7 +20,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
     args = dict(
         output_dir=str(run.dir / "checkpoints"),
         learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
+        lr_scheduler_type=option(t.lr_scheduler),
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,

@@ -59,7 +59,7 @@ class Config(grpo.Config):
 def check(cfg: DictConfig) -> None:
     grpo.check(cfg)
     m = cfg.method
-    for key in ("n_init", "n_final"):
+    for key in ("n_init", "n_final") if option(m.schedule) == "linear" else ("n_init",):
         require(m[key] <= m.num_generations,
                 f"method.{key}={m[key]} keeps more samples than a group has (method.num_generations={m.num_generations})")
 
