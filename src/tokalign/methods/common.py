@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from tokalign import preemption
 from tokalign.checkpoint import discard_incomplete, latest_checkpoint, seal, step_of
 from tokalign.config import option
 
@@ -116,6 +117,32 @@ class SealCallback(TrainerCallback):
             seal(f"{args.output_dir}/checkpoint-{state.global_step}")
 
 
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM stops at the next step; SIGUSR2 saves a checkpoint there first, then hands the
+    process over to the scheduler's handler (tokalign.preemption). Added after SealCallback."""
+
+    def __init__(self):
+        self.handing_over = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        preemption.install()  # run_trainer uninstalls
+
+    def on_step_end(self, args, state, control, **kwargs):
+        request = preemption.poll()
+        if request.stop:
+            raise preemption.Stopped(
+                f"stopped by SIGTERM at step {state.global_step} (cancelled or out of time); "
+                f"the last sealed checkpoint in {args.output_dir} is kept"
+            )
+        if request.checkpoint:
+            control.should_save = control.should_log = self.handing_over = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.handing_over:
+            print(f"tokalign: preempted: saved checkpoint-{state.global_step}, handing over for requeue", flush=True)
+            preemption.hand_over()
+
+
 def resume_point(run):
     """The checkpoint to continue from (resume=auto), after clearing what a killed run left half-written."""
     if not run.resume:
@@ -125,6 +152,9 @@ def resume_point(run):
         discard_incomplete(root)
     resume = latest_checkpoint(root)
     run.tracker.rewind(step_of(resume) if resume else 0)
+    if run.rank == 0:
+        print(f"tokalign: resuming from {resume} (step {step_of(resume)})" if resume
+              else f"tokalign: resume=auto: no complete checkpoint in {root}, starting fresh", flush=True)
     return resume
 
 
@@ -134,8 +164,12 @@ def run_trainer(run, trainer) -> dict[str, Any]:
 
     trainer.add_callback(TrackerCallback(run.tracker))
     trainer.add_callback(SealCallback())
+    trainer.add_callback(PreemptionCallback())
     resume = resume_point(run)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        preemption.uninstall()
     # Under ZeRO-3 each rank holds a shard: every rank takes part in gathering the weights.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_deepspeed_zero3_enabled() else None
     model = trainer.accelerator.unwrap_model(trainer.model)
