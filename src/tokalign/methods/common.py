@@ -130,9 +130,10 @@ class PreemptionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         request = preemption.poll()
         if request.stop:
+            last = latest_checkpoint(args.output_dir)
             raise preemption.Stopped(
                 f"stopped by SIGTERM at step {state.global_step} (cancelled or out of time); "
-                f"the last sealed checkpoint in {args.output_dir} is kept"
+                + (f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
             )
         if request.checkpoint:
             control.should_save = control.should_log = self.handing_over = True
