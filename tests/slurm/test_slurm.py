@@ -114,9 +114,9 @@ def test_a_job_that_can_never_start_fails_the_sweep_in_one_line(slurm, tmp_path,
 def test_cancel_stops_promptly_then_the_failed_point_is_resubmitted(slurm, tmp_path, tiny_model):
     """docs/scale_out.md, "A sweep on SLURM, from submit to table": submit, lose a point, resubmit, table."""
     out = tmp_path / "sweep"
-    args = ("method=dpo", "seed=0,1", "trainer.max_steps=200", "trainer.save_steps=25", *TINY)
+    args = ("method=dpo", "seed=0,1", "trainer.max_steps=100", "trainer.save_steps=20", *TINY)
     proc = sweep(slurm, out, *args, background=True)
-    lost = out / "method=dpo,seed=1,trainer.max_steps=200,trainer.per_device_batch_size=2,trainer.save_steps=25"
+    lost = out / "method=dpo,seed=1,trainer.max_steps=100,trainer.per_device_batch_size=2,trainer.save_steps=20"
     kept = out / lost.name.replace("seed=1", "seed=0")
     wait_for("a sealed checkpoint of seed=1", lambda: complete_checkpoints(lost / "checkpoints"), proc=proc)
     job = next(j for j in slurm.jobs(out) if j.endswith("_1"))
@@ -133,8 +133,8 @@ def test_cancel_stops_promptly_then_the_failed_point_is_resubmitted(slurm, tmp_p
     assert "1 of 2 points failed" in err.strip().splitlines()[-1]
     assert not (lost / "summary.json").exists() and not (lost / "model").exists()
     sealed = complete_checkpoints(lost / "checkpoints")
-    assert sealed and step_of(sealed[-1]) < 200
-    assert summary(kept)["train/steps"] == 200
+    assert sealed and step_of(sealed[-1]) < 100
+    assert summary(kept)["train/steps"] == 100
     kept_mtime = (kept / "summary.json").stat().st_mtime
 
     # the same command with resume=auto: the finished point is left alone, the lost one continues
@@ -144,7 +144,7 @@ def test_cancel_stops_promptly_then_the_failed_point_is_resubmitted(slurm, tmp_p
     assert (kept / "summary.json").stat().st_mtime == kept_mtime
     (again,) = [j for j in slurm.jobs(out) if j.split("_")[0] != job.split("_")[0]]  # seed=1 alone
     assert f"tokalign: resuming from {sealed[-1]} (step {step_of(sealed[-1])})" in job_log(slurm, out, again)
-    assert summary(lost)["train/steps"] == 200
+    assert summary(lost)["train/steps"] == 100
 
     table = slurm.tokalign("table", f"runs={out}")
     assert table.returncode == 0, table.stderr[-2000:]
@@ -153,7 +153,7 @@ def test_cancel_stops_promptly_then_the_failed_point_is_resubmitted(slurm, tmp_p
 
 def test_usr2_checkpoints_requeues_and_resumes(slurm, tmp_path, tiny_model):
     out = tmp_path / "sweep"
-    proc = sweep(slurm, out, "method=dpo", "trainer.max_steps=160", "trainer.save_steps=100", *TINY, background=True)
+    proc = sweep(slurm, out, "method=dpo", "trainer.max_steps=120", "trainer.save_steps=100", *TINY, background=True)
     run_dir = wait_for("the run dir", lambda: next(iter(run_dirs(out)), None) if out.is_dir() else None, proc=proc)
     wait_for("training steps", lambda: last_step(run_dir) >= 20, proc=proc)
     (job,) = slurm.jobs(out)
@@ -171,4 +171,4 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm, tmp_path, tiny_model):
     assert slurm.ended(job)["State"] == "COMPLETED"
     states = slurm.run("sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "State").split()
     assert states == ["REQUEUED", "COMPLETED"], states  # one job, two attempts
-    assert summary(run_dir)["train/steps"] == 160
+    assert summary(run_dir)["train/steps"] == 120
