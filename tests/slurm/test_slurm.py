@@ -56,23 +56,6 @@ def last_step(run_dir: Path) -> int:
     return max((r.get("step", 0) for r in rows), default=0)
 
 
-def test_dpo_sweep_fits_the_node_with_default_settings(slurm, tmp_path, tiny_model):
-    out = tmp_path / "sweep"
-    r = sweep(slurm, out, "method=dpo", "method.beta=0.1,0.2", "trainer.max_steps=3", *TINY)
-    assert r.returncode == 0, r.stderr[-3000:]
-    dirs = run_dirs(out)
-    assert [d.name for d in dirs] == [  # named by the point's overrides, not by job number
-        "method.beta=0.1,method=dpo,trainer.max_steps=3,trainer.per_device_batch_size=2",
-        "method.beta=0.2,method=dpo,trainer.max_steps=3,trainer.per_device_batch_size=2",
-    ]
-    assert all(summary(d)["train/steps"] == 3 for d in dirs)
-    for job in slurm.jobs(out):
-        acct = slurm.ended(job, "AllocCPUS", "ReqMem", "ReqTRES")
-        # one worker: one CPU, 8 GB (not the whole node), no GPU on a node without GPUs
-        assert acct["State"] == "COMPLETED" and acct["AllocCPUS"] == "1" and acct["ReqMem"] == "8G", acct
-        assert "gpu" not in acct["ReqTRES"]
-
-
 def test_ppo_sweep(slurm, tmp_path, tiny_model):
     out = tmp_path / "sweep"
     r = sweep(slurm, out, "method=ppo", "method.kl_coef=0.02,0.1", "trainer.max_steps=2", "method.max_new_tokens=12",
@@ -111,11 +94,13 @@ def test_a_job_that_can_never_start_fails_the_sweep_in_one_line(slurm, tmp_path,
     assert "Memory specification can not be satisfied" in line, line
 
 
-def test_cancel_stops_promptly_then_the_failed_point_is_resubmitted(slurm, tmp_path, tiny_model):
-    """docs/scale_out.md, "A sweep on SLURM, from submit to table": submit, lose a point, resubmit, table."""
+def test_dpo_sweep_from_submit_to_table_with_a_cancelled_point_resubmitted(slurm, tmp_path, tiny_model):
+    """docs/scale_out.md, "A sweep on SLURM, from submit to table": a 2-point DPO sweep with the
+    default resources; scancel stops one point promptly; resubmitting continues it; the table."""
     out = tmp_path / "sweep"
     args = ("method=dpo", "seed=0,1", "trainer.max_steps=100", "trainer.save_steps=20", *TINY)
     proc = sweep(slurm, out, *args, background=True)
+    # run directories are named by the point's overrides, not by job number
     lost = out / "method=dpo,seed=1,trainer.max_steps=100,trainer.per_device_batch_size=2,trainer.save_steps=20"
     kept = out / lost.name.replace("seed=1", "seed=0")
     wait_for("a sealed checkpoint of seed=1", lambda: complete_checkpoints(lost / "checkpoints"), proc=proc)
@@ -134,7 +119,11 @@ def test_cancel_stops_promptly_then_the_failed_point_is_resubmitted(slurm, tmp_p
     assert not (lost / "summary.json").exists() and not (lost / "model").exists()
     sealed = complete_checkpoints(lost / "checkpoints")
     assert sealed and step_of(sealed[-1]) < 100
-    assert summary(kept)["train/steps"] == 100
+    assert summary(kept)["train/steps"] == 100 and [d.name for d in run_dirs(out)] == [kept.name, lost.name]
+    acct = slurm.ended(next(j for j in slurm.jobs(out) if j.endswith("_0")), "AllocCPUS", "ReqMem", "ReqTRES")
+    # one worker: one CPU, 8 GB (not the whole node), no GPU on a node without GPUs
+    assert acct["State"] == "COMPLETED" and acct["AllocCPUS"] == "1" and acct["ReqMem"] == "8G", acct
+    assert "gpu" not in acct["ReqTRES"]
     kept_mtime = (kept / "summary.json").stat().st_mtime
 
     # the same command with resume=auto: the finished point is left alone, the lost one continues
