@@ -37,5 +37,5 @@ def test_multirun_gives_each_job_its_own_dir(tmp_path, cache_dir):
     run_cli("train", "-m", f"hydra.sweep.dir={tmp_path}", "logger=none", "method=sft,dpo",
             "trainer.max_steps=2", "eval.at_end=false")
     dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert dirs == ["0_sft_s0", "1_dpo_s0"]
+    assert dirs == ["method=dpo,trainer.max_steps=2", "method=sft,trainer.max_steps=2"]  # named by the point
     assert all((tmp_path / d / "model" / "config.json").exists() for d in dirs)

@@ -30,12 +30,14 @@ from tokalign.config import (
 )
 from tokalign.errors import ConfigError
 from tokalign.methods.registry import available_methods, get_method, registry
+from tokalign.sweep import register_resolver
 
 
 def register() -> None:
     """Make the schemas and built-in options Hydra configs (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    register_resolver()
     store = ConfigStore.instance()
     store.store(name="tokalign_schema", node=RunConfig)
     for name, method in registry().items():

@@ -6,10 +6,12 @@ same process (`local`) or spawns one worker per device with `accelerate launch`,
 or `deepspeed`, each running `python -m tokalign.worker <run_dir>/resolved.yaml`: ranks never
 compose a config or create a directory of their own.
 
-The parent owns its workers: they run in its process group, SIGINT/SIGTERM to the parent is
-passed on to them, and if the parent dies (even by SIGKILL) the spawner gets SIGTERM through
-the kernel's parent-death signal and every worker gets it from its own; so no worker
-outlives a launch, and the run-dir lock stays held until the last of them has exited.
+The parent owns its workers: they run in its process group, SIGTERM to the parent is passed
+on to them, and if the parent dies (even by SIGKILL) the spawner gets SIGTERM through the
+kernel's parent-death signal and every worker gets it from its own; so no worker outlives a
+launch, and the run-dir lock stays held until the last of them has exited. A preemption
+(SIGUSR2) is the workers' to act on: they checkpoint, exit, and only then does the parent
+hand over to the scheduler's requeue.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from tokalign import preemption
 from tokalign.config import option, world_size
 from tokalign.distributed import deepspeed_config
 from tokalign.errors import LaunchError, UserError
@@ -93,18 +96,41 @@ def write_resolved(cfg: DictConfig) -> Path:
     return atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
 
 
-def _spawn(cmd: list[str], lock_fd: int) -> int:
-    """Run the workers' spawner as a child that dies with this process; pass SIGTERM on.
+def _spawner_setup() -> None:
+    """In the spawner's process: die with this one, and leave SIGUSR2 to the workers (they
+    checkpoint on it; the spawner's default action would end them all first)."""
+    die_with_parent()
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
-    SIGINT from a terminal reaches the whole process group by itself. The spawner keeps the
-    run-dir lock's descriptor, so the directory stays claimed while any of it runs.
+
+def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
+    """Run the workers' spawner as a child that dies with this process, passing SIGTERM on.
+
+    SIGINT from a terminal and a scheduler's signals reach the workers themselves; this process
+    only records them (tokalign.preemption), so a preemption waits for the workers' checkpoint
+    before handing over to the scheduler's requeue. The spawner keeps the run-dir lock's
+    descriptor, so the directory stays claimed while any of it runs.
     """
-    proc = subprocess.Popen(cmd, pass_fds=(lock_fd,), preexec_fn=die_with_parent)
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+    proc = subprocess.Popen(cmd, pass_fds=(lock_fd,), preexec_fn=_spawner_setup)
+    preemption.install()
+    forwarded = False
     try:
-        return proc.wait()
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if preemption.requests().stop and not forwarded:
+                    proc.send_signal(signal.SIGTERM)
+                    forwarded = True
+        request = preemption.poll(sync=lambda flags: flags)
+        if request.checkpoint or rc == preemption.EXIT_PREEMPTED:
+            preemption.hand_over()
+        if request.stop:
+            raise preemption.Stopped(f"stopped by SIGTERM; resume=auto continues {run_dir} from its last sealed checkpoint")
+        return rc
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        preemption.uninstall()
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -146,7 +172,7 @@ def launch(cfg: DictConfig) -> dict:
         else:
             cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
         print("tokalign: launching", " ".join(cmd), flush=True)
-        rc = _spawn(cmd, lock_fd)
+        rc = _spawn(cmd, lock_fd, run_dir)
     if rc != 0:
         raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")
     return json.loads(summary.read_text()) if summary.exists() else {}

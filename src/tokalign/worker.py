@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from tokalign import preemption
 from tokalign.distributed import backend
 from tokalign.errors import UserError
 from tokalign.rundir import die_with_parent
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from tokalign.run import run_training
 
     die_with_parent()
+    preemption.install()  # a scheduler's signal during start-up waits for the first step boundary
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.exit("usage: python -m tokalign.worker <run_dir>/resolved.yaml")

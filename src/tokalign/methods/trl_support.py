@@ -7,7 +7,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tokalign.checkpoint import seal
+from tokalign import preemption
+from tokalign.checkpoint import latest_checkpoint, seal
 from tokalign.config import option, world_size
 from tokalign.distributed import backend, deepspeed_config
 from tokalign.errors import DivergenceError
@@ -123,14 +124,45 @@ class SealCallback(TrainerCallback):
             seal(f"{args.output_dir}/checkpoint-{state.global_step}")
 
 
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM stops at the next step; SIGUSR2 saves a checkpoint there first, then hands the
+    process over to the scheduler's handler (tokalign.preemption). Added after SealCallback."""
+
+    def __init__(self):
+        self.handing_over = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        preemption.install()  # run_trainer uninstalls
+
+    def on_step_end(self, args, state, control, **kwargs):
+        request = preemption.poll()
+        if request.stop:
+            last = latest_checkpoint(args.output_dir)
+            raise preemption.Stopped(
+                f"stopped by SIGTERM at step {state.global_step} (cancelled or out of time); "
+                + (f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
+            )
+        if request.checkpoint:
+            control.should_save = control.should_log = self.handing_over = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.handing_over:
+            print(f"tokalign: preempted: saved checkpoint-{state.global_step}, handing over for requeue", flush=True)
+            preemption.hand_over()
+
+
 def run_trainer(run, trainer) -> dict[str, Any]:
     """Train (resuming when asked), save the final model atomically, return the last logged values."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     trainer.add_callback(TrackerCallback(run.tracker))
     trainer.add_callback(SealCallback())
+    trainer.add_callback(PreemptionCallback())
     resume = run.resume_checkpoint()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        preemption.uninstall()
     # Under ZeRO-3 each rank holds a shard: every rank takes part in gathering the weights.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_deepspeed_zero3_enabled() else None
     model = trainer.accelerator.unwrap_model(trainer.model)

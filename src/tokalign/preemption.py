@@ -1,0 +1,129 @@
+"""Stop or checkpoint at a step boundary when the scheduler signals, instead of dying mid-step.
+
+SLURM sends SIGTERM when a job is cancelled or runs out of time (SIGKILL follows after
+KillWait, 30 s by default), and SIGUSR2 ahead of a time limit or a preemption
+(`--signal=USR2@120`, which submitit asks for). The handlers here only record the request;
+the training loop acts on it at its next step boundary:
+
+    preemption.install()
+    for step in ...:
+        train_step()
+        request = preemption.poll()        # on every rank: ranks agree on the same step
+        if request.checkpoint:
+            save_checkpoint()
+            preemption.hand_over()         # does not return
+        if request.stop:
+            raise preemption.Stopped(f"... at step {step}")
+    preemption.uninstall()
+
+SIGTERM means stop: no new checkpoint is started, the last sealed one is what a resumed run
+continues from. SIGUSR2 means checkpoint, then hand over to whatever handled SIGUSR2 before
+`install()` — submitit's handler, which requeues the job and exits. Without such a handler
+the process exits with EXIT_PREEMPTED, for a parent process to requeue.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from tokalign.errors import UserError
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed for preemption, run it again to continue
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class Stopped(UserError):
+    """Training stopped at a step boundary on SIGTERM (cancelled or out of time)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    stop: bool = False
+    checkpoint: bool = False
+
+    def __bool__(self) -> bool:
+        return self.stop or self.checkpoint
+
+
+_previous: dict[int, Any] = {}
+_received: dict[int, bool] = {}
+
+
+def _record(signum: int, frame: Any) -> None:
+    _received[signum] = True
+
+
+def install() -> bool:
+    """Record SIGTERM / SIGUSR2 instead of acting on them. Main thread only (False elsewhere);
+    installing twice keeps the first handlers to hand over to."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in SIGNALS:
+        if sig not in _previous:
+            _previous[sig] = signal.signal(sig, _record)
+    return True
+
+
+def installed() -> bool:
+    return bool(_previous)
+
+
+def requests() -> Request:
+    """What this process has received and no poll() has returned yet (this rank alone)."""
+    return Request(stop=_received.get(signal.SIGTERM, False), checkpoint=_received.get(signal.SIGUSR2, False))
+
+
+def poll(sync: Optional[Callable[[list[int]], list[int]]] = None) -> Request:
+    """The request to act on at this step boundary, the same on every rank; it is consumed
+    (the caller acts on it now).
+
+    `sync` max-reduces the flags over ranks; by default torch.distributed when a process group
+    is up (then every rank must call poll at the same step), else this process alone."""
+    mine = requests()
+    _received.clear()
+    flags = [int(mine.stop), int(mine.checkpoint)]
+    agreed = (sync or _max_over_ranks)(flags)
+    return Request(stop=bool(agreed[0]), checkpoint=bool(agreed[1]))
+
+
+def _max_over_ranks(flags: list[int]) -> list[int]:
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # only if the training code imported it
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return flags
+    import torch
+
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    t = torch.tensor(flags, dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(x) for x in t.tolist()]
+
+
+def hand_over() -> None:
+    """Call once the checkpoint is sealed: pass SIGUSR2 on to the handler found at install()
+    (submitit: requeue, then exit). Exits with EXIT_PREEMPTED if there is none or it returns."""
+    previous = _previous.get(signal.SIGUSR2)
+    uninstall()
+    if callable(previous):
+        previous(signal.SIGUSR2, None)
+    raise SystemExit(EXIT_PREEMPTED)
+
+
+def uninstall() -> None:
+    """Put the previous handlers back (end of training, or an error). A signal no poll() has
+    returned is passed on to them, as if it had arrived now."""
+    pending = [sig for sig in SIGNALS if _received.get(sig)]
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in list(_previous.items()):
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    _previous.clear()
+    for sig in pending:
+        signal.raise_signal(sig)
