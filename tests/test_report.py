@@ -70,6 +70,36 @@ def test_cli_writes_markdown_csv_and_plots(tmp_path, capsys):
     assert abs(float(dpo["eval/win_rate_mean"]) - 0.6) < 1e-9 and dpo["seeds"] == "0 1 2"
     png = out / "curve_train_loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "curve_train_loss.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_curves_are_paste_ready(tmp_path):
+    """Markers (a one-point run still shows), seeds in the legend, integer steps, a panel per method for a loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from tokalign.report import axis_label, plot_curves
+
+    for seed in (0, 1):
+        fake_run(tmp_path / "runs", f"sft{seed}", {"name": "sft", "algorithm": "sft"}, seed, summary={}, losses=(2.0,))
+        fake_run(tmp_path / "runs", f"dpo{seed}", {"name": "dpo", "algorithm": "dpo"}, seed, summary={}, losses=(0.7, 0.6, 0.5))
+    records = [load_run(d) for d in find_run_dirs([tmp_path / "runs"])]
+    figures = []
+    real_savefig = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (figures.append(fig), real_savefig(fig, *a, **k))[1]
+    try:
+        written = plot_curves(records, ["method.name"], ["train/loss"], tmp_path)
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert sorted(p.suffix for p in written) == [".pdf", ".png"]
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["loss (train) · dpo", "loss (train) · sft"]
+    sft = axes[1].get_lines()[0]
+    assert sft.get_marker() == "o" and list(sft.get_xdata()) == [10]  # one logged point, drawn
+    assert axes[0].get_legend().get_texts()[0].get_text() == "dpo (n=2)" and axes[0].get_ylabel() == "loss (train)"
+    assert axis_label("train/rewards/margins") == "rewards margins (train)"
 
 
 def test_default_grouping_uses_the_sweep_arms(tmp_path):

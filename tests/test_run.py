@@ -33,9 +33,12 @@ def test_verifiable_task_reports_accuracy(train):
 
 
 @pytest.mark.slow
-def test_multirun_gives_each_job_its_own_dir(tmp_path, cache_dir):
+def test_multirun_names_runs_by_point_groups_them_and_ends_with_a_table(tmp_path, cache_dir, capsys):
     run_cli("train", "-m", f"hydra.sweep.dir={tmp_path}", "logger=none", "method=sft,dpo",
             "trainer.max_steps=2", "eval.at_end=false")
-    dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("method"))
     assert dirs == ["method=dpo,trainer.max_steps=2", "method=sft,trainer.max_steps=2"]  # named by the point
     assert all((tmp_path / d / "model" / "config.json").exists() for d in dirs)
+    assert {OmegaConf.load(tmp_path / d / "resolved.yaml").logger.group for d in dirs} == {tmp_path.name}
+    out = capsys.readouterr().out
+    assert f"Sweep summary ({tmp_path})" in out and (tmp_path / "table" / "table.md").exists()

@@ -183,8 +183,14 @@ def train(argv: list[str]) -> None:
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
     def app(cfg: DictConfig):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from tokalign.launch import launch
 
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
+            cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # a sweep's runs are one W&B group
         try:
             cfg = validate(cfg)
             OmegaConf.resolve(cfg)

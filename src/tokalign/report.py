@@ -197,43 +197,68 @@ def default_curves(records: list[RunRecord], limit: int = 4) -> list[str]:
     return picked[:limit]
 
 
-def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], out: Path) -> list[Path]:
-    """One PNG per key: each group's mean over its runs against the step, ± std shaded."""
+def axis_label(key: str) -> str:
+    """`train/rewards/margins` -> `rewards margins (train)`: what a reader sees on an axis."""
+    phase, _, rest = key.partition("/")
+    return f"{rest.replace('/', ' ').replace('_', ' ')} ({phase})" if rest else key.replace("_", " ")
+
+
+def _means(runs: list[RunRecord], key: str) -> tuple[list[int], list[float], list[float]]:
+    by_step: dict[int, list[float]] = {}
+    for r in runs:
+        for row in r.history:
+            v = _number(row.get(key))
+            if v is not None and "step" in row:
+                by_step.setdefault(int(row["step"]), []).append(v)
+    steps = sorted(by_step)
+    mean = [statistics.fmean(by_step[s]) for s in steps]
+    std = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+    return steps, mean, std
+
+
+def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], out: Path,
+                formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """One figure per key: each group's mean over its runs against the step (± std shaded, markers,
+    the number of seeds in the legend). Methods whose metric means different things (an SFT
+    cross-entropy and a DPO loss both log `train/loss`) get a panel each for a loss. PNG and a vector PDF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     done = [r for r in records if r.problem is None]
     for key in keys:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        groups: dict[tuple, list[RunRecord]] = {}
+        kinds: dict[str, list[RunRecord]] = {}
         for r in done:
-            groups.setdefault(tuple(r.value(k) for k in group_by), []).append(r)
-        for group in sorted(groups, key=lambda g: tuple(_key(v) for v in g)):
-            by_step: dict[int, list[float]] = {}
-            for r in groups[group]:
-                for row in r.history:
-                    v = _number(row.get(key))
-                    if v is not None and "step" in row:
-                        by_step.setdefault(int(row["step"]), []).append(v)
-            if not by_step:
-                continue
-            steps = sorted(by_step)
-            mean = [statistics.fmean(by_step[s]) for s in steps]
-            std = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
-            label = ", ".join(map(str, group))
-            ax.plot(steps, mean, label=label)
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        ax.legend(fontsize="small")
+            algorithm = r.value("method.algorithm") if r.value("method.algorithm") != MISSING else r.value("method.name")
+            kinds.setdefault(str(algorithm) if key.endswith("loss") else "", []).append(r)
+        fig, axes = plt.subplots(1, len(kinds) or 1, figsize=(5.5 * max(1, len(kinds)), 4), squeeze=False)
+        for ax, (kind, runs) in zip(axes[0], sorted(kinds.items())):
+            groups: dict[tuple, list[RunRecord]] = {}
+            for r in runs:
+                groups.setdefault(tuple(r.value(k) for k in group_by), []).append(r)
+            for group in sorted(groups, key=lambda g: tuple(_key(v) for v in g)):
+                steps, mean, std = _means(groups[group], key)
+                if not steps:
+                    continue
+                label = f"{', '.join(map(str, group))} (n={len(groups[group])})"
+                ax.plot(steps, mean, marker="o", markersize=3.5, linewidth=1.5, label=label)
+                ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(axis_label(key))
+            ax.set_title(f"{axis_label(key)} · {kind}" if kind and len(kinds) > 1 else axis_label(key))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small", title=", ".join(group_by), title_fontsize="small")
         fig.tight_layout()
-        path = out / f"curve_{key.replace('/', '_')}.png"
-        fig.savefig(path, dpi=120)
+        for fmt in formats:
+            path = out / f"curve_{key.replace('/', '_')}.{fmt}"
+            fig.savefig(path, dpi=150)
+            written.append(path)
         plt.close(fig)
-        written.append(path)
     return written
 
 
@@ -274,3 +299,18 @@ def replace_marked_block(doc: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
+
+
+class SweepSummary:
+    """Hydra callback (conf/config.yaml): when a multirun ends, print its table and write it with its
+    curves into `<sweep dir>/table/`."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            table, files = make_report([str(sweep_dir)], out=sweep_dir / "table")
+        except (FileNotFoundError, ValueError) as err:
+            print(f"tokalign: no sweep summary: {err}")
+            return
+        print(f"\nSweep summary ({sweep_dir}):\n\n{table.markdown()}")
+        print("\n".join(f"wrote {path}" for path in files.values()))
