@@ -197,6 +197,7 @@ class VLLMEngine:
         """`n` completions (token ids, EOS included when reached) per prompt, prompt-major; greedy at temperature 0.
 
         `seed` seeds prompt i's request with seed + i, so that a rerun samples the same tokens.
+        Callers decode with their own tokenizer, so vLLM does not detokenize.
         """
         if self.version is None:
             raise RuntimeError("the engine holds no weights: call sync(policy, version) before sample")
@@ -204,7 +205,7 @@ class VLLMEngine:
 
         params = [
             SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                           seed=None if seed is None else seed + i)
+                           seed=None if seed is None else seed + i, detokenize=False)
             for i in range(len(prompt_ids))
         ]
         if self.sleeps:
