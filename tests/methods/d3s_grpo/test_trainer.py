@@ -248,6 +248,19 @@ def test_token_mask_ignores_advantage_scale(make, rollout):
     assert torch.equal(captured_mask(trainer, first), captured_mask(trainer, second))
 
 
+def test_later_passes_over_a_batch_keep_its_token_mask(make, rollout):
+    """num_iterations > 1: the mask the rollout policy's entropies chose stays, however π_θ moves."""
+    trainer = d3s(make, n_init=2, n_final=2, k_init=0.3, k_final=0.3)
+    batch, _, _ = trainer.down_sample(dict(rollout))
+    chosen = captured_mask(trainer, batch)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.5)
+    assert torch.equal(captured_mask(trainer, batch), chosen)
+    fresh, _, _ = trainer.down_sample(dict(rollout))
+    assert not torch.equal(captured_mask(trainer, fresh), chosen)  # a new batch ranks by the moved policy
+
+
 # Invariant 6 through the trainer: the schedule runs from (n_init, k_init) to (n_final, k_final).
 def test_schedule_follows_training_progress(make):
     trainer = d3s(make, n_init=2, n_final=4, k_init=0.2, k_final=0.6)

@@ -14,7 +14,8 @@ Per generation batch, on the advantages gathered from all ranks (identical every
    the hook narrows TRL's loss mask itself (a fresh tensor per call), so every loss type
    normalises over kept tokens and the KL term is masked too, exactly as if the mask had been
    TRL's `tool_mask`; with `"all"` it only returns the policy-term mask (TRL's top-entropy
-   convention: normalisation and KL over all tokens).
+   convention: normalisation and KL over all tokens). The first pass over a generation batch
+   (π_θ is still the rollout policy) chooses the mask; with `num_iterations > 1` later passes keep it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from tokalign.methods.grpo.trainer import AccountingGRPOTrainer, loss_weights
 # Output keys that are not indexed by sample (scalars, or image tensors indexed by image/tile).
 _NOT_PER_SAMPLE = ("num_items_in_batch",)
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "num_tiles", "image_sizes")
-# The batch's token keep ratio K, carried with the rows to the loss (num_iterations > 1 reuses a batch).
+# The batch's token keep ratio K, carried with the rows to the loss (num_iterations > 1 reuses a batch),
+# and the token mask its first pass chose, which later passes over the same batch keep.
 KEEP_RATIO = "d3s_keep_ratio"
+TOKEN_MASK = "d3s_token_mask"
 
 
 def take_rows(output: dict, rows: torch.Tensor, num_rows: int) -> dict:
@@ -66,7 +69,7 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         self.renormalize, self.token_normalization = renormalize, token_normalization
         self.top_entropy_quantile = 0.0  # TRL then passes every training forward's entropies to get_high_entropy_mask
         self._raw_rewards: torch.Tensor | None = None
-        self._selection: tuple[torch.Tensor, float] | None = None
+        self._selection: tuple[dict, float] | None = None
 
     def current_nk(self) -> tuple[int, float]:
         """(N, K) for the current step: linear in progress, or the initial values when constant."""
@@ -148,7 +151,7 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         keep_ratio = inputs.get(KEEP_RATIO)
         if keep_ratio is not None:
-            self._selection = (inputs["advantages"], float(keep_ratio))
+            self._selection = (inputs, float(keep_ratio))  # the batch TRL keeps for every pass over it
             # TRL's loss mask is this tensor when there is no tool_mask: the hook narrows a copy, not the batch
             inputs = {**inputs, "completion_mask": inputs["completion_mask"].clone()}
         try:
@@ -161,12 +164,15 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
 
         With `token_normalization="kept"` TRL's loss mask `mask` is narrowed in place to the kept
         tokens; TRL uses it for the ratios, the loss, its normalisation, the KL term and the metrics
-        only after this call. Without a selection (K = 1, evaluation) everything is kept.
+        only after this call. Without a selection (K = 1, evaluation) everything is kept. The mask
+        is stored in the batch, so that later passes over it (num_iterations > 1) train the same tokens.
         """
         if self._selection is None:
             return mask.bool()
-        advantages, k = self._selection
-        keep = self._token_mask(advantages, entropies.detach(), mask.bool(), k)
+        batch, k = self._selection
+        keep = batch.get(TOKEN_MASK)
+        if keep is None:
+            keep = batch[TOKEN_MASK] = self._token_mask(batch["advantages"], entropies.detach(), mask.bool(), k)
         if self.token_normalization == "kept":
             mask.mul_(keep.to(mask.dtype))
         return keep
