@@ -125,8 +125,9 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         (⌈K·n⌉ per scope), so `d3s_token_mask` on uniform scores counts it before any entropy exists."""
         if self.token_scope == "batch":
             total = int(self.accelerator.reduce(valid.sum(), reduction="sum"))
-            valid = torch.ones(1, total, dtype=torch.bool)
-        kept = d3s_token_mask(torch.ones(valid.size(0)), torch.ones(valid.shape), valid, k, scope=self.token_scope)
+            valid = torch.ones(1, total, dtype=torch.bool, device=valid.device)
+        ones = torch.ones(valid.shape, device=valid.device)
+        kept = d3s_token_mask(ones.new_ones(valid.size(0)), ones, valid, k, scope=self.token_scope)
         if self.token_scope == "batch":
             return int(kept.sum())
         return int(self.accelerator.reduce(kept.sum(), reduction="sum"))
