@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOKALIGN_TEST_CACHE ?= $(CURDIR)/.cache/test
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test-fast: install
 
 bench: install
 	@for f in scripts/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# On one GPU (H100/H200, a few minutes, offline): DPO/TGDPO steps, HF vs vLLM rollouts, a PPO
+# iteration at Llama-3.2-1B shape; results in scripts/results/gpu_check.* and docs/gpu.md.
+gpu-check: install
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf outputs multirun .cache

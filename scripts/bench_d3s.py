@@ -2,11 +2,12 @@
 
 Every step generates and scores one batch with TRL's GRPO code, then times on that same batch
   grpo:   compute_loss + backward over all G·prompts rows;
-  d3s:    selection (max-variance subset, and for K < 1 the no-grad entropy forward of π_θ over
-          the kept rows plus the |A|·H token mask), then compute_loss + backward over kept rows.
+  d3s:    selection (max-variance subset, rows removed), then compute_loss + backward over the
+          kept rows, in which the |A|·H token mask is chosen from the training forward's entropies.
 Reports medians over the measured steps, the d3s/grpo ratio of the training phase (loss +
 backward, and with the selection cost added) and of the whole step (generation included), and
-trained (loss-weighted) tokens per step. Writes scripts/results/bench_d3s[_<model>].json.
+trained (loss-weighted) tokens per step, with the machine's load average at the start and end.
+Writes scripts/results/bench_d3s[_<model>].json.
 
     python scripts/bench_d3s.py --threads 1            # tiny model
     python scripts/bench_d3s.py --model smollm2_135m   # SmolLM2-135M (converted on first use)
@@ -33,7 +34,9 @@ def load_model_path(name: str, cache_dir: str) -> str:
     from tokalign.config import ModelConfig
     from tokalign.models import resolve_model
 
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+    cfg = OmegaConf.structured(ModelConfig)  # the default model is the tiny one; others are presets
+    if name != "tiny":
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
     return resolve_model(cfg, cache_dir)
 
 
@@ -91,10 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.compute_loss(trainer.model, batch).backward()
         return time.perf_counter() - start
 
-    def tokens(batch):
-        w = batch["completion_mask"] if "tool_mask" not in batch else batch["completion_mask"] * batch["tool_mask"]
-        return int(w.sum())
-
+    load_start = os.getloadavg()
     rows = []
     for step in range(a.steps + a.warmup):
         inputs = [problems[step * a.prompts + i] for i in range(a.prompts) for _ in range(G)]
@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> dict:
         batch = GRPOTrainer._generate_and_score_completions(grpo, inputs)
         gen = time.perf_counter() - start
         start = time.perf_counter()
-        selected, _ = d3s.down_sample(dict(batch))
+        selected, _, d3s_tokens = d3s.down_sample(dict(batch))
         select = time.perf_counter() - start
         order = [("grpo", grpo, batch), ("d3s", d3s, selected)]
         times = {name: train_phase(t, b) for name, t, b in (order if step % 2 else order[::-1])}
         if step >= a.warmup:
             rows.append(dict(gen=gen, grpo=times["grpo"], d3s=times["d3s"], select=select,
                              grpo_rows=batch["completion_ids"].size(0), d3s_rows=selected["completion_ids"].size(0),
-                             grpo_tokens=tokens(batch), d3s_tokens=tokens(selected)))
+                             grpo_tokens=int(batch["num_items_in_batch"]), d3s_tokens=d3s_tokens))
 
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     result = {
@@ -120,18 +120,20 @@ def main(argv: list[str] | None = None) -> dict:
         "whole_step_ratio": (med["gen"] + med["select"] + med["d3s"]) / (med["gen"] + med["grpo"]),
         "trained_tokens_ratio": med["d3s_tokens"] / med["grpo_tokens"],
         "torch_threads": torch.get_num_threads(),
+        "load_average_1m": {"start": load_start[0], "end": os.getloadavg()[0], "cpus": os.cpu_count()},
     }
     print(f"D³S vs GRPO, model={a.model}, G={G}, {a.prompts} prompts/step, N/G={a.n / G:.2f}, K={a.k}, median of {len(rows)} steps")
     print(f"{'phase':34s} {'grpo':>10s} {'d3s':>10s} {'ratio':>7s}")
     table = [
         ("training (loss + backward) s", med["grpo"], med["d3s"]),
-        ("  + selection (entropy fwd, mask) s", med["grpo"], med["d3s"] + med["select"]),
+        ("  + selection s", med["grpo"], med["d3s"] + med["select"]),
         ("whole step (generation incl.) s", med["gen"] + med["grpo"], med["gen"] + med["select"] + med["d3s"]),
         ("rows in the training forward", med["grpo_rows"], med["d3s_rows"]),
         ("trained tokens per step", med["grpo_tokens"], med["d3s_tokens"]),
     ]
     for name, g, d in table:
         print(f"{name:34s} {g:10.4g} {d:10.4g} {d / g:7.3f}")
+    print(f"load average (1 min) {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     out = Path(a.out) if a.out else ROOT / "scripts" / "results" / f"bench_d3s{'' if a.model == 'tiny' else '_' + a.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

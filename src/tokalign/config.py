@@ -177,6 +177,16 @@ class Offload(StrEnum):
     nvme = "nvme"
 
 
+class RolloutEngine(StrEnum):
+    hf = "hf"
+    vllm = "vllm"
+
+
+class VLLMMode(StrEnum):
+    colocate = "colocate"
+    server = "server"
+
+
 # ---------------------------------------------------------------------------------------------
 # Groups
 
@@ -297,6 +307,20 @@ class EvalConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How every method that samples generates: training rollouts, on-policy pairs, evaluation."""
+
+    engine: RolloutEngine = knob(RolloutEngine.hf, help="hf: transformers' generate | vllm: vLLM on the GPUs (pip install 'tokalign[vllm]')")
+    mode: VLLMMode = knob(VLLMMode.colocate, help="vllm during training: colocate (an engine in every training process) | server (GRPO family: a running `trl vllm-serve`)")
+    gpu_memory_utilization: float = knob(0.3, gt=0, le=1, help="share of a GPU's memory an engine takes (weights + KV cache); a colocated one shares the GPU with training")
+    tensor_parallel_size: int = knob(1, ge=1, help="GPUs one engine spans (colocated: must divide the training processes)")
+    enable_sleep_mode: bool = knob(False, help="colocate: release the engine's weights and KV cache while training (a wake-up and weight push per rollout)")
+    server_host: str = knob("0.0.0.0", help="server: host of `trl vllm-serve`")
+    server_port: int = knob(8000, ge=1, le=65535, help="server: its port")
+    server_timeout: float = knob(240.0, gt=0, help="server: seconds to wait for it to answer")
+
+
+@dataclass
 class LocalLauncher:
     name: str = knob("local", help="train in this process")
 
@@ -342,6 +366,7 @@ class RunConfig:
     model: ModelConfig = knob(help="the policy (and reference) model", factory=ModelConfig)
     dataset: DatasetConfig = knob(help="training and evaluation data", factory=DatasetConfig)
     logger: LoggerConfig = knob(help="where metrics go besides metrics.jsonl", factory=LoggerConfig)
+    rollout: RolloutConfig = knob(help="the generation engine of rollouts, on-policy pairs and evaluation", factory=RolloutConfig)
     launcher: Any = knob(None, help="how processes are started")
 
 
@@ -365,6 +390,9 @@ def check_relations(cfg: DictConfig) -> None:
     require(tiny.hidden_size % tiny.num_heads == 0,
             f"model.tiny.num_heads={tiny.num_heads} must divide model.tiny.hidden_size={tiny.hidden_size}")
     la = cfg.launcher
+    r = cfg.rollout
+    require(option(r.engine) == "hf" or option(r.mode) == "server" or world_size(la) % r.tensor_parallel_size == 0,
+            f"rollout.tensor_parallel_size={r.tensor_parallel_size} must divide the {world_size(la)} training process(es)")
     if la.name == "local":
         return
     runner = option(la.runner)

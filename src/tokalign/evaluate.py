@@ -40,7 +40,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class _Sampler:
-    """Policy and reference samples for the evaluation prompts, each model loaded once."""
+    """Policy and reference samples for the evaluation prompts, each model loaded once.
+
+    With `rollout.engine=vllm` samples come from a standalone vLLM engine over the model's
+    directory (one engine at a time); log-probs always come from the transformers model.
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, tokenizer):
         from tokalign.models import resolve_model
@@ -48,6 +52,7 @@ class _Sampler:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.paths = {"policy": str(run_dir / "model"), "reference": resolve_model(cfg.model, cfg.cache_dir)}
         self.models: dict[str, Any] = {}
+        self.engine: tuple[str, Any] | None = None
 
     def model(self, which: str):
         from tokalign.models import load_causal_lm
@@ -57,10 +62,24 @@ class _Sampler:
                                                 trust_remote_code=self.cfg.model.trust_remote_code)
         return self.models[which]
 
+    def generator(self, which: str):
+        """What samples for `which`: its vLLM engine when the run's rollout group asks for one, else its model."""
+        from tokalign.vllm_engine import VLLMEngine, uses_vllm
+
+        if not uses_vllm(self.cfg.get("rollout")):
+            return self.model(which)
+        if self.engine is None or self.engine[0] != which:
+            if self.engine is not None:
+                self.engine[1].close()
+            engine = VLLMEngine.start(self.paths[which], self.cfg.rollout, colocated=False, seed=self.cfg.seed,
+                                      trust_remote_code=self.cfg.model.trust_remote_code)
+            self.engine = which, engine
+        return self.engine[1]
+
     def sample(self, which: str, prompts: list[Any], *, temperature: float | None = None, num_samples: int | None = None):
         e = self.cfg.eval
         return generate(
-            self.model(which), self.tokenizer, prompts, max_new_tokens=e.max_new_tokens,
+            self.generator(which), self.tokenizer, prompts, max_new_tokens=e.max_new_tokens,
             temperature=e.temperature if temperature is None else temperature, top_p=e.top_p,
             num_samples=e.num_samples if num_samples is None else num_samples, batch_size=e.batch_size,
             seed=self.cfg.seed + 17, desc=f"eval: {which}",
@@ -73,6 +92,12 @@ class _Sampler:
         policy = sequence_logps(self.model("policy"), self.tokenizer, prompts, samples, batch_size=size)
         reference = sequence_logps(self.model("reference"), self.tokenizer, prompts, samples, batch_size=size)
         return sum(p - r for p, r in zip(policy, reference)) / max(1, len(prompts))
+
+    def close(self) -> None:
+        """Give a vLLM engine's GPU memory back."""
+        if self.engine is not None:
+            self.engine[1].close()
+            self.engine = None
 
 
 def _eval_reward(cfg: DictConfig):
@@ -156,6 +181,7 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
         rows = [r + [s[0]] for r, s in zip(rows, pol)]
     if cfg.eval.kl:
         metrics["eval/kl_ref"] = sampler.kl_to_reference(prompts)
+    sampler.close()
     if cfg.eval.export:
         from tokalign.export import export_run
 

@@ -1,4 +1,4 @@
-"""Batched sampling from a causal LM, shared by evaluation and on-policy data building."""
+"""Batched sampling from a causal LM or a vLLM engine, shared by evaluation and on-policy data building."""
 
 from __future__ import annotations
 
@@ -29,13 +29,25 @@ def generate(
     seed: int = 0,
     desc: str = "generating",
 ) -> list[list[str]]:
-    """`num_samples` completions per prompt (greedy when temperature == 0), decoded without specials."""
+    """`num_samples` completions per prompt (greedy when temperature == 0), decoded without specials.
+
+    `model` is a transformers causal LM, or a `tokalign.vllm_engine.VLLMEngine`, which takes every
+    prompt at once (`batch_size` is transformers' only) and seeds prompt i with seed + i.
+    """
     import torch
     from tqdm.auto import tqdm
+
+    from tokalign.vllm_engine import VLLMEngine
 
     texts = [
         tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts
     ]
+    if isinstance(model, VLLMEngine):
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        completions = model.sample(ids, n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_p=top_p, top_k=top_k, seed=seed)
+        decoded = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return [decoded[i : i + num_samples] for i in range(0, len(decoded), num_samples)]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     was_training = model.training

@@ -3,7 +3,9 @@
 For each prompt, sample k responses from the starting policy, score them (the toy gold
 reward or a trained reward model), keep the best as chosen and the worst as rejected,
 and drop prompts whose samples all tie. Results are cached on disk, keyed by the model,
-the prompts and the sampling settings, so every run over the same setting reuses them.
+the prompts and the sampling settings, so every run over the same setting reuses them; a lock
+lets one process of a multi-process run sample while the others wait for its file. With
+`rollout.engine=vllm` the samples come from a standalone vLLM engine over `model_path`.
 """
 
 from __future__ import annotations
@@ -43,15 +45,38 @@ def build_pairs(
     batch_size: int,
     seed: int,
     cache_dir: str | os.PathLike,
+    rollout: Any = None,
 ) -> list[dict]:
+    from filelock import FileLock
+
+    from tokalign.vllm_engine import uses_vllm
+
     settings = dict(k=num_samples, t=temperature, n=max_new_tokens, seed=seed, scorer=scorer_name)
+    if uses_vllm(rollout):  # vLLM draws other samples from the same seed
+        settings["engine"] = "vllm"
     path = Path(cache_dir).expanduser() / "data" / f"onpolicy-{_key(model_path, prompts, settings)}.jsonl"
-    if path.exists():
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    samples = generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-        num_samples=num_samples, batch_size=batch_size, seed=seed, desc="on-policy samples",
-    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            _sample_pairs(path, prompts, model=model, tokenizer=tokenizer, model_path=model_path, scorer=scorer,
+                          num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, seed=seed, rollout=rollout)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _sample_pairs(path: Path, prompts: list[Any], *, model, tokenizer, model_path: str, scorer, num_samples: int,
+                  temperature: float, max_new_tokens: int, batch_size: int, seed: int, rollout: Any) -> None:
+    from tokalign.vllm_engine import VLLMEngine, uses_vllm
+
+    sampler = VLLMEngine.start(model_path, rollout, colocated=False, seed=seed) if uses_vllm(rollout) else model
+    try:
+        samples = generate(
+            sampler, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+            num_samples=num_samples, batch_size=batch_size, seed=seed, desc="on-policy samples",
+        )
+    finally:
+        if sampler is not model:
+            sampler.close()
     rows = []
     for prompt, completions in zip(prompts, samples):
         scores = scorer([prompt] * len(completions), completions)
@@ -66,4 +91,3 @@ def build_pairs(
                 "score_rejected": scores[worst],
             })
     atomic_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows

@@ -2,20 +2,25 @@
 
 Per generation batch, on the advantages gathered from all ranks (identical everywhere, no RNG):
 1. sample level: keep the max-variance subset (`tokalign.losses.select_samples`); dropped rows
-   are removed from every per-sample tensor, so the training forward/backward sees fewer rows;
-2. token level (K < 1): a no-grad forward of π_θ over the kept rows gives full-vocabulary
-   entropies H; the top ⌈K·n⌉ tokens by |A|·H (`d3s_token_mask`) keep their loss weight. Unkept
-   tokens stay in the attention mask. With `token_normalization="kept"` the mask becomes TRL's
-   loss mask (`tool_mask`), so every loss type normalises over kept tokens and the KL term is
-   masked too; with `"all"` it goes through TRL's top-entropy hook (`get_high_entropy_mask`):
-   the policy term is masked, normalisation and KL stay over all tokens, as TRL does.
-`num_items_in_batch` (the token count `dapo`/`cispo` normalise by) is recomputed on the kept set.
+   are removed from every per-sample tensor, so the training forward/backward sees fewer rows.
+   PODS (`renormalize`) re-standardises the kept samples' raw rewards, which TRL does not return:
+   they are read where TRL computes them (`_calculate_rewards`);
+2. token level (K < 1): the top ⌈K·n⌉ tokens by |A|·H (`d3s_token_mask`), with H the
+   full-vocabulary entropies of π_θ that the training forward computes anyway: TRL hands them to
+   `get_high_entropy_mask` right after that forward, before any use of the loss mask, so the token
+   mask costs no extra forward. The number of kept tokens depends only on the valid tokens, so
+   `num_items_in_batch` (the token count `dapo`/`cispo`/`vespo` normalise by) is known at
+   selection time. Unkept tokens stay in the attention mask. With `token_normalization="kept"`
+   the hook narrows TRL's loss mask itself (a fresh tensor per call), so every loss type
+   normalises over kept tokens and the KL term is masked too, exactly as if the mask had been
+   TRL's `tool_mask`; with `"all"` it only returns the policy-term mask (TRL's top-entropy
+   convention: normalisation and KL over all tokens). The first pass over a generation batch
+   (π_θ is still the rollout policy) chooses the mask; with `num_iterations > 1` later passes keep it.
 """
 
 from __future__ import annotations
 
 import torch
-from trl.models.utils import disable_gradient_checkpointing
 
 from tokalign.losses import d3s_schedule, d3s_token_mask, select_samples
 from tokalign.methods.grpo.trainer import AccountingGRPOTrainer, loss_weights
@@ -23,6 +28,10 @@ from tokalign.methods.grpo.trainer import AccountingGRPOTrainer, loss_weights
 # Output keys that are not indexed by sample (scalars, or image tensors indexed by image/tile).
 _NOT_PER_SAMPLE = ("num_items_in_batch",)
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "num_images", "num_tiles", "image_sizes")
+# The batch's token keep ratio K, carried with the rows to the loss (num_iterations > 1 reuses a batch),
+# and the token mask its first pass chose, which later passes over the same batch keep.
+KEEP_RATIO = "d3s_keep_ratio"
+TOKEN_MASK = "d3s_token_mask"
 
 
 def take_rows(output: dict, rows: torch.Tensor, num_rows: int) -> dict:
@@ -58,9 +67,9 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         self.schedule_args = dict(n_init=n_init, n_final=n_final, k_init=k_init, k_final=k_final)
         self.schedule, self.sample_scope, self.token_scope = schedule, sample_scope, token_scope
         self.renormalize, self.token_normalization = renormalize, token_normalization
-        self._token_weights = None
-        if token_normalization == "all":
-            self.top_entropy_quantile = 0.0  # routes TRL's loss through get_high_entropy_mask below
+        self.top_entropy_quantile = 0.0  # TRL then passes every training forward's entropies to get_high_entropy_mask
+        self._raw_rewards: torch.Tensor | None = None
+        self._selection: tuple[dict, float] | None = None
 
     def current_nk(self) -> tuple[int, float]:
         """(N, K) for the current step: linear in progress, or the initial values when constant."""
@@ -68,17 +77,28 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         progress = self.state.global_step / (steps - 1) if self.schedule == "linear" and steps > 1 else 0.0
         return d3s_schedule(progress, group_size=self.num_generations, **self.schedule_args)
 
-    def down_sample(self, output: dict) -> tuple[dict, torch.Tensor]:
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's per-function rewards of every rank's completions; their weighted sum is kept for PODS."""
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        weights = self.reward_weights.to(rewards_per_func.device)
+        self._raw_rewards = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        return rewards_per_func
+
+    def down_sample(self, output: dict) -> tuple[dict, torch.Tensor, int]:
         if any(key in output for key in _MULTIMODAL):
             raise ValueError("D³S row selection supports text-only GRPO; this batch carries images or other modalities")
         n, k = self.current_nk()
         self._metrics["train"]["schedule/n"].append(n)
         self._metrics["train"]["schedule/k"].append(k)
+        raw_rewards, self._raw_rewards = self._raw_rewards, None
+        if self.renormalize and raw_rewards is None:
+            raise RuntimeError("PODS re-normalises raw rewards, but TRL did not compute this batch's through _calculate_rewards")
         local = output["advantages"]
         num_rows = local.numel()
         gathered = self.accelerator.gather(local)  # every rank selects on the same pooled advantages
         kept, kept_advantages = select_samples(
-            gathered, n, group_size=self.num_generations, scope=self.sample_scope, renormalize=self.renormalize
+            gathered, n, group_size=self.num_generations, scope=self.sample_scope, renormalize=self.renormalize,
+            rewards=raw_rewards,
         )
         start = self.accelerator.process_index * num_rows
         here = (kept >= start) & (kept < start + num_rows)
@@ -88,30 +108,29 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
             rows, advantages = rows.new_zeros(1), advantages.new_zeros(1)
         output = take_rows(output, rows, num_rows)
         output["advantages"] = advantages
-        weights = loss_weights(output).bool()
-        if k < 1:
-            weights = self._token_mask(advantages, self._entropies(output), weights, k)
         if placeholder:
-            weights = torch.zeros_like(weights)
-        if k < 1 or placeholder:
-            if self.token_normalization == "kept":
-                output["tool_mask"] = weights.to(output["completion_mask"].dtype)
-            else:
-                output["d3s_token_mask"] = weights
-        output["num_items_in_batch"] = self.accelerator.gather(loss_weights(output).sum()).sum()
-        return output, gathered[kept]
+            output["tool_mask"] = torch.zeros_like(output["completion_mask"])
+        valid = loss_weights(output).bool()
+        valid_tokens = int(self.accelerator.reduce(valid.sum(), reduction="sum"))
+        trained = valid_tokens
+        if k < 1:
+            output[KEEP_RATIO] = torch.tensor(k)
+            trained = self._kept_token_count(valid, k)
+        output["num_items_in_batch"] = torch.tensor(
+            trained if self.token_normalization == "kept" else valid_tokens, device=local.device)
+        return output, gathered[kept], trained
 
-    def _entropies(self, output: dict) -> torch.Tensor:
-        """Full-vocabulary entropies of π_θ at the kept rows' completion tokens (no grad)."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            _, entropies, _ = self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, output["completion_ids"].size(1),
-                batch_size=self.args.per_device_train_batch_size, compute_entropy=True,
-                token_type_ids=output.get("token_type_ids"), mm_token_type_ids=output.get("mm_token_type_ids"),
-            )
-        return entropies
+    def _kept_token_count(self, valid: torch.Tensor, k: float) -> int:
+        """How many tokens the token mask will keep over all ranks: it depends on the valid tokens only
+        (⌈K·n⌉ per scope), so `d3s_token_mask` on uniform scores counts it before any entropy exists."""
+        if self.token_scope == "batch":
+            total = int(self.accelerator.reduce(valid.sum(), reduction="sum"))
+            valid = torch.ones(1, total, dtype=torch.bool, device=valid.device)
+        ones = torch.ones(valid.shape, device=valid.device)
+        kept = d3s_token_mask(ones.new_ones(valid.size(0)), ones, valid, k, scope=self.token_scope)
+        if self.token_scope == "batch":
+            return int(kept.sum())
+        return int(self.accelerator.reduce(kept.sum(), reduction="sum"))
 
     def _token_mask(self, advantages, entropies, valid, k) -> torch.Tensor:
         """The D³S token mask; batch scope pools the kept tokens of all ranks."""
@@ -131,9 +150,30 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         return mask[start : start + rows, :length]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._token_weights = inputs.get("d3s_token_mask")
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        keep_ratio = inputs.get(KEEP_RATIO)
+        if keep_ratio is not None:
+            self._selection = (inputs, float(keep_ratio))  # the batch TRL keeps for every pass over it
+            # TRL's loss mask is this tensor when there is no tool_mask: the hook narrows a copy, not the batch
+            inputs = {**inputs, "completion_mask": inputs["completion_mask"].clone()}
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._selection = None
 
     def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-        """With token_normalization="all": the D³S token mask in place of TRL's top-entropy mask."""
-        return mask.bool() if self._token_weights is None else self._token_weights
+        """The D³S token mask from the training forward's entropies, in place of TRL's top-entropy mask.
+
+        With `token_normalization="kept"` TRL's loss mask `mask` is narrowed in place to the kept
+        tokens; TRL uses it for the ratios, the loss, its normalisation, the KL term and the metrics
+        only after this call. Without a selection (K = 1, evaluation) everything is kept. The mask
+        is stored in the batch, so that later passes over it (num_iterations > 1) train the same tokens.
+        """
+        if self._selection is None:
+            return mask.bool()
+        batch, k = self._selection
+        keep = batch.get(TOKEN_MASK)
+        if keep is None:
+            keep = batch[TOKEN_MASK] = self._token_mask(batch["advantages"], entropies.detach(), mask.bool(), k)
+        if self.token_normalization == "kept":
+            mask.mul_(keep.to(mask.dtype))
+        return keep

@@ -3,7 +3,8 @@
 `trainer.per_device_batch_size` counts completions (TRL's convention): with every process, a
 multiple of `num_generations`. The trainer adds token accounting to TRL's logs so that every
 GRPO-family run reports the same usage figures (kept samples and tokens per step, cumulative
-trained tokens, sample usefulness, accuracy on a verifiable reward).
+trained tokens, sample usefulness, accuracy on a verifiable reward). `rollout.engine=vllm`
+hands generation to TRL's own vLLM integration (colocated or a `trl vllm-serve` server).
 """
 
 from __future__ import annotations
@@ -73,12 +74,14 @@ def check(cfg: DictConfig) -> None:
 
 
 def grpo_args(run, **extra: Any):
-    """A TRL GRPOConfig from the shared trainer knobs and the method's GRPO knobs."""
+    """A TRL GRPOConfig from the shared trainer knobs, the method's GRPO knobs and the rollout engine."""
     from trl import GRPOConfig
 
     from tokalign.methods.trl_support import trl_args
+    from tokalign.vllm_engine import trl_vllm_args
 
     m = run.cfg.method
+    extra = trl_vllm_args(run.cfg.get("rollout")) | extra
     args = trl_args(
         run, num_generations=m.num_generations, max_completion_length=m.max_completion_length,
         temperature=m.temperature, top_p=m.top_p, loss_type=option(m.loss_type), beta=m.beta, epsilon=m.epsilon,
@@ -93,7 +96,10 @@ def grpo_args(run, **extra: Any):
 def build_trainer(run, trainer_cls=None, **extra_args: Any):
     from tokalign.methods.grpo.trainer import AccountingGRPOTrainer
     from tokalign.methods.trl_support import peft_config
+    from tokalign.vllm_engine import require_vllm, uses_vllm
 
+    if uses_vllm(run.cfg.get("rollout")):
+        require_vllm(f"{run.cfg.method.name} rollouts")
     spec = rewards.configured(run.cfg.method, "method.reward")
     funcs, weights = rewards.functions(spec, run.cfg.dataset, "method.reward")
     verifiable = [f.__name__ for f, t in zip(funcs, rewards.parse(spec, "method.reward"))

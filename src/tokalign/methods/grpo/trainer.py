@@ -1,7 +1,9 @@
 """TRL's GRPOTrainer with a row/token selection hook and the usage accounting GRPO-family runs share.
 
 `down_sample` runs once per generation batch, after TRL has scored the rollouts and computed
-advantages; the base trainer keeps everything (plain GRPO). Usage is counted on all ranks:
+advantages; the base trainer keeps everything (plain GRPO). With `rollout.engine=vllm` the batch
+carries TRL's vLLM tensors too (sampling log-probs, importance ratios), one row per sample like
+the rest. Usage is counted on all ranks:
 kept samples, loss-weighted ("trained") tokens, tokens run through the training forward, and
 sample usefulness (share of kept samples with a non-zero advantage).
 """
@@ -32,17 +34,17 @@ class AccountingGRPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return output
-        output, kept_advantages = self.down_sample(output)
-        self._account(output, kept_advantages)
+        output, kept_advantages, trained = self.down_sample(output)
+        self._account(output, kept_advantages, trained)
         return output
 
-    def down_sample(self, output: dict) -> tuple[dict, torch.Tensor]:
-        """The rows and token weights to train on, and the kept samples' advantages on all ranks."""
-        return output, self.accelerator.gather(output["advantages"])
+    def down_sample(self, output: dict) -> tuple[dict, torch.Tensor, int]:
+        """The rows and token weights to train on, the kept samples' advantages and the loss-weighted
+        token count, both over all ranks."""
+        return output, self.accelerator.gather(output["advantages"]), int(output["num_items_in_batch"])
 
-    def _account(self, output: dict, kept_advantages: torch.Tensor) -> None:
-        counts = torch.stack([loss_weights(output).sum(), output["completion_mask"].sum()]).float()
-        trained, forward = (int(x) for x in self.accelerator.reduce(counts, reduction="sum").tolist())
+    def _account(self, output: dict, kept_advantages: torch.Tensor, trained: int) -> None:
+        forward = int(self.accelerator.reduce(output["completion_mask"].sum().float(), reduction="sum"))
         passes = self.num_iterations  # each generation batch is optimised num_iterations times
         self.trained_tokens += trained * passes
         self.forward_tokens += forward * passes

@@ -23,7 +23,7 @@ from tokalign.methods.ppo import reward_spec, settings
 from tokalign.methods.ppo.advantages import advantages_and_returns, segments
 from tokalign.methods.ppo.checkpoint import load_checkpoint, save_checkpoint
 from tokalign.methods.ppo.models import Critic, load_critic
-from tokalign.methods.ppo.rollout import Rollout, prompt_batch, sample
+from tokalign.methods.ppo.rollout import Rollout, colocated_engine, prompt_batch, sample
 from tokalign.methods.ppo.scoring import TokenRewards, kl_score_rewards, score
 from tokalign.methods.ppo.update import ppo_update
 
@@ -46,6 +46,7 @@ class Trainer:
     nlp: Any
     rollout_size: int
     steps: int
+    engine: Any = None  # a colocated vLLM engine (rollout.engine=vllm); None: the policy generates
 
 
 def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards = kl_score_rewards) -> Trainer:
@@ -100,16 +101,16 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
         accelerator.register_for_checkpointing(scheduler)
     return Trainer(run, m, accelerator, policy, frozen, critic, actor_opt, critic_opt, schedulers, reward_fn,
-                   token_rewards, nlp, rollout_size, steps)
+                   token_rewards, nlp, rollout_size, steps, colocated_engine(run, max_num_seqs=rollout_size))
 
 
-def rollout(tr: Trainer, batch: dict, seed: int) -> Rollout:
-    """Sample, score and compute advantages for one batch of prompts."""
+def rollout(tr: Trainer, batch: dict, seed: int, step: int = 0) -> Rollout:
+    """Sample, score and compute advantages for one batch of prompts, at iteration `step` (0-based)."""
     t, m = tr.run.cfg.trainer, tr.m
     policy = tr.accelerator.unwrap_model(tr.policy)
     input_ids, attention_mask, responses, mask = sample(
         policy, tr.run.tokenizer, list(batch["prompt"]), m, max_prompt_len=max(1, t.max_length - m.max_new_tokens),
-        device=tr.accelerator.device,
+        device=tr.accelerator.device, engine=tr.engine, version=step, seed=seed,
     )
     s = score(policy, tr.frozen, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, input_ids, attention_mask, responses,
               mask, m, forward_batch=t.per_device_batch_size)
@@ -149,7 +150,7 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
     batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed, acc.process_index, acc.num_processes)
     tick = time.perf_counter()
     with acc.autocast():  # the unwrapped policy under the same precision as its updates
-        r = rollout(tr, batch, seed=cfg.seed + (step * acc.num_processes + acc.process_index) * tr.rollout_size)
+        r = rollout(tr, batch, seed=cfg.seed + (step * acc.num_processes + acc.process_index) * tr.rollout_size, step=step)
     rollout_s = time.perf_counter() - tick
     metrics = rollout_metrics(r)
     _check_rollout(metrics, step, m.kl_limit)

@@ -1,4 +1,8 @@
-"""Rollout stage: which prompts an iteration uses, and the responses the policy samples for them."""
+"""Rollout stage: which prompts an iteration uses, and the responses the policy samples for them.
+
+The policy samples with transformers' generate, or (`rollout.engine=vllm`) through a colocated
+vLLM engine that `sample` first brings to the policy's current weights.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from tokalign.config import option
 from tokalign.generation import as_messages
 
 
@@ -60,22 +65,56 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return ((eos.cumsum(-1) - eos) == 0).long()
 
 
+def colocated_engine(run, *, max_num_seqs: int):
+    """The colocated vLLM engine this process samples from with rollout.engine=vllm; None: the policy's generate.
+
+    It computes in the training precision (bf16/fp16 autocast) or the model's dtype.
+    """
+    from tokalign.vllm_engine import VLLMEngine, uses_vllm
+
+    cfg = run.cfg
+    if not uses_vllm(cfg.get("rollout")):
+        return None
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(option(cfg.trainer.precision), option(cfg.model.dtype))
+    return VLLMEngine.start(run.model_path, cfg.rollout, colocated=True, seed=cfg.seed, dtype=dtype,
+                      max_model_len=cfg.trainer.max_length, max_num_seqs=max_num_seqs,
+                      trust_remote_code=cfg.model.trust_remote_code)
+
+
+def pad_responses(completions: list[list[int]], pad_token_id: int, device) -> torch.Tensor:
+    """(B, R) right-padded token ids of completions of different lengths, as generate returns them."""
+    width = max(1, *(len(c) for c in completions))
+    return torch.tensor([c + [pad_token_id] * (width - len(c)) for c in completions], dtype=torch.long, device=device)
+
+
 @torch.no_grad()
-def sample(policy, tokenizer, prompts: list, m, *, max_prompt_len: int, device) -> tuple[torch.Tensor, ...]:
-    """Left-padded prompts + sampled responses: (input_ids, attention_mask, responses, response mask)."""
+def sample(policy, tokenizer, prompts: list, m, *, max_prompt_len: int, device, engine=None, version: int = 0,
+           seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Left-padded prompts + sampled responses: (input_ids, attention_mask, responses, response mask).
+
+    With a vLLM `engine`, the policy's weights after `version` updates are pushed to it first
+    (once per version) and prompt i is sampled with seed + i.
+    """
     texts = [tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     prompt_ids = enc["input_ids"][:, -max_prompt_len:].to(device)
     prompt_mask = enc["attention_mask"][:, -max_prompt_len:].to(device)
-    was_training = policy.training
-    policy.eval()
-    sequences = policy.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=m.max_new_tokens, do_sample=True,
-        temperature=m.temperature, top_k=m.top_k, top_p=m.top_p,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    policy.train(was_training)
-    responses = sequences[:, prompt_ids.shape[1]:]
+    if engine is None:
+        was_training = policy.training
+        policy.eval()
+        sequences = policy.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=m.max_new_tokens, do_sample=True,
+            temperature=m.temperature, top_k=m.top_k, top_p=m.top_p,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        policy.train(was_training)
+        responses = sequences[:, prompt_ids.shape[1]:]
+    else:
+        engine.sync(policy, version)
+        unpadded = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+        completions = engine.sample(unpadded, max_new_tokens=m.max_new_tokens, temperature=m.temperature,
+                                    top_p=m.top_p, top_k=m.top_k, seed=seed)
+        responses = pad_responses(completions, tokenizer.pad_token_id, device)
     mask = response_mask(responses, tokenizer.eos_token_id)
     responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
     return torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1), responses, mask
