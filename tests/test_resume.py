@@ -33,9 +33,11 @@ def _rows(run_dir, key):
 
 
 def _kill_after_first_checkpoint(run_dir, args) -> None:
+    # Its own W&B service, as a separate job has: this process's would keep the killed run registered.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_SERVICE")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=wandb", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
     )
     try:
         while latest_checkpoint(run_dir / "checkpoints") is None and proc.poll() is None:

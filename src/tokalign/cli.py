@@ -216,14 +216,16 @@ def evaluate(argv: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    from tokalign.config import EvalConfig
+    from tokalign.config import EvalConfig, RolloutConfig
 
     try:
         args = _args(argv, COMMANDS["eval"])
         overrides = OmegaConf.merge(OmegaConf.structured(EvalConfig), args.get("eval", {}))
+        rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
         from tokalign.evaluate import evaluate_run
 
-        metrics, _, _ = evaluate_run(args["run_dir"], overrides, trust_remote_code=bool(args.get("trust_remote_code")))
+        metrics, _, _ = evaluate_run(args["run_dir"], overrides, rollout=rollout,
+                                     trust_remote_code=bool(args.get("trust_remote_code")))
     except _user_errors() as err:
         _fail(err)
     print(json.dumps(metrics, indent=2))
@@ -279,6 +281,7 @@ COMMANDS = {
         "eval", "evaluate a finished run and write <run_dir>/eval.json", evaluate,
         [Arg("run_dir", "a finished run directory", required=True),
          Arg("eval.<knob>", "any evaluation knob, e.g. eval.num_prompts=64 eval.num_samples=4 eval.export=[alpaca_eval]"),
+         Arg("rollout.<knob>", "how to sample (default: as the run did), e.g. rollout.engine=hf for a vLLM run on a CPU machine"),
          TRUST],
         ["tokalign eval run_dir=outputs/dpo/2026-11-27_12-00-00 eval.num_samples=4",
          "tokalign eval run_dir=... eval.export=[alpaca_eval,mt_bench,arena_hard] eval.export_questions=q.jsonl"],

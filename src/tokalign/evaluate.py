@@ -189,17 +189,21 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
     return metrics, columns, rows
 
 
-def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, trust_remote_code: bool = False
-                 ) -> tuple[dict, list[str], list[list[Any]]]:
+def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, rollout: DictConfig | None = None,
+                 trust_remote_code: bool = False) -> tuple[dict, list[str], list[list[Any]]]:
     """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json.
 
-    `trust_remote_code` is this call's own: a run directory's config never turns it on.
+    `rollout` replaces the run's sampling engine (a run trained with vLLM evaluates on a CPU
+    machine with the default, transformers). `trust_remote_code` is this call's own: a run
+    directory's config never turns it on.
     """
     from tokalign.models import load_tokenizer
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, trust_remote_code=trust_remote_code)
     cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval, overrides or {})
+    if rollout is not None:
+        cfg.rollout = rollout
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").exists():
         raise ConfigError(f"{model_dir} holds no finished model (was the run completed?)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
@@ -301,7 +302,7 @@ def replace_marked_block(doc: Path, name: str, body: str) -> None:
     doc.write_text(text)
 
 
-class SweepSummary:
+class SweepSummary(Callback):
     """Hydra callback (conf/config.yaml): when a multirun ends, print its table and write it with its
     curves into `<sweep dir>/table/`."""
 

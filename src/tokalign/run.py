@@ -67,7 +67,7 @@ class Run:
             return
         weights = check_model_dir(self.model_path)
         need = weights * (4 if self.cfg.trainer.save_steps > 0 else 1)
-        free = shutil.disk_usage(self.dir).free
+        free = shutil.disk_usage(next(p for p in (self.dir, *self.dir.parents) if p.exists())).free
         if free < need:
             raise StorageError(f"{self.dir} has {free / 2**30:.1f} GiB free; this model's final weights and checkpoints "
                                f"need about {need / 2**30:.1f} GiB")
@@ -93,7 +93,7 @@ class Run:
                 prompts, model=self.load_policy(), tokenizer=self.tokenizer, model_path=self.model_path,
                 scorer=scorer, scorer_name=getattr(scorer, "__name__", "reward"), num_samples=o.num_samples,
                 temperature=o.temperature, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed,
-                cache_dir=self.cfg.cache_dir,
+                cache_dir=self.cfg.cache_dir, rollout=self.cfg.rollout,
             ))
         data, dropped = screen(data, kind, self.tokenizer, self.cfg.trainer.max_length)
         if self.rank == 0:

@@ -25,9 +25,6 @@ from tokalign.config import option
 from tokalign.files import atomic_text, storage_errors
 
 
-WANDB_IN_USE_WAIT_S = 120
-
-
 def _logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -95,16 +92,7 @@ class Tracker:
             name=cfg.run_name, tags=list(cfg.tags), config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             dir=str(self.run_dir), mode=wandb_mode(option(cfg.logger.mode)), id=run_id, resume="allow",
         )
-        deadline = time.time() + WANDB_IN_USE_WAIT_S
-        while True:
-            try:
-                return wandb.init(**settings)
-            except Exception as err:  # wandb's service error types vary between releases
-                # A killed attempt's W&B service holds the run id until it notices its parent died.
-                if "in use" not in str(err) or time.time() > deadline:
-                    raise
-                print(f"tokalign: W&B run {run_id} is still held by the previous attempt; waiting", flush=True)
-                time.sleep(5)
+        return wandb.init(**settings)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.rank != 0:

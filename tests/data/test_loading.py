@@ -37,11 +37,21 @@ def _write(path, rows):
 
 def test_local_file_with_column_map_and_held_out_tail(tmp_path):
     rows = [{"q": f"question {i}", "good": "yes", "bad": "no"} for i in range(30)]
-    cfg = _cfg(path=_write(tmp_path / "pairs.jsonl", rows), num_eval=5,
+    cfg = _cfg(path=_write(tmp_path / "pairs.jsonl", rows), num_eval=5, eval_fraction=0.5,
                columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
     train, held = load_split(cfg, "preference", method="dpo"), load_split(cfg, "preference", "eval", method="dpo")
-    assert (len(train), len(held)) == (25, 5)
+    assert (len(train), len(held)) == (25, 5)  # half of the rows, capped at num_eval
     assert held[0]["prompt"] == "question 25" and {"prompt", "chosen", "rejected"} <= set(train.column_names)
+
+
+@pytest.mark.parametrize("rows,fraction,cap,held", [(100, 0.1, 64, 10), (64, 0.1, 64, 6), (5, 0.1, 64, 1), (2, 0.9, 64, 1)])
+def test_the_hold_out_is_a_capped_share_and_never_all(tmp_path, rows, fraction, cap, held):
+    from tokalign.data.loading import load_training_rows
+
+    cfg = _cfg(path=_write(tmp_path / "d.jsonl", [{"prompt": f"p{i}"} for i in range(rows)]), num_eval=cap,
+               eval_fraction=fraction)
+    train, note = load_training_rows(cfg, "prompt")
+    assert len(train) == rows - held and note.startswith(f"{held} of the {rows} rows of split 'train' held out")
 
 
 def test_missing_columns_name_found_and_expected(tmp_path):
