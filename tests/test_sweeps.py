@@ -146,3 +146,18 @@ def test_two_point_sweep_through_submitit_local(tmp_path, cache_dir, tiny_model)
     betas = [OmegaConf.load(d / "resolved.yaml").method.beta for d in dirs]
     assert betas == [0.1, 0.2] and all((d / "summary.json").exists() for d in dirs)
     assert list((tmp_path / ".submitit").iterdir())  # the jobs ran through submitit
+
+
+def test_a_bad_point_stops_the_sweep_before_anything_is_submitted(tmp_path, monkeypatch):
+    import submitit
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", lambda *a: pytest.fail("a job was submitted"))
+    for tool, script in (("srun", "exit 1"), ("sinfo", "echo 'debug*|2|20528|(null)|1'")):
+        (tmp_path / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("train", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", "method=dpo",
+                "method.beta=0.1,-0.1")
+    assert "sweep point method.beta=-0.1,method=dpo: method.beta=-0.1 is out of range" in str(exit_.value)
+    assert "nothing was submitted" in str(exit_.value)

@@ -225,6 +225,22 @@ class Point:
     failure: Optional[str] = None
 
 
+def _check_point(p: Point, cfg: DictConfig) -> None:
+    """Every point's config is validated before any job is submitted: one line for the first bad one."""
+    from tokalign.compose import validate
+    from tokalign.errors import UserError
+
+    run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    with open_dict(run_cfg):
+        run_cfg.output_dir = str(p.run_dir)  # Hydra resolves it inside the job
+        if run_cfg.launcher.get("num_nodes", 1) > 1 and not OmegaConf.select(run_cfg, "launcher.nodelist"):
+            run_cfg.launcher.nodelist = "slurm-job-nodes"  # SLURM sets SLURM_JOB_NODELIST inside the job
+    try:
+        validate(run_cfg)
+    except UserError as err:
+        sys.exit(f"tokalign: error: sweep point {p.name}: {err} (nothing was submitted)")
+
+
 class TokalignSlurmLauncher(BaseSubmititLauncher):
     _EXECUTOR = "slurm"
 
@@ -287,6 +303,7 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
         todo = []
         for p in points:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, p.overrides)
+            _check_point(p, cfg)
             summary = p.run_dir / "summary.json"
             resume = cfg.get("resume", "never")
             if summary.exists() and getattr(resume, "value", resume) == "auto":
