@@ -34,7 +34,8 @@ def test_every_option_composes_and_validates(group, option):
 
 
 def _plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    """Values as written, interpolations (`${model.max_new_tokens}`) unresolved."""
+    return OmegaConf.to_container(node, resolve=False, enum_to_str=True)
 
 
 @pytest.mark.parametrize("option", _options("method"))
@@ -108,3 +109,14 @@ def test_run_dirs_of_earlier_releases_name_their_method_by_name():
 def test_bad_value_is_rejected():
     with pytest.raises(Exception, match="precision"):
         _compose("trainer.precision=fp8")
+
+
+def test_generation_lengths_and_learning_rate_follow_the_models_preset():
+    tiny, smol = _compose("method=grpo"), _compose("method=grpo", "model=smollm2_135m")
+    OmegaConf.resolve(tiny)
+    OmegaConf.resolve(smol)
+    assert (tiny.trainer.learning_rate, tiny.method.max_completion_length, tiny.eval.max_new_tokens) == (5e-4, 48, 48)
+    assert (smol.trainer.learning_rate, smol.method.max_completion_length, smol.trainer.max_length) == (5e-6, 128, 512)
+    own = _compose("method=grpo", "model=smollm2_135m", "method.max_completion_length=64", "trainer.learning_rate=1e-6")
+    OmegaConf.resolve(own)
+    assert (own.method.max_completion_length, own.trainer.learning_rate) == (64, 1e-6)

@@ -221,6 +221,9 @@ class ModelConfig:
     path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
     dtype: DType = knob(DType.float32, help="weights' dtype when loading")
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
+    learning_rate: float = knob(5e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default")
+    max_length: int = knob(128, ge=2, help="prompt + response tokens for this model: trainer.max_length's default")
+    max_new_tokens: int = knob(48, ge=1, help="a response length that suits this model: the default of every generation length")
     tiny: TinySpec = knob(help="the locally built model (source=tiny)", factory=TinySpec)
     lora: LoraSpec = knob(help="LoRA adapter", factory=LoraSpec)
 
@@ -230,7 +233,7 @@ class OnPolicySpec:
     reward: Any = knob("task", help="reward that ranks the samples (see `reward` spellings in the README)")
     num_samples: int = knob(4, ge=2, help="responses sampled per prompt; best and worst become the pair")
     temperature: float = knob(1.0, gt=0, help="sampling temperature")
-    max_new_tokens: int = knob(48, ge=1, help="longest sampled response")
+    max_new_tokens: int = knob(II("model.max_new_tokens"), ge=1, help="longest sampled response")
     batch_size: int = knob(64, ge=1, help="prompts per generation batch")
 
 
@@ -258,7 +261,7 @@ class DatasetConfig:
 
 @dataclass
 class TrainerConfig:
-    learning_rate: float = knob(5e-4, gt=0, help="peak learning rate (the actor's, for PPO)")
+    learning_rate: float = knob(II("model.learning_rate"), gt=0, help="peak learning rate (the actor's, for PPO)")
     lr_scheduler: LRScheduler = knob(LRScheduler.cosine, help="transformers learning-rate schedule")
     warmup_ratio: float = knob(0.05, ge=0, le=1, help="share of the steps spent warming up")
     weight_decay: float = knob(0.0, ge=0, help="AdamW weight decay")
@@ -267,7 +270,7 @@ class TrainerConfig:
     gradient_accumulation_steps: int = knob(1, ge=1, help="micro-steps per optimizer step")
     max_steps: int = knob(60, ge=0, help="optimizer steps (PPO: iterations); 0: num_epochs decides")
     num_epochs: float = knob(1.0, gt=0, help="passes over the data when max_steps is 0")
-    max_length: int = knob(128, ge=2, help="prompt + response tokens")
+    max_length: int = knob(II("model.max_length"), ge=2, help="prompt + response tokens")
     precision: Precision = knob(Precision.fp32, help="fp32 | bf16 | fp16 autocast")
     gradient_checkpointing: bool = knob(False, help="recompute activations in the backward pass")
     logging_steps: int = knob(5, ge=1, help="steps between logged rows")
@@ -291,7 +294,7 @@ class LoggerConfig:
 class EvalConfig:
     at_end: bool = knob(True, help="evaluate the final model")
     num_prompts: int = knob(64, ge=1, help="held-out prompts")
-    max_new_tokens: int = knob(48, ge=1, help="longest sampled response")
+    max_new_tokens: int = knob(II("model.max_new_tokens"), ge=1, help="longest sampled response")
     temperature: float = knob(0.7, ge=0, help="sampling temperature (0: greedy)")
     top_p: float = knob(1.0, gt=0, le=1, help="nucleus sampling")
     batch_size: int = knob(32, ge=1, help="prompts per generation batch")

@@ -45,7 +45,12 @@ def _lines(node: DictConfig, schema: type | None, indent: int) -> list[str]:
             out.append(f"{'  ' * indent}{key}:" + (f"  # {help_text}" if help_text else ""))
             out += _lines(value, sub, indent + 1)
         else:
-            text = value if isinstance(value, str) and OmegaConf.is_interpolation(node, key) else _value(value)
+            text = _value(value)
+            if OmegaConf.is_interpolation(node, key):
+                try:  # a default that follows another knob: its value now, and where it comes from
+                    text = f"{_value(node[key])}  ({value})"
+                except Exception:  # noqa: BLE001 - resolvable only inside a run (e.g. ${hydra:...})
+                    text = str(value)
             out.append(f"{'  ' * indent}{key}: {text}" + (f"  # {help_text}" if help_text else ""))
     return out
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import II, DictConfig
 
 from tokalign import rewards
 from tokalign.config import knob, option, require, world_size
@@ -49,7 +49,7 @@ class Config(MethodConfig):
     algorithm: str = "grpo"
     name: str = "grpo"
     num_generations: int = knob(8, ge=2, help="G, completions per prompt")
-    max_completion_length: int = knob(24, ge=1, help="longest completion")
+    max_completion_length: int = knob(II("model.max_new_tokens"), ge=1, help="longest completion")
     temperature: float = knob(1.0, gt=0, help="sampling temperature")
     top_p: float = knob(1.0, gt=0, le=1, help="nucleus sampling")
     loss_type: LossType = knob(LossType.dapo, help="TRL's loss aggregation: grpo | bnpo | dr_grpo | dapo | cispo | sapo | luspo | vespo")
