@@ -196,6 +196,9 @@ def train(argv: list[str]) -> None:
             OmegaConf.resolve(cfg)
             return launch(cfg)
         except _user_errors() as err:
+            if hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_")):
+                print(f"tokalign: error: {err}", file=sys.stderr)
+                raise  # a job of a submitit/SLURM sweep: its launcher reports the point as failed
             _fail(err)
         except Exception:
             traceback.print_exc()

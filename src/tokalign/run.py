@@ -46,9 +46,8 @@ class Run:
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
         self._check_disk()
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
-        self.train_data, data_metrics = self._train_data()
+        self.train_data, self.data_metrics = self._train_data()
         self.tracker = Tracker(cfg, self.dir, rank=rank)
-        self.tracker.log(data_metrics, step=0)
 
     def load_policy(self):
         from tokalign.models import load_causal_lm
@@ -73,7 +72,7 @@ class Run:
                                f"need about {need / 2**30:.1f} GiB")
 
     def _train_data(self):
-        """Training rows after screening, and what the screening and hold-out did (said once, logged at step 0)."""
+        """Training rows after screening, and what the screening and hold-out did (said once, kept in the summary)."""
         import datasets
 
         from tokalign.data.loading import load_training_rows, screen
@@ -190,7 +189,7 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
             metrics = json.loads(trained.read_text())
         else:
             with storage_errors(run_dir):
-                metrics = dict(run.method.train(run))
+                metrics = {**run.method.train(run), **run.data_metrics}
             earlier = run.tracker.previous_wall_s  # attempts killed earlier count up to their last log
             metrics["train/wall_s"] = round(earlier + time.time() - started, 1)
             metrics["train/attempts"] = len(run.tracker.attempts)

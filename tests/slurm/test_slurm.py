@@ -25,7 +25,8 @@ def sweep(slurm, sweep_dir: Path, *overrides: str, **kw):
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(d for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The points' run directories (not the sweep's own table/ or .submitit/)."""
+    return sorted(d for d in sweep_dir.iterdir() if (d / "resolved.yaml").exists())
 
 
 def summary(run_dir: Path) -> dict:
