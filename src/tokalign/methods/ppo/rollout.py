@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -25,13 +25,14 @@ class Rollout:
     segment_ids: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    metrics: dict = field(default_factory=dict)  # the token-reward function's own (0-dim tensors)
 
     @property
     def position_ids(self) -> torch.Tensor:
         return position_ids(self.attention_mask)
 
     def rows(self, index: torch.Tensor) -> "Rollout":
-        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "metrics"})
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
