@@ -24,7 +24,8 @@ def metrics(run_dir: Path, drop: tuple[str, ...] = ()) -> list[dict]:
 def test_rto_without_a_dense_reward_is_the_ppo_run(train, tiny_model):
     """Invariant 1 end to end: π_dpo ≡ π_ref, or β₁ = 0 (the RTO table's PPO row: no DPO model at all), makes every
     token's dense reward 0, so the run is PPO's, bit for bit."""
-    ppo = train("method=ppo", "method.kl_coef=0.01", "method.score_clip=10", "method.temperature=1.0", *SMALL)
+    ppo = train("method=ppo", "method.kl_coef=0.01", "method.score_clip=10", "method.temperature=1.0", "method.top_k=0",
+                *SMALL)
     for knob in (f"method.dpo_model={tiny_model}", "method.dpo_scale=0"):
         rto = train("method=rto", knob, *SMALL)
         assert metrics(rto, drop=("train/rto/",)) == metrics(ppo), knob

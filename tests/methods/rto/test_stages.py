@@ -1,4 +1,4 @@
-"""RTO's loop-level invariants (METHODS §7) on the PPO loop's stages: the released defaults, RTO = PPO when
+"""RTO's loop-level invariants on the PPO loop's stages: the released defaults, RTO = PPO when
 the dense reward vanishes (β₁ = 0 or π_dpo ≡ π_ref), and rows independent of batch-mates and padding."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def test_defaults_are_the_released_script():
     m = compose_config("method=rto").method
     assert (m.algorithm, m.name, m.dpo_scale, m.dpo_clip, m.kl_coef, m.score_coef, m.score_clip) == (
         "rto", "rto", 0.05, 0.05, 0.01, 1.0, 10.0)
-    assert (m.gamma, m.lam, m.clip_eps, m.clip_eps_value, m.num_ppo_epochs, m.temperature, m.top_p) == (
-        1.0, 0.95, 0.2, 0.2, 1, 1.0, 1.0)
+    assert (m.gamma, m.lam, m.clip_eps, m.clip_eps_value, m.num_ppo_epochs, m.temperature, m.top_p, m.top_k) == (
+        1.0, 0.95, 0.2, 0.2, 1, 1.0, 1.0, 0)
     assert (m.n, m.kl_estimator, m.whiten_advantages, m.loss_normalization, m.logprob_temperature) == (
         1, "k1", True, "sequence", "one")
 

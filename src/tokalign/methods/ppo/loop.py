@@ -107,9 +107,10 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     frozen = {name: prepare_frozen(model, accelerator) for name, model in {"ref": ref, **(frozen_extra or {})}.items()}
     for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
         accelerator.register_for_checkpointing(scheduler)
-    steps_of = dict(accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm)
-    return Trainer(run, m, accelerator, policy, frozen, critic, Trained(policy, actor_opt, accelerator, what="policy", **steps_of),
-                   Trained(critic, critic_opt, accelerator, what="critic", **steps_of), schedulers, reward_fn,
+    stepping = dict(accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm)
+    actor_step = Trained(policy, actor_opt, accelerator, what="policy", **stepping)
+    critic_step = Trained(critic, critic_opt, accelerator, what="critic", **stepping)
+    return Trainer(run, m, accelerator, policy, frozen, critic, actor_step, critic_step, schedulers, reward_fn,
                    token_rewards, rollout_whiten(accelerator), nlp, rollout_size, steps)
 
 

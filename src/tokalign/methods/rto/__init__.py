@@ -28,6 +28,7 @@ class Config(ppo.Config):
     score_clip: Optional[float] = knob(10.0, gt=0, help="clip the score to ±score_clip (their code: 10)")
     kl_coef: float = knob(0.01, ge=0, help="β₂ of the per-token KL penalty (their init_kl_coef 0.01, fixed)")
     temperature: float = knob(1.0, gt=0, help="sampling temperature (their script: 1)")
+    top_k: int = knob(0, ge=0, help="top-k sampling (0: off; their code passes top_k=None to generate: the full distribution)")
     # RTO
     dpo_scale: float = knob(0.05, ge=0, help="β₁ of the dense reward β₁ (log π_dpo − log π_dpo_ref) (0: off, PPO)")
     dpo_clip: Optional[float] = knob(0.05, ge=0, help="clip each token's dense reward to ±dpo_clip after scaling (null or 0: none)")
