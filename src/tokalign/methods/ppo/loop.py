@@ -70,8 +70,11 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / (rollout_size * accelerator.num_processes))
     updates = steps * m.num_ppo_epochs * m.num_mini_batches
 
-    policy, ref = run.load_policy(), run.load_policy()
     spec = reward_spec(cfg.method)
+    reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")  # first: a wrong reward fails fast
+    if hasattr(reward_fn, "model"):
+        reward_fn.model = prepare_frozen(reward_fn.model, accelerator)
+    policy, ref = run.load_policy(), run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
     critic = load_critic(rm_path if use_rm else run.model_path, option(cfg.model.dtype), run.tokenizer.pad_token_id,
@@ -82,9 +85,6 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
                 module.p = 0.0
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-    reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")
-    if hasattr(reward_fn, "model"):
-        reward_fn.model = prepare_frozen(reward_fn.model, accelerator)
     nlp = None
     if m.termination == "parsing" and m.spacy_model:
         import spacy
