@@ -11,10 +11,12 @@ num_mini_batches` prompts per process; one optimizer step sees `per_device_batch
 gradient_accumulation_steps` of them. `trainer.max_steps` counts PPO iterations.
 
 Defaults follow the MA-RLHF authors' code (ernie-research/MA-RLHF, DeepSpeed-Chat
-`dschat/rlhf/ppo_trainer.py`) where it decides their numbers: log-probs of the model's own
-logits (not the sampling temperature's), each response's loss a mean over its tokens, the
-scored last token a macro action of its own, `ppl` cuts before the rise. docs/ma_ppo.md lists
-every convention, its option and where tokalign departs from their code.
+`dschat/rlhf/ppo_trainer.py`) in its conventions: log-probs of the model's own logits (not the
+sampling temperature's), each response's loss a mean over its tokens, the scored last token a
+macro action of its own, `ppl` cuts before the rise. Two choices keep the paper's formulas and
+the usual PPO instead (`experiment=ma_rlhf` switches them to their code's): macro rewards are
+summed (`reward_aggregation`) and advantages whitened. docs/ma_ppo.md lists every convention,
+its option and where tokalign departs from their code.
 """
 
 from __future__ import annotations
