@@ -1,8 +1,9 @@
-"""The PPO loop (MA-RLHF macro actions included), on accelerate so it runs under DDP.
+"""The PPO loop (MA-RLHF macro actions included), on accelerate: one process, DDP or DeepSpeed ZeRO.
 
 `fit(run)` drives it: `setup` (policy, frozen reference, critic, reward, optimizers), then per
 iteration the rollout, scoring, advantage and update stages, logging, and sealed checkpoints
 that `resume=auto` continues exactly (models, optimizers, schedulers, RNG, step, history).
+`engines` holds what differs between backends.
 """
 
 from __future__ import annotations
@@ -20,8 +21,17 @@ from tokalign.config import option
 from tokalign.errors import DivergenceError
 from tokalign.losses import masked_mean
 from tokalign.methods.ppo import reward_spec, settings
-from tokalign.methods.ppo.advantages import advantages_and_returns, segments
+from tokalign.methods.ppo.advantages import Whiten, advantages_and_returns, segments
 from tokalign.methods.ppo.checkpoint import load_checkpoint, save_checkpoint
+from tokalign.methods.ppo.engines import (
+    Trained,
+    all_finite,
+    generation_model,
+    make_accelerator,
+    prepare_frozen,
+    rollout_whiten,
+    whole_state_dict,
+)
 from tokalign.methods.ppo.models import Critic, load_critic
 from tokalign.methods.ppo.rollout import Rollout, colocated_engine, prompt_batch, sample
 from tokalign.methods.ppo.scoring import TokenRewards, kl_score_rewards, score
@@ -30,7 +40,7 @@ from tokalign.methods.ppo.update import ppo_update
 
 @dataclass
 class Trainer:
-    """Everything an iteration needs: the run, settings, models, optimizers and schedulers."""
+    """Everything an iteration needs: the run, settings, models, their optimizer steps and schedulers."""
 
     run: Any
     m: Any
@@ -38,11 +48,12 @@ class Trainer:
     policy: Any
     frozen: dict
     critic: Critic
-    actor_opt: Any
-    critic_opt: Any
+    actor_step: Trained
+    critic_step: Trained
     schedulers: list
     reward_fn: Callable
     token_rewards: TokenRewards
+    whiten: Whiten
     nlp: Any
     rollout_size: int
     steps: int
@@ -50,21 +61,21 @@ class Trainer:
 
 
 def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards = kl_score_rewards) -> Trainer:
-    """Models and optimizers; `frozen_extra` adds frozen models whose log-probs `token_rewards` reads."""
-    from accelerate import Accelerator
+    """Models and optimizers; `frozen_extra` adds frozen models (loaded whole) whose log-probs `token_rewards` reads."""
     from transformers import get_scheduler
 
     cfg, t = run.cfg, run.cfg.trainer
-    m = settings(cfg.method)
-    precision = option(t.precision)
-    # cpu=True on CPU-only machines: otherwise accelerate treats CPU ranks as unrelated single processes
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not torch.cuda.is_available())
+    m = settings(cfg.method, run.method.config)
+    accelerator = make_accelerator(cfg)
     rollout_size = t.per_device_batch_size * t.gradient_accumulation_steps * m.num_mini_batches
     steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / (rollout_size * accelerator.num_processes))
     updates = steps * m.num_ppo_epochs * m.num_mini_batches
 
-    policy, ref = run.load_policy(), run.load_policy()
     spec = reward_spec(cfg.method)
+    reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")  # first: a wrong reward fails fast
+    if hasattr(reward_fn, "model"):
+        reward_fn.model = prepare_frozen(reward_fn.model, accelerator)
+    policy, ref = run.load_policy(), run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
     critic = load_critic(rm_path if use_rm else run.model_path, option(cfg.model.dtype), run.tokenizer.pad_token_id,
@@ -75,9 +86,6 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
                 module.p = 0.0
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-    reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")
-    if hasattr(reward_fn, "model"):
-        reward_fn.model.to(accelerator.device)
     nlp = None
     if m.termination == "parsing" and m.spacy_model:
         import spacy
@@ -94,31 +102,35 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
                       num_training_steps=updates)
         for opt in (actor_opt, critic_opt)
     ]
-    policy, critic, actor_opt, critic_opt = accelerator.prepare(policy, critic, actor_opt, critic_opt)
-    frozen = {"ref": ref, **(frozen_extra or {})}
-    for model in frozen.values():
-        model.requires_grad_(False).eval().to(accelerator.device)
+    # One model per prepare: under DeepSpeed each becomes its own engine.
+    policy, actor_opt = accelerator.prepare(policy, actor_opt)
+    critic, critic_opt = accelerator.prepare(critic, critic_opt)
+    frozen = {name: prepare_frozen(model, accelerator) for name, model in {"ref": ref, **(frozen_extra or {})}.items()}
     for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
         accelerator.register_for_checkpointing(scheduler)
-    return Trainer(run, m, accelerator, policy, frozen, critic, actor_opt, critic_opt, schedulers, reward_fn,
-                   token_rewards, nlp, rollout_size, steps, colocated_engine(run, max_num_seqs=rollout_size))
+    stepping = dict(accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm)
+    actor_step = Trained(policy, actor_opt, accelerator, what="policy", **stepping)
+    critic_step = Trained(critic, critic_opt, accelerator, what="critic", **stepping)
+    return Trainer(run, m, accelerator, policy, frozen, critic, actor_step, critic_step, schedulers, reward_fn,
+                   token_rewards, rollout_whiten(accelerator), nlp, rollout_size, steps,
+                   colocated_engine(run, max_num_seqs=rollout_size))
 
 
 def rollout(tr: Trainer, batch: dict, seed: int, step: int = 0) -> Rollout:
     """Sample, score and compute advantages for one batch of prompts, at iteration `step` (0-based)."""
     t, m = tr.run.cfg.trainer, tr.m
-    policy = tr.accelerator.unwrap_model(tr.policy)
-    input_ids, attention_mask, responses, mask = sample(
-        policy, tr.run.tokenizer, list(batch["prompt"]), m, max_prompt_len=max(1, t.max_length - m.max_new_tokens),
-        device=tr.accelerator.device, engine=tr.engine, version=step, seed=seed,
-    )
-    s = score(policy, tr.frozen, tr.critic, tr.reward_fn, tr.run.tokenizer, batch, input_ids, attention_mask, responses,
-              mask, m, forward_batch=t.per_device_batch_size)
-    token_rewards = tr.token_rewards(s, mask, m)
+    with generation_model(tr.policy, tr.accelerator) as policy:
+        input_ids, attention_mask, responses, mask = sample(
+            policy, tr.run.tokenizer, list(batch["prompt"]), m, max_prompt_len=max(1, t.max_length - m.max_new_tokens),
+            device=tr.accelerator.device, engine=tr.engine, version=step, seed=seed,
+        )
+    s = score(tr.accelerator.unwrap_model(tr.policy), tr.frozen, tr.critic, tr.reward_fn, tr.run.tokenizer, batch,
+              input_ids, attention_mask, responses, mask, m, forward_batch=t.per_device_batch_size)
+    token_rewards, reward_metrics = tr.token_rewards(s, mask, m)
     segment_ids = segments(m, mask, s.logps["ref"], responses, tr.run.tokenizer, seed, tr.nlp)
-    advantages, returns = advantages_and_returns(m, token_rewards, s.values, mask, segment_ids)
+    advantages, returns = advantages_and_returns(m, token_rewards, s.values, mask, segment_ids, tr.whiten)
     return Rollout(input_ids, attention_mask, responses, mask, s.old_logps, s.logps["ref"], s.values, s.scores,
-                   token_rewards, segment_ids, advantages, returns)
+                   token_rewards, segment_ids, advantages, returns, reward_metrics)
 
 
 def rollout_metrics(r: Rollout) -> dict[str, float]:
@@ -133,6 +145,7 @@ def rollout_metrics(r: Rollout) -> dict[str, float]:
         "explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item(),
         "macro_length": (valid.sum() / num_segments.clamp(min=1)).item(),
         "response_length": valid.sum(-1).float().mean().item(),
+        **{key: float(value) for key, value in r.metrics.items()},
     }
 
 
@@ -155,10 +168,7 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
     metrics = rollout_metrics(r)
     _check_rollout(metrics, step, m.kl_limit)
     tick = time.perf_counter()
-    stats = ppo_update(
-        tr.policy, tr.critic, tr.actor_opt, tr.critic_opt, r, m, micro_batch=t.per_device_batch_size,
-        accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm, accelerator=acc,
-    )
+    stats = ppo_update(tr.actor_step, tr.critic_step, r, m, micro_batch=t.per_device_batch_size)
     for _ in range(m.num_ppo_epochs * m.num_mini_batches):  # one scheduler step per optimizer step
         for scheduler in tr.schedulers:
             scheduler.step()
@@ -175,10 +185,6 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
         means = acc.reduce(torch.tensor(list(row.values()), device=acc.device), reduction="mean")
         row = dict(zip(row, means.tolist()))
     return row
-
-
-def _finite(model) -> bool:
-    return all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def fit(run, **setup_args) -> dict:
@@ -207,14 +213,18 @@ def fit(run, **setup_args) -> dict:
             run.tracker.log({f"train/{k}": sum(w[k] for w in window) / len(window) for k in row}, step=done)
             window = []
         if t.save_steps > 0 and done % t.save_steps == 0:
-            if not (_finite(tr.policy) and _finite(tr.critic)):
+            if not all_finite(acc, tr.policy, tr.critic):
                 raise DivergenceError(f"the weights became non-finite at iteration {done}; nothing was saved")
             acc.wait_for_everyone()
             save_checkpoint(acc, checkpoints, done, history, t.save_total_limit)
     progress.close()
-    run.save_model(acc.unwrap_model(tr.policy), run.tokenizer)
+    # Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes them whole.
+    policy_state, critic_state = whole_state_dict(acc, tr.policy), whole_state_dict(acc, tr.critic)
+    run.save_model(acc.unwrap_model(tr.policy), run.tokenizer, state_dict=policy_state)
     if acc.is_main_process:
-        save_pretrained_atomic(acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic")
+        if critic_state is not None:  # keys of the Critic wrapper: model.<name>
+            critic_state = {key.removeprefix("model."): value for key, value in critic_state.items()}
+        save_pretrained_atomic(acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", state_dict=critic_state)
     first, last = (history[0], history[-1]) if history else ({}, {})
     return {
         "train/steps": tr.steps,

@@ -47,12 +47,12 @@ def response_logits(model, input_ids, attention_mask, position_ids, num_response
 
 
 def token_logps(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log π(y_t) of the sampling distribution (logits / temperature), (B, R)."""
+    """log π(y_t) of the distribution softmax(logits / temperature), (B, R)."""
     logits = logits / temperature
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Full-vocabulary entropy of the sampling distribution at each position."""
+    """Full-vocabulary entropy of softmax(logits / temperature) at each position."""
     logp = torch.log_softmax(logits / temperature, -1)
     return -(logp.exp() * logp).sum(-1)

@@ -6,7 +6,7 @@ vLLM engine that `sample` first brings to the policy's current weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -30,13 +30,14 @@ class Rollout:
     segment_ids: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    metrics: dict = field(default_factory=dict)  # the token-reward function's own (0-dim tensors)
 
     @property
     def position_ids(self) -> torch.Tensor:
         return position_ids(self.attention_mask)
 
     def rows(self, index: torch.Tensor) -> "Rollout":
-        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return Rollout(**{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "metrics"})
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

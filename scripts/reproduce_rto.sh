@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# RTO's main comparison (PPO vs RTO, three seeds) and its tokalign table with training curves.
+#   scripts/reproduce_rto.sh RM_DIR       # the paper's setting (conf/experiment/rto.yaml), 8 GPUs
+#   scripts/reproduce_rto.sh --toy        # the laptop twin (tiny model, toy gold reward), CPU
+# RM_DIR: the reward model (RTO-RL/Llama3.2-1B-RewardModel) as a *ForSequenceClassification
+# directory (docs/rto.md); it also initialises the critic. The DPO model (RTO-RL/Llama3-8B-DPO)
+# and the SFT model come from the hub. Extra arguments are Hydra overrides for every run.
+set -euo pipefail
+toy=false
+if [[ "${1:-}" == "--toy" ]]; then toy=true; shift; fi
+root=${ROOT:-multirun/rto$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
+if $toy; then
+  tokalign train -m experiment=rto_toy hydra.sweep.dir="$root" "$@"
+  tokalign table runs="$root" out="$root/table" title="RTO (toy)" \
+    'metrics=[eval/gold_reward,eval/win_rate,eval/kl_ref,train/reward_last]' 'curves=[train/reward,train/kl]'
+  exit
+fi
+rm_dir=${1:?usage: scripts/reproduce_rto.sh RM_DIR [overrides...] | --toy}
+shift
+tokalign train -m experiment=rto method.reward="model:$rm_dir" hydra.sweep.dir="$root" "$@"
+tokalign table runs="$root" out="$root/table" title="RTO" \
+  'metrics=[eval/rm_score,eval/rm_win_rate,eval/kl_ref,train/reward_last]' 'curves=[train/reward,train/kl,train/rto/dpo_reward]'
