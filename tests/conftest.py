@@ -51,7 +51,7 @@ def compose_config(*overrides: str):
 
 def paper_overrides(*overrides: str) -> list[str]:
     """What a user must add to a paper experiment that needs their own models (MA-RLHF: the reward model)."""
-    if "experiment=ma_rlhf" not in overrides:
+    if not {"experiment=ma_rlhf", "experiment=rto"} & set(overrides):
         return []
     rm = Path(tempfile.gettempdir()) / "tokalign-test-rm"
     (rm / "model").mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import II, DictConfig
 
 from tokalign import rewards
 from tokalign.config import knob, option, require
@@ -106,7 +106,7 @@ class Config(MethodConfig):
     critic_init: CriticInit = knob(CriticInit.auto, help="auto: the reward model when the reward is one, else the policy")
     critic_learning_rate: Optional[float] = knob(None, gt=0, help="null: trainer.learning_rate")
     # Rollout
-    max_new_tokens: int = knob(48, ge=1, help="longest sampled response")
+    max_new_tokens: int = knob(II("model.max_new_tokens"), ge=1, help="longest sampled response")
     temperature: float = knob(0.8, gt=0, help="sampling temperature (their recipe: 0.8)")
     top_k: int = knob(50, ge=0, help="top-k sampling (0: off)")
     top_p: float = knob(1.0, gt=0, le=1, help="nucleus sampling")

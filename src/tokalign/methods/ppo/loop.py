@@ -16,7 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tokalign import rewards
+from tokalign import preemption, rewards
+from tokalign.checkpoint import latest_checkpoint
 from tokalign.config import option
 from tokalign.errors import DivergenceError
 from tokalign.losses import masked_mean
@@ -202,21 +203,45 @@ def fit(run, **setup_args) -> dict:
     window: list[dict] = []
     progress = tqdm(total=tr.steps, initial=start, desc=run.cfg.method.name, disable=not acc.is_main_process,
                     dynamic_ncols=True)
-    for step in range(start, tr.steps):
-        row = iteration(tr, step)
-        history.append(row)
-        window.append(row)
-        done = step + 1
-        progress.set_postfix(reward=f"{row['reward']:.3g}", kl=f"{row['kl']:.3g}", refresh=False)
-        progress.update()
-        if done % max(1, t.logging_steps) == 0 or done == tr.steps:
-            run.tracker.log({f"train/{k}": sum(w[k] for w in window) / len(window) for k in row}, step=done)
-            window = []
-        if t.save_steps > 0 and done % t.save_steps == 0:
-            if not all_finite(acc, tr.policy, tr.critic):
-                raise DivergenceError(f"the weights became non-finite at iteration {done}; nothing was saved")
-            acc.wait_for_everyone()
-            save_checkpoint(acc, checkpoints, done, history, t.save_total_limit)
+
+    def log(done: int) -> None:
+        nonlocal window
+        if window:
+            run.tracker.log({f"train/{k}": sum(w[k] for w in window) / len(window) for k in window[-1]}, step=done)
+        window = []
+
+    def save(done: int) -> None:
+        if not all_finite(acc, tr.policy, tr.critic):
+            raise DivergenceError(f"the weights became non-finite at iteration {done}; nothing was saved")
+        acc.wait_for_everyone()
+        save_checkpoint(acc, checkpoints, done, history, t.save_total_limit)
+
+    preemption.install()  # a scheduler's SIGTERM stops, its SIGUSR2 checkpoints, at an iteration's end
+    try:
+        for step in range(start, tr.steps):
+            row = iteration(tr, step)
+            history.append(row)
+            window.append(row)
+            done = step + 1
+            progress.set_postfix(reward=f"{row['reward']:.3g}", kl=f"{row['kl']:.3g}", refresh=False)
+            progress.update()
+            if done % max(1, t.logging_steps) == 0 or done == tr.steps:
+                log(done)
+            saved = t.save_steps > 0 and done % t.save_steps == 0
+            if saved:
+                save(done)
+            request = preemption.poll()
+            if request.checkpoint:
+                if not saved:
+                    log(done)
+                    save(done)
+                print(f"tokalign: preempted: saved checkpoint-{done}, handing over for requeue", flush=True)
+                preemption.hand_over()
+            if request.stop:
+                raise preemption.Stopped(f"stopped by SIGTERM at iteration {done} (cancelled or out of time); "
+                                         f"resume=auto continues from {latest_checkpoint(checkpoints)}")
+    finally:
+        preemption.uninstall()
     progress.close()
     # Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes them whole.
     policy_state, critic_state = whole_state_dict(acc, tr.policy), whole_state_dict(acc, tr.critic)
