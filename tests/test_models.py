@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tokalign.config import ModelConfig
-from tokalign.models import ModelError, build_tiny, check_tokenizers_match, load_tokenizer, resolve_model
+from tokalign.models import ModelError, _toy_corpus, build_tiny, check_tokenizers_match, load_tokenizer, make_tiny, resolve_model
 
 SPEC = dict(arch="qwen2", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=320,
             max_position_embeddings=128, seed=5, warmup_steps=3)
@@ -19,6 +19,28 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert build_tiny(SPEC, tmp_path / "a") == a  # second call reuses the cache
+
+
+def test_warm_start_reports_every_step():
+    seen = []
+    make_tiny({**SPEC, "warmup_steps": 2}, on_step=lambda step, model, tok: seen.append((step, model.training)))
+    assert seen == [(1, True), (2, True)]
+
+
+def test_warm_start_prompt_tokens_are_a_prefix_of_the_conversation(tiny_model):
+    """The warm start masks the loss of the first len(prompt tokens) tokens of each conversation."""
+    tok = load_tokenizer(tiny_model)
+    for prompt, response in _toy_corpus(0)[:200]:
+        user = [{"role": "user", "content": prompt}]
+        head = tok(tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True))["input_ids"]
+        full = tok(tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False))["input_ids"]
+        assert full[: len(head)] == head and len(full) > len(head)
+
+
+def test_tiny_tokenizer_has_one_token_per_digit(tiny_model):
+    tokens = load_tokenizer(tiny_model).tokenize("What is 37 + 25? 37 + 25 = 62")
+    digits = [t for t in tokens if any(c.isdigit() for c in t)]
+    assert len(digits) == 10 and all(len(t) == 1 for t in digits)
 
 
 def test_tiny_tokenizer_has_chat_template_and_specials(tiny_model):

@@ -198,10 +198,10 @@ class TinySpec:
     intermediate_size: int = knob(192, ge=8, help="MLP width")
     num_layers: int = knob(2, ge=1, help="transformer layers")
     num_heads: int = knob(4, ge=1, help="attention heads (must divide hidden_size)")
-    vocab_size: int = knob(512, ge=300, help="BPE vocabulary trained on the toy tasks (>= 256 bytes + specials)")
+    vocab_size: int = knob(576, ge=300, help="BPE vocabulary trained on the toy tasks (~522 needed: one token per toy word)")
     max_position_embeddings: int = knob(256, ge=16, help="longest sequence the model accepts")
     seed: int = knob(0, help="seed of the tokenizer, weights and warm start")
-    warmup_steps: int = knob(300, ge=0, help="next-token training steps on toy data before it counts as the starting policy")
+    warmup_steps: int = knob(1000, ge=0, help="response-only training steps on toy data before it counts as the starting policy")
 
 
 @dataclass

@@ -60,11 +60,22 @@ def resolve_model(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> str:
 # on the toy tasks so that it behaves like a (very) small instruct model.
 
 
+# What a spec builds changes with the builder and the toy data: part of the cache key.
+TINY_BUILD = 2
+# The warm start: notes on every toy_pref topic, and toy_math training problems of which a share
+# stops before the answer, so the starting policy knows its sums but gives them only part of the time.
+WARM_PREF_ROWS = 1500
+WARM_MATH_ROWS = 9000
+WARM_MATH_UNANSWERED = 0.55
+WARM_BATCH = 32
+WARM_LR = 3e-3
+
+
 def _toy_corpus(seed: int) -> list[tuple[str, str]]:
     from tokalign.data import toy_math, toy_pref
 
-    pairs = [(r["prompt"], r["completion"]) for r in toy_pref.sft_rows(3000, seed, topics=toy_pref.TOPICS)]
-    pairs += [(r["prompt"], r["completion"]) for r in toy_math.rows(3000, seed, noise=0.3)]
+    pairs = [(r["prompt"], r["completion"]) for r in toy_pref.sft_rows(WARM_PREF_ROWS, seed, topics=toy_pref.TOPICS)]
+    pairs += [(r["prompt"], r["completion"]) for r in toy_math.rows(WARM_MATH_ROWS, seed, unanswered=WARM_MATH_UNANSWERED)]
     random.Random(seed).shuffle(pairs)
     return pairs
 
@@ -74,7 +85,10 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit: sums are then made of digit facts the warm start sees in every problem.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -116,49 +130,66 @@ def _tiny_config(spec: dict, tokenizer):
     return arch[spec["arch"]](**common)
 
 
-def _warm_start(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int) -> None:
-    """Next-token training on chat-formatted toy data: a few seconds on a CPU."""
+def _warm_start(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed: int, on_step=None) -> None:
+    """Next-token training on the responses of chat-formatted toy data (prompt tokens carry no loss).
+
+    Tokenized once; `on_step(step, model, tokenizer)` is called after every step.
+    """
     import torch
 
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
-        )
-        for p, c in pairs
-    ]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+               for p, _ in pairs]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False)
+             for p, c in pairs]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    prompt_len = torch.tensor([len(x) for x in tokenizer(prompts)["input_ids"]])
+    labels = ids.masked_fill((mask == 0) | (torch.arange(ids.shape[1]) < prompt_len[:, None]), -100)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=WARM_LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(texts), (32,), generator=gen).tolist()
-        batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(texts), (WARM_BATCH,), generator=gen)
+        width = int(mask[idx].sum(1).max())
+        loss = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step(step, model, tokenizer)
     model.eval()
+
+
+def make_tiny(spec: dict, on_step=None):
+    """The tiny model and its tokenizer for `spec`, built in memory (one thread: the same bits on any machine)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(spec["seed"])
+        pairs = _toy_corpus(spec["seed"])
+        tokenizer = _train_tokenizer([f"{p}\n{c}" for p, c in pairs], spec["vocab_size"])
+        model = AutoModelForCausalLM.from_config(_tiny_config(spec, tokenizer))
+        if spec["warmup_steps"] > 0:
+            _warm_start(model, tokenizer, pairs, spec["warmup_steps"], spec["seed"], on_step)
+    finally:
+        torch.set_num_threads(threads)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def build_tiny(spec: dict, cache: Path) -> Path:
     """Build (or reuse) the tiny model for `spec`; deterministic from spec['seed']."""
-    final = cache / "models" / f"tiny-{_digest(spec)}"
+    final = cache / "models" / f"tiny-{_digest({**spec, 'build': TINY_BUILD})}"
     if (final / "config.json").exists():
         return final
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(spec["seed"])
-    pairs = _toy_corpus(spec["seed"])
-    tokenizer = _train_tokenizer([f"{p}\n{c}" for p, c in pairs], spec["vocab_size"])
-    model = AutoModelForCausalLM.from_config(_tiny_config(spec, tokenizer))
-    if spec["warmup_steps"] > 0:
-        _warm_start(model, tokenizer, pairs, spec["warmup_steps"], spec["seed"])
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer = make_tiny(spec)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)

@@ -1,20 +1,39 @@
-"""A verifiable toy task: small additions and subtractions with an exact-match reward."""
+"""A verifiable toy task: two-digit sums and differences without carries, and an exact-match reward.
+
+"What is 37 + 25?" is answered "37 + 25 = 62". Operands are two-digit numbers whose digits add
+up without a carry (or subtract without a borrow), and every answer has two digits, so each
+answer digit is a one-digit fact about the two digits above it. With one token per digit (the
+tiny model's tokenizer), held-out problems are new combinations of facts that every training
+problem exercises: a model of ~140k parameters learns them in a few hundred warm-start steps,
+where sums with carries stay out of its reach at this budget. One problem in HELD_OUT is kept
+for evaluation. The reward is 1 when the number after the last "=" equals the answer, so a
+completion that stops at "37 + 25 =" earns nothing for the operands it repeated.
+"""
 
 from __future__ import annotations
 
 import random
 import re
 
+HELD_OUT = 5
 _INT = re.compile(r"-?\d+")
 
 
+def _digit_wise(a: int, op: str, b: int) -> bool:
+    """No carry (no borrow) and a two-digit answer, for two-digit a and b."""
+    (ta, ua), (tb, ub) = divmod(a, 10), divmod(b, 10)
+    return ta + tb <= 9 and ua + ub <= 9 if op == "+" else ta > tb and ua >= ub
+
+
 def _problems(split: str) -> list[tuple[int, str, int]]:
-    """All (a, op, b) with a, b in 0..20; one in five is held out for evaluation."""
+    """Every digit-wise (a, op, b) with two-digit a and b; one in HELD_OUT is held out for evaluation."""
     out = []
-    for a in range(21):
-        for b in range(21):
+    for a in range(10, 100):
+        for b in range(10, 100):
             for op in "+-":
-                held_out = (a * 31 + b * 7 + (op == "-")) % 5 == 0
+                if not _digit_wise(a, op, b):
+                    continue
+                held_out = (a * 31 + b * 7 + (op == "-")) % HELD_OUT == 0
                 if held_out == (split == "eval"):
                     out.append((a, op, b))
     return out
@@ -29,8 +48,8 @@ def _prompt(a: int, op: str, b: int) -> str:
 
 
 def extract_answer(completion: str) -> str | None:
-    """The last integer in the completion, the convention of the SFT data ("a op b = c")."""
-    found = _INT.findall(completion)
+    """The last integer after the last "=" (the SFT format "a op b = c"); without "=", the last integer."""
+    found = _INT.findall(completion.rpartition("=")[2])
     return found[-1] if found else None
 
 
@@ -38,8 +57,12 @@ def exact_match_reward(completion: str, answer: str) -> float:
     return 1.0 if extract_answer(completion) == str(answer).strip() else 0.0
 
 
-def rows(n: int, seed: int, split: str = "train", noise: float = 0.0) -> list[dict]:
-    """Prompt, completion and answer rows; with `noise`, that share of completions is wrong by 1-3."""
+def rows(n: int, seed: int, split: str = "train", noise: float = 0.0, unanswered: float = 0.0) -> list[dict]:
+    """Prompt, completion and answer rows.
+
+    With `noise`, that share of completions is wrong by 1-3; with `unanswered`, that share restates
+    the problem and stops before the answer ("37 + 25 =").
+    """
     rng = random.Random(seed)
     problems = _problems(split)
     out = []
@@ -47,5 +70,6 @@ def rows(n: int, seed: int, split: str = "train", noise: float = 0.0) -> list[di
         a, op, b = rng.choice(problems)
         answer = _answer(a, op, b)
         shown = answer + rng.choice((-3, -2, -1, 1, 2, 3)) if rng.random() < noise else answer
-        out.append({"prompt": _prompt(a, op, b), "completion": f"{a} {op} {b} = {shown}", "answer": str(answer)})
+        completion = f"{a} {op} {b} =" if rng.random() < unanswered else f"{a} {op} {b} = {shown}"
+        out.append({"prompt": _prompt(a, op, b), "completion": completion, "answer": str(answer)})
     return out
