@@ -6,8 +6,9 @@
 treg: DPO vs DPO-REG α = 0.1 / 0.25 / 0.5 on on-policy pairs (best and worst of 4 samples from the
 starting policy under the gold reward: the SimPO recipe in miniature, as T-REG's setting).
 aligndistil: DPO (at β₀, the teacher) and reverse DPO (the other teacher, trained on swapped
-pairs) vs AlignDistil off-policy, its contrast and adaptive variants and on-policy AlignDistil, on
-the toy task's fixed pairs (AlignDistil's main setting is off-policy on fixed pairs); every
+pairs) vs AlignDistil off-policy (r = 10, their value, and r = 1), its contrast and adaptive
+variants and on-policy AlignDistil, on the toy task's fixed pairs (AlignDistil's main setting is
+off-policy on fixed pairs); every
 AlignDistil run of a seed distils that seed's DPO and reverse-DPO runs, exactly the teachers the
 on-demand default would build. Every run: the same trainer settings; metrics are tokalign's eval
 on held-out prompts: gold-reward win rate against the reference (starting) policy, ties half,
@@ -37,6 +38,7 @@ TABLES = {
         ("reverse DPO (teacher)", "reverse", ("method=dpo", "method.reverse=true")),
         *((name, run, ("method=aligndistil", "method.dpo_model={dpo}", *extra)) for name, run, extra in (
             ("AlignDistil (off-policy)", "aligndistil", ("method.reverse_dpo_model={reverse}",)),
+            ("AlignDistil r=1", "r1", ("method.tvd_scale=1", "method.reverse_dpo_model={reverse}")),
             ("AlignDistil contrast", "contrast", ("method.variant=contrast", "method.reverse_dpo_model={reverse}")),
             ("AlignDistil adaptive", "adaptive", ("method.variant=adaptive",)),
             ("AlignDistil on-policy", "on_policy", ("method.on_policy=true", "method.reverse_dpo_model={reverse}")),
