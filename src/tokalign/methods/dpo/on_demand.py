@@ -77,7 +77,8 @@ def load_frozen(run, path: str | Path, what: str):
     trust = run.cfg.model.trust_remote_code
     check_tokenizers_match(run.tokenizer, load_tokenizer(path, trust), what)
     model = load_causal_lm(path, dtype=run.cfg.model.dtype, trust_remote_code=trust)
-    rows = model.get_output_embeddings().weight.shape[0]
+    weight = model.get_output_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 loads a shard: ds_shape is the whole one
     if rows < len(run.tokenizer):
         raise ModelError(f"the {what} {path!r} has {rows} output rows for a vocabulary of {len(run.tokenizer)}")
     return model

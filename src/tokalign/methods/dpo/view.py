@@ -1,7 +1,8 @@
 """The token view of preference methods: the trained policy's token reward on evaluation pairs.
 
 `preference_view` shows δ_t = β (log π_θ − log π_ref)(y_t) on the chosen and rejected response
-of each pair; a method built on DPO passes `annotate` to add its own per-token values.
+of each pair; a method built on DPO passes `annotate` to add its own per-token values (it also
+gets the evaluation row, e.g. for its prompt).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class Side:
     ref: torch.Tensor
 
 
-# annotate(sides) -> ({side: {name: values}}, colour key, note)
-Annotate = Callable[[dict[str, Side]], tuple[dict[str, dict[str, list[float]]], str, str]]
+# annotate(sides, row) -> ({side: {name: values}}, colour key, note)
+Annotate = Callable[[dict[str, Side], dict], tuple[dict[str, dict[str, list[float]]], str, str]]
 
 
 def preference_view(ctx: ViewContext, legend: str = "", annotate: Annotate | None = None) -> View:
@@ -40,7 +41,7 @@ def preference_view(ctx: ViewContext, legend: str = "", annotate: Annotate | Non
         for side in SIDES:
             prompt_ids, ids = response_ids(ctx.tokenizer, ex["prompt"], first_response(ex[side]))
             sides[side] = Side(prompt_ids, ids, response_logps(policy, prompt_ids, ids)[0], response_logps(ref, prompt_ids, ids)[0])
-        extra, color, note = annotate(sides) if annotate else ({}, "delta", "")
+        extra, color, note = annotate(sides, ex) if annotate else ({}, "delta", "")
         for side in SIDES:
             s = sides[side]
             values = {**extra.get(side, {}), "delta": (m.beta * (s.policy - s.ref)).tolist()}

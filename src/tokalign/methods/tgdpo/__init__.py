@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
-
-from tokalign.config import knob, require
+from tokalign.config import knob
 from tokalign.methods.base import DataKind, Method, MethodConfig
 
 
@@ -26,7 +24,8 @@ class Config(MethodConfig):
     guidance_beta: Optional[float] = knob(None, gt=0, help="β_g in r̂ = β_g (log π_g − log π_ref); null: beta (their code)")
     f_min: Optional[float] = knob(None, help="clamp token weights f >= f_min; null: unclamped (their code)")
     guidance_model: Optional[str] = knob(None, help="a DPO checkpoint (path or hub id); null: train one on this setting, cached")
-    precompute: bool = knob(True, help="reference + guidance per-token log-probs once per dataset, cached on disk")
+    precompute: bool = knob(True, help="reference + guidance per-token log-probs once per dataset (all processes; "
+                                       "ZeRO-3: sharded weights), cached on disk")
 
 
 def guidance_beta(m) -> float:
@@ -41,13 +40,6 @@ def guidance_path(run) -> str:
         dpo_model_path(run, beta=guidance_beta(m), knob="method.guidance_model"))
 
 
-def check(cfg: DictConfig) -> None:
-    m = cfg.method
-    require(not (m.precompute and cfg.launcher.name == "deepspeed" and cfg.launcher.zero_stage == 3),
-            "method.precompute=true under launcher.zero_stage=3: the precompute needs whole weights on one process; "
-            "use method.precompute=false")
-
-
 def train(run) -> dict:
     from trl import DPOConfig
 
@@ -56,15 +48,17 @@ def train(run) -> dict:
     from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
-    guidance = load_frozen(run, guidance_path(run), "guidance model")
+    path = guidance_path(run)  # may train it first (one process)
+    # The training arguments first: under ZeRO-3 every model below is then loaded sharded.
+    args = DPOConfig(**trl_args(run, beta=m.beta, precompute_ref_log_probs=m.precompute))
     trainer = TGDPOTrainer(
         model=run.load_policy(),
         ref_model=None if run.cfg.model.lora.enabled or m.precompute else run.load_policy(),
-        args=DPOConfig(**trl_args(run, beta=m.beta, precompute_ref_log_probs=m.precompute)),
+        args=args,
         train_dataset=run.train_data,
         processing_class=run.tokenizer,
         peft_config=peft_config(run),
-        guidance_model=guidance,
+        guidance_model=load_frozen(run, path, "guidance model"),
         alpha=m.alpha,
         guidance_beta=m.guidance_beta,
         f_min=m.f_min,
@@ -80,6 +74,6 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="tgdpo", config=Config, data=DataKind.preference, train=train, check=check, view=view,
+    name="tgdpo", config=Config, data=DataKind.preference, train=train, view=view,
     summary="TGDPO (Zhu et al., ICML 2025): token-weighted DPO guided by a DPO model's token rewards",
 )

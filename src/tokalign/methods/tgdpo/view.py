@@ -27,7 +27,7 @@ def tgdpo_view(ctx: ViewContext):
     guide = _guidance(ctx)
     beta_g = guidance_beta(m)
 
-    def annotate(sides: dict[str, Side]):
+    def annotate(sides: dict[str, Side], row: dict):
         g = {s: response_logps(guide, sides[s].prompt_ids, sides[s].ids)[0] for s in SIDES}
         length = max(len(sides[s].ids) for s in SIDES)
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# T-REG's main table (DPO vs DPO-REG α = 0.1 / 0.25 / 0.5 and the static-weight ablation, three seeds)
+# and its tokalign table.
+#   scripts/reproduce_treg.sh            # the paper: Llama-3-8B-Instruct and Gemma-2-9B-it, on-policy UltraFeedback
+#   scripts/reproduce_treg.sh --toy      # the laptop twin (tiny model, toy task), CPU
+# Extra arguments are Hydra overrides for every run, e.g. seed=0 or hydra/launcher=slurm.
+# With JUDGE_QUESTIONS=<dir> holding alpaca_eval.json and arena_hard.jsonl, every finished run's
+# answers are exported for those judges (docs/reproducing.md).
+set -euo pipefail
+toy=false
+if [[ "${1:-}" == "--toy" ]]; then toy=true; shift; fi
+root=${ROOT:-multirun/treg$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
+if $toy; then
+  tokalign train -m experiment=treg_toy hydra.sweep.dir="$root" "$@"
+  tokalign table runs="$root" out="$root/table" title="T-REG (toy)" \
+    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref]'
+  exit
+fi
+# r̂ comes from the starting policy itself: no model to train first.
+tokalign train -m experiment=treg hydra.sweep.dir="$root/llama3_8b_instruct" "$@"
+tokalign train -m experiment=treg model.name=gemma2_9b_it model.hub_id=google/gemma-2-9b-it \
+  dataset.hub_id=princeton-nlp/gemma2-ultrafeedback-armorm hydra.sweep.dir="$root/gemma2_9b_it" "$@"
+if [[ -n "${JUDGE_QUESTIONS:-}" ]]; then
+  for run in "$root"/*/*/; do
+    [[ -f "$run/summary.json" ]] || continue
+    tokalign eval run_dir="$run" 'eval.export=[alpaca_eval,arena_hard]' \
+      "eval.export_questions={alpaca_eval: $JUDGE_QUESTIONS/alpaca_eval.json, arena_hard: $JUDGE_QUESTIONS/arena_hard.jsonl}"
+  done
+fi
+tokalign table runs="$root" out="$root/table" title="T-REG" 'group_by=[model.name,arm]'
