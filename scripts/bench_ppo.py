@@ -136,7 +136,7 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
     old, ref = -torch.rand(shape, generator=g), -torch.rand(shape, generator=g)
     values, scores = torch.randn(shape, generator=g), torch.randn(args.batch, generator=g)
     out = {}
-    for name, cfg in (("ppo", ppo.Config()), ("ma_ppo", ppo.Config(name="ma_ppo", n=5))):
+    for name, cfg in (("ppo", ppo.Config(max_new_tokens=args.length)), ("ma_ppo", ppo.Config(name="ma_ppo", n=5, max_new_tokens=args.length))):
         times = []
         for _ in range(reps):
             tick = time.perf_counter()

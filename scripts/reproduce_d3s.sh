@@ -11,7 +11,7 @@ root=${ROOT:-multirun/d3s$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
 if $toy; then
   tokalign train -m experiment=d3s_toy hydra.sweep.dir="$root" "$@"
   tokalign table runs="$root" out="$root/table" title="D3S (toy)" \
-    'metrics=[eval/pass@1,eval/pass@4,eval/pass@8,train/trained_tokens_total,train/trained_samples_total]'
+    'metrics=[eval/pass@1,eval/pass@1_ref,eval/pass@4,eval/pass@8,train/trained_tokens_total,train/trained_samples_total]'
   exit
 fi
 for model in qwen2_5_math_7b qwen2_5_math_1_5b llama3_1_8b; do

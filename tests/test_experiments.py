@@ -11,7 +11,7 @@ from tests.conftest import compose_config, paper_overrides
 from tokalign.cli import conf_dir
 
 CONF = Path(conf_dir())
-PAPERS = {"tgdpo": "tgdpo", "ma_rlhf": "ma_ppo", "d3s": "d3s_grpo", "rto": "rto"}
+PAPERS = {"tgdpo": "tgdpo", "ma_rlhf": "ma_ppo", "d3s": "d3s_grpo", "rto": "rto", "treg": "treg", "aligndistil": "aligndistil"}
 
 
 def _sweep(experiment: str) -> dict:
@@ -30,7 +30,7 @@ def test_every_row_of_the_sweep_composes(experiment):
     assert set(params) == {"+arm", "seed"} and len(str(params["seed"]).split(",")) >= 3
     for arm in str(params["+arm"]).split(","):
         cfg = _compose(f"experiment={experiment}", f"+arm={arm}")
-        assert cfg.method.name in ("dpo", "tgdpo", "ppo", "ma_ppo", "grpo", "d3s_grpo", "pods", "rto") and f"-s{cfg.seed}" in cfg.run_name
+        assert cfg.method.name in ("dpo", "tgdpo", "ppo", "ma_ppo", "grpo", "d3s_grpo", "pods", "rto", "treg", "aligndistil") and f"-s{cfg.seed}" in cfg.run_name
 
 
 @pytest.mark.parametrize("paper,method", PAPERS.items())

@@ -219,11 +219,11 @@ def evaluate(argv: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    from tokalign.config import EvalConfig, RolloutConfig
+    from tokalign.config import RolloutConfig
 
     try:
         args = _args(argv, COMMANDS["eval"])
-        overrides = OmegaConf.merge(OmegaConf.structured(EvalConfig), args.get("eval", {}))
+        overrides = OmegaConf.create(args.get("eval", {}))  # only what was given: the run's own settings stand
         rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
         from tokalign.evaluate import evaluate_run
 

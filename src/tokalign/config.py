@@ -263,8 +263,11 @@ class DatasetConfig:
 class TrainerConfig:
     learning_rate: float = knob(II("model.learning_rate"), gt=0, help="peak learning rate (the actor's, for PPO)")
     lr_scheduler: LRScheduler = knob(LRScheduler.cosine, help="transformers learning-rate schedule")
+    lr_scheduler_kwargs: dict[str, Any] = knob(help="the schedule's own arguments, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr", factory=dict)
     warmup_ratio: float = knob(0.05, ge=0, le=1, help="share of the steps spent warming up")
     weight_decay: float = knob(0.0, ge=0, help="AdamW weight decay")
+    adam_betas: list[float] = knob(help="AdamW's (beta1, beta2); OpenRLHF-style recipes use [0.9, 0.95]", ge=0, lt=1,
+                                   factory=lambda: [0.9, 0.999])
     max_grad_norm: float = knob(1.0, ge=0, help="gradient clipping (0: none)")
     per_device_batch_size: int = knob(16, ge=1, help="examples per device per micro-step (GRPO: completions)")
     gradient_accumulation_steps: int = knob(1, ge=1, help="micro-steps per optimizer step")
@@ -387,6 +390,7 @@ def world_size(launcher: DictConfig) -> int:
 def check_relations(cfg: DictConfig) -> None:
     """Relations between the root groups' knobs that their types and ranges cannot express."""
     e, tiny = cfg.eval, cfg.model.tiny
+    require(len(cfg.trainer.adam_betas) == 2, f"trainer.adam_betas={list(cfg.trainer.adam_betas)} needs two values")
     too_big = [k for k in e.pass_k if k > e.num_samples]
     require(not too_big, f"eval.pass_k={list(e.pass_k)} asks for pass@{too_big[0] if too_big else ''} from "
                          f"eval.num_samples={e.num_samples} samples per prompt; raise eval.num_samples or drop it")

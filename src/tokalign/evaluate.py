@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign import rewards
 from tokalign.config import EvalConfig
-from tokalign.data.loading import task_of
+from tokalign.data.loading import response_checks, task_of
 from tokalign.errors import ConfigError
 from tokalign.files import atomic_text
 from tokalign.generation import generate, prompt_text, sequence_logps
@@ -179,6 +179,8 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
         metrics.update(_scored(name, win, pol, ref))
         columns.append(name)
         rows = [r + [s[0]] for r, s in zip(rows, pol)]
+    for name, check in response_checks(cfg.dataset).items():
+        metrics[f"eval/{name}"] = sum(check(s) for group in policy for s in group) / max(1, sum(map(len, policy)))
     if cfg.eval.kl:
         metrics["eval/kl_ref"] = sampler.kl_to_reference(prompts)
     sampler.close()

@@ -45,6 +45,12 @@ def task_of(cfg: DictConfig) -> str:
     return "local" if cfg.path else str(option(cfg.source))
 
 
+def response_checks(cfg: DictConfig) -> dict:
+    """Named yes/no checks of a response that evaluation reports as shares (the toy preference task's
+    reward-hacking detectors: word salad, and text not made of the task's words)."""
+    return {"word_salad": toy_pref.word_salad, "malformed": toy_pref.malformed} if task_of(cfg) == "toy_pref" else {}
+
+
 def toy_rows(cfg: DictConfig, kind: str, split: str) -> list[dict]:
     """Generated rows; eval prompts use held-out topics / problems and a different seed."""
     n = cfg.num_eval if split == "eval" else (cfg.num_train or DEFAULT_TRAIN)
@@ -127,12 +133,21 @@ def _load_hub(cfg: DictConfig, split: str):
 
 
 def _with_implicit_prompt(ds, mapping: dict) -> Any:
-    """Preference data whose prompt is the shared start of chosen and rejected (HH-RLHF style)."""
+    """Preference data whose prompt is the shared start of chosen and rejected: HH-RLHF style (no
+    prompt column), or whole conversations beside a plain-text prompt (UltraFeedback-binarized),
+    where the conversations' own turns are the prompt in the format the responses need."""
     found = ds.column_names
-    if mapping.get("prompt", "prompt") in found or not {mapping.get(c, c) for c in ("chosen", "rejected")} <= set(found):
+    pair = [mapping.get(c, c) for c in ("chosen", "rejected")]
+    prompt = mapping.get("prompt", "prompt")
+    if not set(pair) <= set(found) or not len(ds):
+        return ds
+    conversations = isinstance(ds[0][pair[0]], list)
+    if prompt in found and not (conversations and isinstance(ds[0][prompt], str)):
         return ds
     from trl.data_utils import maybe_extract_prompt
 
+    if prompt in found:
+        ds = ds.remove_columns(prompt)
     renames = {mapping[c]: c for c in ("chosen", "rejected") if mapping.get(c, c) != c}
     return (ds.rename_columns(renames) if renames else ds).map(maybe_extract_prompt)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from omegaconf import OmegaConf
 from transformers import TrainerCallback
 
 from tokalign import preemption
@@ -22,6 +23,9 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         output_dir=str(run.dir / "checkpoints"),
         learning_rate=t.learning_rate,
         lr_scheduler_type=option(t.lr_scheduler),
+        lr_scheduler_kwargs=OmegaConf.to_container(t.lr_scheduler_kwargs),
+        adam_beta1=t.adam_betas[0],
+        adam_beta2=t.adam_betas[1],
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,

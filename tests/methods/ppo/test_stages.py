@@ -39,7 +39,7 @@ def rollout_tensors(seed: int = 0):
 
 
 def settings(**knobs) -> ppo.Config:
-    return ppo.settings(OmegaConf.structured(ppo.Config(**knobs)))
+    return ppo.settings(OmegaConf.structured(ppo.Config(**{"max_new_tokens": 48, **knobs})))
 
 
 @pytest.mark.parametrize("whiten_advantages", [True, False])

@@ -35,7 +35,7 @@ def test_an_unbuilt_dpo_model_under_several_processes_is_a_config_error(tmp_path
 
 
 def rto_settings(**knobs) -> rto.Config:
-    return settings(OmegaConf.structured(rto.Config(**knobs)), rto.Config)
+    return settings(OmegaConf.structured(rto.Config(**{"max_new_tokens": 48, **knobs})), rto.Config)
 
 
 def scored(seed: int = 0, dpo=None) -> tuple[Scored, torch.Tensor]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from tokalign import preemption, rewards
@@ -94,13 +95,13 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
         nlp = spacy.load(m.spacy_model)
 
     def optimizer(model, lr):
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
 
     critic_lr = m.critic_learning_rate if m.critic_learning_rate is not None else t.learning_rate
     actor_opt, critic_opt = optimizer(policy, t.learning_rate), optimizer(critic, critic_lr)
     schedulers = [
         get_scheduler(option(t.lr_scheduler), opt, num_warmup_steps=math.ceil(t.warmup_ratio * updates),
-                      num_training_steps=updates)
+                      num_training_steps=updates, scheduler_specific_kwargs=OmegaConf.to_container(t.lr_scheduler_kwargs))
         for opt in (actor_opt, critic_opt)
     ]
     # One model per prepare: under DeepSpeed each becomes its own engine.
