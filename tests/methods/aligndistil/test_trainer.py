@@ -4,7 +4,6 @@ whatever the padding and batch-mates; chunked equals unchunked; on-policy rollou
 import pytest
 import torch
 
-from tests.methods.dpo.helpers import pairs, perturbed_model  # noqa: F401
 
 pytest.importorskip("trl")
 

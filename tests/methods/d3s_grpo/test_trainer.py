@@ -6,7 +6,6 @@ import inspect
 import json
 import math
 import threading
-from types import SimpleNamespace
 
 import pytest
 import torch

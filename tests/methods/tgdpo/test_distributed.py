@@ -12,7 +12,6 @@ import torch
 from datasets import Dataset
 
 from tests.conftest import run_cli
-from tests.methods.dpo.helpers import perturbed_model  # noqa: F401
 from tokalign.tracking import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

@@ -4,7 +4,7 @@ truncation, are cached and reused; α = 0 gives TRL's DPO loss on the same batch
 import pytest
 import torch
 
-from tests.methods.dpo.helpers import MAX_LENGTH, dpo_args, loss_and_grads, pairs, perturbed_model, truncated  # noqa: F401
+from tests.methods.dpo.helpers import MAX_LENGTH, dpo_args, loss_and_grads, truncated
 
 pytest.importorskip("trl")
 

@@ -5,7 +5,7 @@ and padding; α = 0 gives TRL's DPO loss on the same batch."""
 import pytest
 import torch
 
-from tests.methods.dpo.helpers import dpo_args, loss_and_grads, pairs, truncated  # noqa: F401
+from tests.methods.dpo.helpers import dpo_args, loss_and_grads, truncated
 
 pytest.importorskip("trl")
 

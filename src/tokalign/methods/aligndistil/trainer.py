@@ -126,9 +126,3 @@ class AlignDistilTrainer(WindowExtrema, SFTTrainer):
         if return_outputs:
             return loss, {"loss": loss.detach()}
         return loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None

@@ -1,4 +1,5 @@
-"""Logging of per-step metrics whose window summary is an extreme, not TRL's mean."""
+"""Logging of per-step metrics whose window summary is an extreme, not TRL's mean, for TRL trainers
+whose `compute_loss` is the method's own."""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ def _extreme(key: str):
 
 
 class WindowExtrema:
-    """Mixin for TRL trainers (their `_metrics[mode][key]` lists): gathers a step's metrics over
-    processes and logs `*min` / `*max` metrics as the logging window's minimum / maximum."""
+    """Mixin for TRL trainers (their `_metrics[mode][key]` lists) with their own loss: gathers a step's
+    metrics over processes, logs `*min` / `*max` metrics as the logging window's minimum / maximum,
+    and evaluates with that loss alone."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
     def record_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         mode = "train" if self.model.training else "eval"

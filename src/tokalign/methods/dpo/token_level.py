@@ -222,8 +222,27 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer):
             return loss, {"loss": loss.detach()}
         return loss
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+
+def train_token_dpo(run, trainer_cls: type, method_kwargs) -> dict:
+    """Build a token-level DPO variant's trainer from the run and train it.
+
+    `method_kwargs()` gives the variant's own arguments; it is called after the training arguments
+    exist, so that under ZeRO-3 the frozen models it loads are loaded sharded.
+    """
+    from trl import DPOConfig
+
+    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
+
+    m = run.cfg.method
+    args = DPOConfig(**trl_args(run, beta=m.beta, precompute_ref_log_probs=m.precompute))
+    trainer = trainer_cls(
+        model=run.load_policy(),
+        ref_model=None if run.cfg.model.lora.enabled or m.precompute else run.load_policy(),
+        args=args,
+        train_dataset=run.train_data,
+        processing_class=run.tokenizer,
+        peft_config=peft_config(run),
+        token_cache_dir=Path(run.cfg.cache_dir).expanduser() / "token_logps",
+        **method_kwargs(),
+    )
+    return run_trainer(run, trainer)

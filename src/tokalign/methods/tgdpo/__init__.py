@@ -8,7 +8,6 @@ See docs/tgdpo.md and docs/methods.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from tokalign.config import knob
@@ -41,30 +40,16 @@ def guidance_path(run) -> str:
 
 
 def train(run) -> dict:
-    from trl import DPOConfig
-
     from tokalign.methods.dpo.on_demand import load_frozen
+    from tokalign.methods.dpo.token_level import train_token_dpo
     from tokalign.methods.tgdpo.trainer import TGDPOTrainer
-    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
     path = guidance_path(run)  # may train it first (one process)
-    # The training arguments first: under ZeRO-3 every model below is then loaded sharded.
-    args = DPOConfig(**trl_args(run, beta=m.beta, precompute_ref_log_probs=m.precompute))
-    trainer = TGDPOTrainer(
-        model=run.load_policy(),
-        ref_model=None if run.cfg.model.lora.enabled or m.precompute else run.load_policy(),
-        args=args,
-        train_dataset=run.train_data,
-        processing_class=run.tokenizer,
-        peft_config=peft_config(run),
-        guidance_model=load_frozen(run, path, "guidance model"),
-        alpha=m.alpha,
-        guidance_beta=m.guidance_beta,
+    return train_token_dpo(run, TGDPOTrainer, lambda: dict(
+        guidance_model=load_frozen(run, path, "guidance model"), alpha=m.alpha, guidance_beta=m.guidance_beta,
         f_min=m.f_min,
-        token_cache_dir=Path(run.cfg.cache_dir).expanduser() / "token_logps",
-    )
-    return run_trainer(run, trainer)
+    ))
 
 
 def view(ctx):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
@@ -54,30 +53,15 @@ def check(cfg: DictConfig) -> None:
 
 
 def train(run) -> dict:
-    from trl import DPOConfig
-
     from tokalign.methods.dpo.on_demand import load_frozen
+    from tokalign.methods.dpo.token_level import train_token_dpo
     from tokalign.methods.treg.trainer import TREGTrainer
-    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
-    # The training arguments first: under ZeRO-3 every model below is then loaded sharded.
-    args = DPOConfig(**trl_args(run, beta=m.beta, precompute_ref_log_probs=m.precompute))
-    trainer = TREGTrainer(
-        model=run.load_policy(),
-        ref_model=None if run.cfg.model.lora.enabled or m.precompute else run.load_policy(),
-        args=args,
-        train_dataset=run.train_data,
-        processing_class=run.tokenizer,
-        peft_config=peft_config(run),
-        alpha=m.alpha,
-        weighting=option(m.weighting),
-        better_prompt=m.better_prompt,
-        worse_prompt=m.worse_prompt,
+    return train_token_dpo(run, TREGTrainer, lambda: dict(
+        alpha=m.alpha, weighting=option(m.weighting), better_prompt=m.better_prompt, worse_prompt=m.worse_prompt,
         token_reward_model=load_frozen(run, m.token_reward_model, "token reward model") if m.token_reward_model else None,
-        token_cache_dir=Path(run.cfg.cache_dir).expanduser() / "token_logps",
-    )
-    return run_trainer(run, trainer)
+    ))
 
 
 def view(ctx):
