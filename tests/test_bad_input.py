@@ -148,3 +148,30 @@ def test_help_of_every_command_names_its_arguments(capsys):
     run_cli("train", "--help")
     out = capsys.readouterr().out
     assert "config groups" in out and "learning_rate: 0.0005  (${model.learning_rate})  # peak learning rate" in out
+
+
+def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from tokalign.methods.registry import registry
+
+    def broken(run):
+        raise RuntimeError("something tokalign did not expect")
+
+    monkeypatch.setitem(registry(), "sft", dataclasses.replace(registry()["sft"], train=broken))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "logger=none", "method=sft")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" in err and "RuntimeError: something tokalign did not expect" in err
+    assert "tokalign: internal error" in err
+
+
+def test_a_run_dir_without_room_for_the_model_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    line = _probe(capsys, "train", f"hydra.run.dir={tmp_path / 'run'}", "logger=wandb", "trainer.save_steps=10")
+    assert "has 0.0 GiB free; this model's final weights and checkpoints need about" in line
+    assert not (tmp_path / "run" / "wandb").exists()

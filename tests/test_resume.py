@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,3 +163,27 @@ def test_resume_skips_a_checkpoint_with_non_finite_weights(tmp_path, cache_dir, 
     out = capsys.readouterr().out
     assert f"not resuming from {bad}: model.safetensors: {first} is not finite" in out
     assert "resuming from" in out and "checkpoint-2 (step 2)" in out
+
+
+def nan_reward(prompts, completions, **_):
+    """A reward model gone wrong: every score NaN."""
+    return [float("nan")] * len(completions)
+
+
+def test_the_ppo_loop_stops_on_a_diverged_rollout_in_one_line(tmp_path, cache_dir, tiny_model, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("train", f"hydra.run.dir={tmp_path / 'nan'}", "logger=none", "method=ppo",
+                f"method.reward={__name__}:nan_reward", "trainer.max_steps=2", "trainer.per_device_batch_size=4",
+                "method.max_new_tokens=8")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "the rollout of iteration 1 diverged (reward nan" in err and "nothing was saved" in err
+    with pytest.raises(SystemExit):  # a KL past its bound stops the second iteration; the first checkpoint stays
+        run_cli("train", f"hydra.run.dir={tmp_path / 'kl'}", "logger=none", "method=ppo", "method.kl_limit=1e-12",
+                "trainer.max_steps=3", "trainer.save_steps=1", "trainer.per_device_batch_size=4", "method.max_new_tokens=8",
+                "trainer.learning_rate=1e-2")
+    err = capsys.readouterr().err
+    assert "> method.kl_limit=1e-12" in err
+    stopped = int(re.search(r"the rollout of iteration (\d+) diverged", err).group(1))
+    saved = [p.name for p in complete_checkpoints(tmp_path / "kl" / "checkpoints")]
+    assert stopped > 1 and saved == [f"checkpoint-{i}" for i in range(1, stopped)]  # nothing from the bad iteration
