@@ -36,13 +36,14 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -262,8 +263,9 @@ def cli_run(name: str, args: list[str], work: Path, timeout: int) -> Path:
            *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else f"exit status {done.returncode}")
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip() and "%|" not in line]
+        raised = [line for line in lines if re.match(r"\w+(Error|Exception)\b", line)]  # a traceback's last line
+        raise RuntimeError((raised or lines or [f"exit status {done.returncode}"])[-1])
     return run_dir
 
 
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         cache = os.environ.get("TOKALIGN_CACHE", os.path.expanduser("~/.cache/tokalign"))
         tokenizer = build_tokenizer(s.vocab, cache)
+        s = replace(s, vocab=max(s.vocab, len(tokenizer)))  # the tiny tokenizer may outgrow TINY
         model_path = work / "model"
         model = build_model(s, tokenizer, device, dtype, model_path)
         run_section(sections, "dpo", lambda: preference_steps(model, s, device, dtype, peak, tgdpo=False))

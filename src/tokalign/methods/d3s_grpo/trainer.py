@@ -114,7 +114,7 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         valid_tokens = int(self.accelerator.reduce(valid.sum(), reduction="sum"))
         trained = valid_tokens
         if k < 1:
-            output[KEEP_RATIO] = torch.tensor(k)
+            output[KEEP_RATIO] = torch.tensor(k, dtype=torch.float64)  # float32 would round ⌈K·n⌉ up
             trained = self._kept_token_count(valid, k)
         output["num_items_in_batch"] = torch.tensor(
             trained if self.token_normalization == "kept" else valid_tokens, device=local.device)
