@@ -12,9 +12,9 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
 
     from tokalign.cli import conf_dir
-    from tokalign.config import register_schema, validate
+    from tokalign.compose import register, validate
 
-    register_schema()
+    register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = hydra_compose("config", overrides=["output_dir=unused", "logger=none", *overrides])
     return validate(cfg)
