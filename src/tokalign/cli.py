@@ -113,8 +113,8 @@ def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["output_dir=.", *overrides], return_hydra_config=True)
-        loader = GlobalHydra.instance().config_loader()
-        return cfg, {g: loader.get_group_options(g) for g in groups}
+        repository = GlobalHydra.instance().config_loader().repository  # listed uncached: no copy per group
+        return cfg, {g: repository.get_group_options(g) for g in groups}
 
 
 def _preflight(argv: list[str]) -> None:
@@ -154,8 +154,12 @@ def train_help(overrides: list[str]) -> str:
 
 
 def _preset_base(option: str) -> str:
-    cfg, _ = _compose([f"method={option}"])
-    return str(cfg.method.algorithm)
+    """The method a preset YAML builds on: its first defaults entry (read, not composed: help stays fast)."""
+    from omegaconf import OmegaConf
+
+    path = Path(conf_dir()) / "method" / f"{option}.yaml"
+    defaults = OmegaConf.load(path).get("defaults", []) if path.is_file() else []
+    return next((d for d in defaults if isinstance(d, str) and d != "_self_"), "another method")
 
 
 def train(argv: list[str]) -> None:

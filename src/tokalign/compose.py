@@ -39,6 +39,8 @@ def register() -> None:
 
     register_resolver()
     store = ConfigStore.instance()
+    if "tokalign_schema.yaml" in store.repo:
+        return
     store.store(name="tokalign_schema", node=RunConfig)
     for name, method in registry().items():
         store.store(group="method", name=name, node=method.config)
