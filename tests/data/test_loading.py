@@ -1,4 +1,4 @@
-"""Dataset loading: toy kinds, local files with column maps, clear errors for missing columns."""
+"""Dataset loading: toy kinds, local files with column maps, clear errors for missing columns, screening."""
 
 import json
 
@@ -70,3 +70,21 @@ def test_prompt_is_extracted_from_pairs_without_one(tmp_path):
         ds = load_split(cfg, kind)
         assert ds[0]["prompt"] == "\n\nHuman: hi 0\n\nAssistant:"
     assert load_split(cfg, "preference", method="dpo")[0]["chosen"] == " hello"
+
+
+def test_screening_drops_unusable_rows_and_counts_why(tiny_model):
+    import datasets
+
+    from tokalign.data.loading import screen
+    from tokalign.models import load_tokenizer
+
+    rows = [
+        {"prompt": "Say hi.", "chosen": "hi there", "rejected": "no"},
+        {"prompt": "Say hi.", "chosen": "same", "rejected": "same"},
+        {"prompt": "Say hi.", "chosen": "", "rejected": "no"},
+        {"prompt": "word " * 200, "chosen": "ok", "rejected": "no"},
+        {"prompt": "Say bye.", "chosen": "bye", "rejected": "hi"},
+    ]
+    kept, counts = screen(datasets.Dataset.from_list(rows), "preference", load_tokenizer(tiny_model), 64)
+    assert [r["chosen"] for r in kept] == ["hi there", "bye"]
+    assert counts == {"empty field": 1, "chosen == rejected": 1, "prompt >= trainer.max_length=64 tokens": 1}
