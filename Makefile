@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOKALIGN_TEST_CACHE ?= $(CURDIR)/.cache/test
 
-.PHONY: install demo test test-fast bench gpu-check clean
+.PHONY: install demo test test-fast bench toy-tables gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ test-fast: install
 
 bench: install
 	@for f in scripts/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Every paper's toy table (scripts/reproduce_<paper>.sh --toy), timed and written into its docs page.
+toy-tables: install
+	$(PY) scripts/toy_table.py --all
 
 # On one GPU (H100/H200, a few minutes, offline): DPO/TGDPO steps, HF vs vLLM rollouts, a PPO
 # iteration at Llama-3.2-1B shape; results in scripts/results/gpu_check.* and docs/gpu.md.

@@ -14,7 +14,7 @@ if $toy; then
   # single-process runs build (once per seed) and cache their DPO and reverse-DPO teachers
   tokalign train -m experiment=aligndistil_toy hydra.sweep.dir="$root" "$@"
   tokalign table runs="$root" out="$root/table" title="AlignDistil (toy)" \
-    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref,eval/kl_ref,eval/word_salad]'
+    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref,eval/kl_ref,eval/word_salad,eval/malformed]'
   exit
 fi
 # The teachers first, as the authors (dpo_01.sh, reverse_dpo_01.sh): DPO and reverse DPO at β 0.1.

@@ -14,7 +14,7 @@ root=${ROOT:-multirun/ma_rlhf$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
 if $toy; then
   tokalign train -m experiment=ma_rlhf_toy hydra.sweep.dir="$root" "$@"
   tokalign table runs="$root" out="$root/table" title="MA-RLHF (toy)" \
-    'metrics=[eval/gold_reward,eval/win_rate,eval/kl_ref,eval/word_salad,train/reward_last,train/macro_length]' 'curves=[train/reward,train/kl]'
+    'metrics=[eval/gold_reward,eval/gold_reward_ref,eval/win_rate,eval/kl_ref,eval/word_salad,eval/malformed,train/reward_last,train/macro_length]' 'curves=[train/reward,train/kl]'
   exit
 fi
 common=(launcher=deepspeed launcher.num_gpus=8 trainer.precision=bf16 trainer.lr_scheduler=cosine trainer.warmup_ratio=0.1

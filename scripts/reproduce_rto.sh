@@ -12,7 +12,7 @@ root=${ROOT:-multirun/rto$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
 if $toy; then
   tokalign train -m experiment=rto_toy hydra.sweep.dir="$root" "$@"
   tokalign table runs="$root" out="$root/table" title="RTO (toy)" \
-    'metrics=[eval/gold_reward,eval/win_rate,eval/kl_ref,train/reward_last]' 'curves=[train/reward,train/kl]'
+    'metrics=[eval/gold_reward,eval/gold_reward_ref,eval/win_rate,eval/kl_ref,eval/word_salad,eval/malformed,train/reward_last]' 'curves=[train/reward,train/kl]'
   exit
 fi
 rm_dir=${1:?usage: scripts/reproduce_rto.sh RM_DIR [overrides...] | --toy}

@@ -12,7 +12,7 @@ root=${ROOT:-multirun/tgdpo$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
 if $toy; then
   tokalign train -m experiment=tgdpo_toy hydra.sweep.dir="$root" "$@"
   tokalign table runs="$root" out="$root/table" title="TGDPO (toy)" \
-    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref,eval/kl_ref,eval/word_salad]'
+    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref,eval/kl_ref,eval/word_salad,eval/malformed]'
   exit
 fi
 for setting in "llama3_8b_instruct princeton-nlp/llama3-ultrafeedback-armorm" \

@@ -13,7 +13,7 @@ root=${ROOT:-multirun/treg$($toy && echo _toy)/$(date +%Y-%m-%d_%H-%M-%S)}
 if $toy; then
   tokalign train -m experiment=treg_toy hydra.sweep.dir="$root" "$@"
   tokalign table runs="$root" out="$root/table" title="T-REG (toy)" \
-    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref,eval/kl_ref,eval/word_salad]'
+    'metrics=[eval/win_rate,eval/gold_reward,eval/gold_reward_ref,eval/kl_ref,eval/word_salad,eval/malformed]'
   exit
 fi
 # r̂ comes from the starting policy itself: no model to train first.
