@@ -53,3 +53,12 @@ def test_paper_hyperparameters():
     d3s = _compose("experiment=d3s", "+arm=d3s_token")
     assert d3s.method.n_init == d3s.method.n_final == d3s.method.num_generations
     assert d3s.eval.num_samples == 32 and list(d3s.eval.pass_k) == [1, 8]
+
+
+def test_the_small_real_model_tier_fits_two_cores():
+    """experiment=grpo_smollm2: GRPO on SmolLM2-135M and toy arithmetic, sized for 2 CPU cores."""
+    cfg = compose_config("experiment=grpo_smollm2")
+    assert (cfg.method.name, cfg.model.source, cfg.dataset.name) == ("grpo", "smollm2", "toy_math")
+    assert cfg.trainer.per_device_batch_size % cfg.method.num_generations == 0
+    assert cfg.eval.max_new_tokens == cfg.method.max_completion_length == 64
+    assert max(cfg.eval.pass_k) <= cfg.eval.num_samples
