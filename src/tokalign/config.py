@@ -221,7 +221,7 @@ class ModelConfig:
     path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
     dtype: DType = knob(DType.float32, help="weights' dtype when loading")
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
-    learning_rate: float = knob(5e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default")
+    learning_rate: float = knob(2e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default")
     max_length: int = knob(128, ge=2, help="prompt + response tokens for this model: trainer.max_length's default")
     max_new_tokens: int = knob(48, ge=1, help="a response length that suits this model: the default of every generation length")
     tiny: TinySpec = knob(help="the locally built model (source=tiny)", factory=TinySpec)
