@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ class DataCollatorForTokenPreference(DataCollatorForPreference):
         return out
 
 
-class TokenDPOTrainer(WindowExtrema, DPOTrainer):
+class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
     """DPOTrainer whose loss reads per-token values of frozen models (see the module docstring).
 
     `frozen_models` are extra frozen causal LMs sharing the policy's tokenizer (the reference is
@@ -117,13 +118,13 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer):
 
     # -- what a variant defines --------------------------------------------------------------------
 
+    @abstractmethod
     def frozen_token_values(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{source: (2B, T-1) values on the positions of completion_mask[:, 1:]} for one collated batch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def token_loss(self, policy: torch.Tensor, values: dict[str, torch.Tensor], mask: torch.Tensor):
         """(loss, metrics) from the policy's (2B, T-1) log-probs, the frozen values and the completion mask."""
-        raise NotImplementedError
 
     # -- frozen forwards ---------------------------------------------------------------------------
 
