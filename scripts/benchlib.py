@@ -6,8 +6,10 @@ fresh subprocess, variants interleaved round by round so that load from other pr
 them alike, then writes the per-run results (to `results`, or the path `results(**options)` names) and a
 summary with ratios against baselines.
 Step time: median interval between consecutive optimizer-step ends (collation included), the
-first WARMUP steps dropped. Memory: peak RSS during the training steps (sampled every 2 ms, see
-bench_tgdpo.PeakRSS), also above the process's RSS before any model was loaded.
+first WARMUP steps dropped. Memory: peak resident set size (RSS, /proc/self/statm sampled every
+2 ms by a thread) during the training steps, also above the process's RSS before any model was
+loaded; on CUDA, also torch.cuda.max_memory_allocated. Setup: trainer construction time, which
+holds any one-off precompute; a benchmark can time such work itself (`once` keys of `main`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,45 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_tgdpo import SIZES, WARMUP, PeakRSS, _rss_bytes
+WARMUP = 2
+# "bench": a ~3.4M-parameter Llama on the tiny tokenizer, large enough that weights, not the
+# Python runtime, dominate memory; "tiny": the project's default model.
+SIZES = {
+    "bench": dict(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, warmup_steps=0),
+    "tiny": {},
+}
 
-__all__ = ["SIZES", "WARMUP", "PeakRSS", "bench_model", "main", "measure", "rss_bytes"]
-rss_bytes = _rss_bytes
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; `stop()` returns the peak since the last reset."""
+
+    def __init__(self, every_s: float = 0.002):
+        self.peak, self.every_s, self._stop = 0, every_s, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.every_s)
+
+    def reset(self):
+        self.peak = rss_bytes()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, rss_bytes())
 
 
 def bench_model(size: str, vocab: int | None = None) -> str:
@@ -88,7 +121,9 @@ def measure(trainer, base_rss: int, started: float, **extra) -> dict:
 
 def main(script: str, variants: tuple[str, ...], child: Callable[..., dict], results: Path | Callable[..., Path], *,
          baselines: tuple[str, ...], options: Callable[[argparse.ArgumentParser], None] | None = None,
-         description: str = "") -> None:
+         once: tuple[str, ...] = (), description: str = "") -> None:
+    """`once`: keys of a child's result that time one-off work (None where a variant has none),
+    summarised like setup: the first round (cold cache) and the median of the later ones."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=12)
@@ -128,6 +163,10 @@ def main(script: str, variants: tuple[str, ...], child: Callable[..., dict], res
             "setup_s_first": rs[0]["setup_s"],
             "setup_s_later": statistics.median(x["setup_s"] for x in rs[1:]) if len(rs) > 1 else None,
         }
+        for k in once:
+            summary[v][f"{k}_first"] = rs[0][k]
+            summary[v][f"{k}_later"] = (statistics.median(x[k] for x in rs[1:])
+                                        if len(rs) > 1 and rs[0][k] is not None else None)
     for v in variants:
         for base in baselines:
             for k in keys:
@@ -135,7 +174,8 @@ def main(script: str, variants: tuple[str, ...], child: Callable[..., dict], res
                     summary[v][f"{k}/{base}"] = summary[v][k] / summary[base][k]
 
     cols = ("median_step_ms", *(f"median_step_ms/{b}" for b in baselines), "peak_rss_mb", "peak_rss_above_base_mb",
-            *(f"peak_rss_above_base_mb/{b}" for b in baselines), "setup_s_first", "setup_s_later")
+            *(f"peak_rss_above_base_mb/{b}" for b in baselines), "setup_s_first", "setup_s_later",
+            *(f"{k}_{when}" for k in once for when in ("first", "later")))
     print("\n| variant | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for v in variants:
         cells = [summary[v].get(c) for c in cols]
