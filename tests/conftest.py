@@ -59,6 +59,16 @@ def paper_overrides(*overrides: str) -> list[str]:
     return [f"method.reward=model:{rm}"]
 
 
+def sweep_params(experiment: str) -> dict[str, list[str]]:
+    """An experiment file's sweep: each swept key with its values (`+arm` rows, seeds)."""
+    from omegaconf import OmegaConf
+
+    from tokalign.cli import conf_dir
+
+    params = OmegaConf.load(Path(conf_dir()) / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    return {key: str(values).split(",") for key, values in params.items()}
+
+
 def run_cli(*args: str) -> None:
     """Run `tokalign ...` in this process, as a user would type it."""
     from tokalign.cli import main

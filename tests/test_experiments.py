@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import compose_config, paper_overrides
-from tokalign.cli import conf_dir
+from tests.conftest import compose_config, paper_overrides, sweep_params
 
-CONF = Path(conf_dir())
 PAPERS = {"tgdpo": "tgdpo", "ma_rlhf": "ma_ppo", "d3s": "d3s_grpo", "rto": "rto", "treg": "treg", "aligndistil": "aligndistil"}
-
-
-def _sweep(experiment: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params)
 
 
 def _compose(*overrides: str):
@@ -26,9 +18,9 @@ def _compose(*overrides: str):
 
 @pytest.mark.parametrize("experiment", [e for p in PAPERS for e in (p, f"{p}_toy")])
 def test_every_row_of_the_sweep_composes(experiment):
-    params = _sweep(experiment)
-    assert set(params) == {"+arm", "seed"} and len(str(params["seed"]).split(",")) >= 3
-    for arm in str(params["+arm"]).split(","):
+    params = sweep_params(experiment)
+    assert set(params) == {"+arm", "seed"} and len(params["seed"]) >= 3
+    for arm in params["+arm"]:
         cfg = _compose(f"experiment={experiment}", f"+arm={arm}")
         assert cfg.method.name in ("dpo", "tgdpo", "ppo", "ma_ppo", "grpo", "d3s_grpo", "pods", "rto", "treg", "aligndistil") and f"-s{cfg.seed}" in cfg.run_name
 
@@ -39,7 +31,7 @@ def test_paper_setting_and_its_toy_twin(paper, method):
     assert full.method.name == toy.method.name == method
     assert full.model.source == "hub" and toy.model.source == "tiny"
     assert str(toy.logger.name) == "none" and toy.launcher.name == "local"
-    assert _sweep(paper)["+arm"] == _sweep(f"{paper}_toy")["+arm"]
+    assert sweep_params(paper)["+arm"] == sweep_params(f"{paper}_toy")["+arm"]
 
 
 def test_paper_hyperparameters():

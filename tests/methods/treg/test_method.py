@@ -5,7 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, sweep_params
 from tests.html_spans import parse
 from tokalign.errors import ConfigError
 from tokalign.tracking import read_metrics
@@ -40,17 +40,11 @@ def test_checks_refuse_unusable_prompts_and_warn_at_alpha_two():
         compose_config("method=treg", "method.alpha=2.0")
 
 
-def _sweep(experiment):
-    from tokalign.cli import conf_dir
-
-    params = OmegaConf.load(f"{conf_dir()}/experiment/{experiment}.yaml").hydra.sweeper.params
-    return str(params["+arm"]).split(","), str(params.seed).split(",")
-
-
 @pytest.mark.parametrize("experiment", ["treg", "treg_toy"])
 def test_every_row_of_the_paper_sweep_and_its_toy_twin_composes(experiment):
-    arms, seeds = _sweep(experiment)
-    assert arms == _sweep("treg")[0] and len(seeds) == 3
+    params = sweep_params(experiment)
+    arms, seeds = params["+arm"], params["seed"]
+    assert arms == sweep_params("treg")["+arm"] and len(seeds) == 3
     names = {}
     for arm in arms:
         cfg = compose_config(f"experiment={experiment}", f"+arm={arm}")
