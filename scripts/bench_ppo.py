@@ -60,7 +60,8 @@ def prepare_models(work: Path, cache: str, length: int) -> tuple[Path, Path]:
     return policy, rm
 
 
-def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: int):
+def compose_overrides(items: list[str]):
+    """The validated, resolved config `tokalign train <items>` would run."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -68,21 +69,39 @@ def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: 
     from tokalign.compose import register, validate
 
     register()
-    overrides = [
-        f"method={method}", f"model.path={policy}", f"method.reward=model:{rm}",
-        "method.top_k=0", f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
-        f"trainer.max_steps={steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
-        f"output_dir={out}", f"trainer.max_length={args.length + 64}",
-    ]
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+        cfg = compose("config", overrides=items)
     cfg = validate(cfg)
     OmegaConf.resolve(cfg)
     return cfg
 
 
+def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: int):
+    return compose_overrides([
+        f"method={method}", f"model.path={policy}", f"method.reward=model:{rm}",
+        "method.top_k=0", f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
+        f"trainer.max_steps={steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
+        f"output_dir={out}", f"trainer.max_length={args.length + 64}",
+    ])
+
+
+def alternate(trainers: dict, steps: int) -> dict[str, list[dict]]:
+    """Each trainer's iteration rows, the trainers alternating iteration by iteration so that load hits
+    them alike (who goes first swaps every step); the first iteration, a warm-up, is dropped."""
+    from tokalign.methods.ppo import loop as ppo_loop
+
+    first, second = trainers
+    rows: dict[str, list[dict]] = {m: [] for m in trainers}
+    for step in range(steps):
+        for method in (first, second) if step % 2 == 0 else (second, first):
+            row = ppo_loop.iteration(trainers[method], step)
+            if step > 0:
+                rows[method].append(row)
+    return rows
+
+
 def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, list[float]]:
-    """ppo and ma_ppo trainers side by side, alternating iteration by iteration (first one dropped)."""
+    """ppo and ma_ppo trainers side by side (`alternate`): seconds per iteration."""
     from transformers import set_seed
 
     from tokalign.methods.ppo import loop as ppo_loop
@@ -94,13 +113,8 @@ def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, lis
         Path(cfg.output_dir).mkdir(parents=True)
         set_seed(0)
         trainers[method] = ppo_loop.setup(Run(cfg))
-    times: dict[str, list[float]] = {"ppo": [], "ma_ppo": []}
-    for step in range(args.rounds * args.steps):
-        for method in ("ppo", "ma_ppo") if step % 2 == 0 else ("ma_ppo", "ppo"):
-            row = ppo_loop.iteration(trainers[method], step)
-            if step > 0:
-                times[method].append(row["rollout_s"] + row["update_s"])
-    return times
+    rows = alternate(trainers, args.rounds * args.steps)
+    return {m: [r["rollout_s"] + r["update_s"] for r in v] for m, v in rows.items()}
 
 
 def tokalign_run(out: Path, policy: Path, rm: Path, args) -> list[float]:

@@ -33,7 +33,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_ppo import prepare_models  # noqa: E402  (the same policy and reward model as the PPO benchmark)
+from bench_ppo import alternate, compose_overrides, prepare_models  # noqa: E402  (the PPO benchmark's models and loop)
 
 SHARED = ["method.kl_coef=0.01", "method.score_clip=10", "method.temperature=1.0", "method.top_k=0"]
 
@@ -64,23 +64,8 @@ def overrides(method: str, out: Path, policy: Path, rm: Path, dpo: Path, args, s
     ]
 
 
-def compose_config(items: list[str]):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from tokalign.cli import conf_dir
-    from tokalign.compose import register, validate
-
-    register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=items)
-    cfg = validate(cfg)
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
 def paired_iterations(work: Path, policy: Path, rm: Path, dpo: Path, args) -> dict[str, list[dict]]:
-    """ppo and rto trainers side by side, alternating iteration by iteration (first one dropped)."""
+    """ppo and rto trainers side by side (bench_ppo.alternate): their iteration rows."""
     from transformers import set_seed
 
     from tokalign.methods.ppo import loop as ppo_loop
@@ -90,26 +75,20 @@ def paired_iterations(work: Path, policy: Path, rm: Path, dpo: Path, args) -> di
     steps = args.rounds * args.steps
     trainers = {}
     for method in ("ppo", "rto"):
-        cfg = compose_config(overrides(method, work / f"paired-{method}", policy, rm, dpo, args, steps))
+        cfg = compose_overrides(overrides(method, work / f"paired-{method}", policy, rm, dpo, args, steps))
         Path(cfg.output_dir).mkdir(parents=True)
         set_seed(0)
         run = Run(cfg)
         extra = dict(frozen_extra=frozen_models(run), token_rewards=rto_rewards) if method == "rto" else {}
         trainers[method] = ppo_loop.setup(run, **extra)
-    rows: dict[str, list[dict]] = {"ppo": [], "rto": []}
-    for step in range(steps):
-        for method in ("ppo", "rto") if step % 2 == 0 else ("rto", "ppo"):
-            row = ppo_loop.iteration(trainers[method], step)
-            if step > 0:
-                rows[method].append(row)
-    return rows
+    return alternate(trainers, steps)
 
 
 def memory_run(items: list[str]) -> None:
     """One whole run, in a process of its own (`peak_rss_mb`)."""
     from tokalign.run import run_training
 
-    run_training(compose_config(items))
+    run_training(compose_overrides(items))
 
 
 # Runs `argv` and prints the largest resident set among it and its descendants. A small process of
