@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    # Everything is written and W&B finished. Interpreter teardown would still destroy objects the
+    # distributed libraries keep (a gloo group held by accelerate's state) in no set order, which
+    # now and then aborts a finished worker ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
