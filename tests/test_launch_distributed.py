@@ -15,12 +15,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import run_cli
+from tokalign.errors import UserError
+from tokalign.rundir import LOCK, claim
 from tokalign.tracking import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -89,8 +92,8 @@ def _workers(config: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
-            state = open(f"/proc/{pid}/stat").read().split()[2]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
         except OSError:
             continue
         if config in cmdline and state != "Z":
@@ -98,9 +101,20 @@ def _workers(config: str) -> list[int]:
     return found
 
 
-def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_dir):
-    from tokalign.rundir import claim
+def _holders(path) -> list[int]:
+    """Live processes with `path` open (whatever their command line)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == os.path.realpath(path) for fd in fds):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
+
+def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none",
                              "launcher=ddp", "launcher.num_gpus=2", "method=dpo", "trainer.max_steps=500",
@@ -114,9 +128,18 @@ def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_d
     assert read_metrics(run_dir) and len(workers) >= 3  # the spawner and two ranks, training
     proc.send_signal(signal.SIGKILL)  # the parent alone, as an OOM killer or a lost terminal would
     proc.wait()
+    # A process leaves /proc's command lines (its memory is released) a moment before the kernel
+    # closes its files and drops the lock; wait for both, not the first only.
+    lock = run_dir / LOCK
     deadline = time.time() + 60
-    while _workers(config) and time.time() < deadline:
+    while (_workers(config) or _holders(lock)) and time.time() < deadline:
         time.sleep(0.2)
-    assert _workers(config) == []
-    with claim(run_dir):  # nobody holds the run directory any more
-        pass
+    assert _workers(config) == [] and _holders(lock) == []
+    for _ in range(50):  # the last descriptor's release runs just after /proc stops listing it
+        try:
+            with claim(run_dir):  # nobody holds the run directory any more
+                break
+        except UserError:
+            time.sleep(0.1)
+    else:
+        pytest.fail(f"{run_dir} is still claimed though no process holds {LOCK}")
