@@ -3,7 +3,10 @@ parent-death signal, and reading someone else's run directory without running it
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -33,9 +36,8 @@ def _holder(run_dir) -> subprocess.Popen:
 def test_a_second_writer_is_refused_with_who_holds_it_and_a_killed_holder_frees_it(tmp_path):
     proc = _holder(tmp_path)
     try:
-        with pytest.raises(UserError, match=rf"is in use by pid {proc.pid} on .* \(since"):
-            with claim(tmp_path):
-                pass
+        with pytest.raises(UserError, match=rf"is in use by pid {proc.pid} on .* \(since"), claim(tmp_path):
+            pass
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -76,3 +78,13 @@ def test_a_run_directory_never_turns_on_remote_code(tmp_path, capsys):
     assert load_run_config(tmp_path).model.trust_remote_code is False
     assert "its model code runs here only with trust_remote_code=true" in capsys.readouterr().err
     assert load_run_config(tmp_path, trust_remote_code=True).model.trust_remote_code is True
+
+
+def test_a_lock_kept_by_the_workers_of_an_ended_launcher_says_so(tmp_path):
+    gone = subprocess.Popen(["true"])  # a pid that existed and is gone
+    gone.wait()
+    with claim(tmp_path) as fd:
+        os.pwrite(fd, json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+        ended = rf"in use by pid {gone.pid} .*, which has ended; its workers are still stopping"
+        with pytest.raises(UserError, match=ended), claim(tmp_path):
+            pass

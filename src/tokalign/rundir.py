@@ -56,9 +56,23 @@ def _holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
-        return f"pid {info['pid']} on {info['host']} (since {since})"
+        who = f"pid {info['pid']} on {info['host']} (since {since})"
     except (ValueError, KeyError, OSError):
         return "another process"
+    if info["host"] == socket.gethostname() and not _running(info["pid"]):
+        who += ", which has ended; its workers are still stopping"
+    return who
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists on this host (a launcher killed alone leaves its workers the lock)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def check_writable(run_dir: str | os.PathLike) -> None:
