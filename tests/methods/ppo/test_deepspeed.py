@@ -5,7 +5,8 @@ ZeRO-3), generation runs on gathered weights. With the same global batch (2 × 2
 4), near-greedy sampling (so each response does not depend on how a batch is split) and
 per-response losses with rollout-wide whitening, every iteration's losses and gradient norms
 match one process; a resumed run repeats the next iteration exactly; the final policy and
-critic are saved whole.
+critic are saved whole. RTO's extra frozen models (its DPO model, sharded like the reference) give
+each token the same dense reward in both.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from tokalign.tracking import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-ARGS = ("method=ma_ppo", "trainer.max_steps=3", "trainer.save_steps=2", "trainer.logging_steps=1", "eval.at_end=false",
+ARGS = ("trainer.max_steps=3", "trainer.save_steps=2", "trainer.logging_steps=1", "eval.at_end=false",
         "method.max_new_tokens=8", "method.temperature=0.00001", "trainer.learning_rate=1e-4",
         "trainer.lr_scheduler=constant", "trainer.warmup_ratio=0", "logger=none")
 MATCH = ("value_loss", "reward", "kl", "policy_grad_norm", "value_grad_norm", "response_length")
 
 
-def _train(run_dir, *overrides):
-    run_cli("train", f"hydra.run.dir={run_dir}", *ARGS, *overrides)
+def _train(run_dir, *overrides, method="ma_ppo"):
+    run_cli("train", f"hydra.run.dir={run_dir}", f"method={method}", *ARGS, *overrides)
     return [m for m in read_metrics(run_dir) if "train/policy_loss" in m]
 
 
@@ -61,3 +62,15 @@ def test_zero_two_processes_match_one_and_resume_exactly(tmp_path, single, stage
     assert [m["step"] for m in resumed] == [3]
     for key in ("policy_loss", *MATCH):
         assert resumed[0][f"train/{key}"] == two[-1][f"train/{key}"], key
+
+
+def test_rto_dense_rewards_under_zero3_match_one_process(tmp_path, single):
+    """The DPO model is the single run's trained policy, so the dense rewards are not zero."""
+    dpo = f"method.dpo_model={single[0] / 'model'}"
+    one = _train(tmp_path / "one", dpo, "trainer.per_device_batch_size=4", method="rto")
+    two = _train(tmp_path / "two", dpo, "trainer.per_device_batch_size=2", "launcher=deepspeed", "launcher.num_gpus=2",
+                 "launcher.zero_stage=3", method="rto")
+    assert [m["step"] for m in two] == [1, 2, 3] and any(m["train/rto/dpo_reward"] != 0 for m in one)
+    for a, b in zip(one, two):
+        for key in ("policy_loss", "rto/dpo_reward", "rto/dpo_clipfrac", *MATCH):
+            assert b[f"train/{key}"] == pytest.approx(a[f"train/{key}"], rel=1e-4, abs=1e-6), (a["step"], key)
