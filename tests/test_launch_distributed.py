@@ -87,31 +87,27 @@ def test_d3s_selection_is_global_across_two_processes(tmp_path, cache_dir):
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss, _ in _losses(run_dir))
 
 
-def _workers(config: str) -> list[int]:
-    """Live processes started on this run's resolved config (spawner and workers)."""
+def _processes(match) -> list[int]:
+    """Live (not zombie) processes for which `match(pid)` holds; one that ends mid-scan is skipped."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore")
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        except OSError:
-            continue
-        if config in cmdline and state != "Z":
-            found.append(int(pid))
-    return found
-
-
-def _holders(path) -> list[int]:
-    """Live processes with `path` open (whatever their command line)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == os.path.realpath(path) for fd in fds):
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z" and match(pid):
                 found.append(int(pid))
         except OSError:
             continue
     return found
+
+
+def _workers(config: str) -> list[int]:
+    """Processes started on this run's resolved config (spawner and workers)."""
+    return _processes(lambda pid: config in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore"))
+
+
+def _holders(path) -> list[int]:
+    """Processes with `path` open, whatever their command line."""
+    target = os.path.realpath(path)
+    return _processes(lambda pid: any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")))
 
 
 def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_dir):
