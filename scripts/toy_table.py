@@ -24,13 +24,13 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tokalign.report import find_run_dirs, load_run, replace_marked_block  # noqa: E402
+from tokalign.report import find_run_dirs, load_run, replace_marked_block
 
 # paper -> (docs page, the training curves worth showing there)
 PAPERS = {
@@ -57,7 +57,7 @@ def finished_runs(root: Path) -> int:
 def commit() -> str:
     """HEAD, marked -dirty when the code or configs that make the numbers differ from it (docs do not count)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(REPO), *args], check=False, capture_output=True, text=True).stdout.strip()
 
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "src", "conf", "scripts/reproduce_*.sh")
     return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
@@ -124,7 +124,7 @@ def make(paper: str, fresh: bool, overrides: list[str]) -> None:
         "paper": paper, "command": f"python scripts/toy_table.py {paper}" + "".join(f" {o}" for o in overrides),
         "overrides": overrides, "runs": len(runs), "reused_runs": reused, "seeds": seeds,
         "wall_s": round(wall, 1), "load_1min": {"before": load_before, "after": load_after},
-        "cache_built": built, "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cache_built": built, "commit": commit(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": table_rows(root / "table" / "table.csv"),
     }
     results = REPO / "scripts" / "results" / f"{paper}_toy.json"
@@ -133,13 +133,14 @@ def make(paper: str, fresh: bool, overrides: list[str]) -> None:
     table = (root / "table" / "table.md").read_text()
     table = "\n".join(line for line in table.splitlines() if not line.startswith("### ")).strip()
     fresh_runs = len(runs) - reused
-    how = (f"{len(runs)} runs ({fresh_runs} trained here, {reused} reused)" if reused else f"{len(runs)} runs") + \
-        f", seeds {', '.join(map(str, seeds))}; {wall:.0f} s wall on {os.cpu_count()} CPU cores " \
-        f"(1-min load {load_before:.1f} before, {load_after:.1f} after)" + \
-        (f", including what it built into the cache on the way ({', '.join(built)})" if built else "") + \
-        f"; commit {record['commit']}, {record['date'][:10]}."
-    body = [f"Made by `{record['command']}` (`scripts/reproduce_{paper}.sh --toy`): {how} "
-            f"Mean ± std over seeds; numbers in `scripts/results/{paper}_toy.json`.", "", table]
+    how = ((f"{len(runs)} runs ({fresh_runs} trained here, {reused} reused)" if reused else f"{len(runs)} runs")
+           + f", seeds {', '.join(map(str, seeds))}; {wall:.0f} s wall on {os.cpu_count()} CPU cores "
+           + f"(1-min load {load_before:.1f} before, {load_after:.1f} after)"
+           + (f", including what it built into the cache on the way ({', '.join(built)})" if built else "")
+           + f"; commit {record['commit']}, {record['date'][:10]}.")
+    intro = (f"Made by `{record['command']}` (`scripts/reproduce_{paper}.sh --toy`): {how} "
+             f"Mean ± std over seeds; numbers in `scripts/results/{paper}_toy.json`.")
+    body = [intro, "", table]
     body += [f"\n![{key} per step, mean ± std over seeds](img/{target.name})" for key, target in pictures]
     replace_marked_block(REPO / "docs" / doc_name, "toy_table", "\n".join(body))
     print(f"toy_table: {paper}: {wall:.0f} s wall; wrote {results.relative_to(REPO)} and docs/{doc_name}")
@@ -157,6 +158,7 @@ def main() -> None:
         p.error(f"name a paper ({', '.join(PAPERS)}) or pass --all")
     for paper in papers:
         make(paper, a.fresh, overrides)
+
 
 if __name__ == "__main__":
     main()
