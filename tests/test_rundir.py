@@ -84,6 +84,7 @@ def test_a_lock_kept_by_the_workers_of_an_ended_launcher_says_so(tmp_path):
     gone = subprocess.Popen(["true"])  # a pid that existed and is gone
     gone.wait()
     with claim(tmp_path) as fd:
+        os.ftruncate(fd, 0)  # the record written by claim may be longer than this one
         os.pwrite(fd, json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": time.time()}).encode(), 0)
         ended = rf"in use by pid {gone.pid} .*, which has ended; its workers are still stopping"
         with pytest.raises(UserError, match=ended), claim(tmp_path):
