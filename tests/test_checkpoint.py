@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 from tokalign.checkpoint import (
     SEAL, complete_checkpoints, discard_incomplete, is_complete, latest_checkpoint, save_checkpoint_dir, seal, verify,
 )
@@ -72,3 +75,22 @@ def test_a_checkpoint_resealed_without_this_accounts_key_is_refused(tmp_path, mo
     seal(ckpt)  # a writer with another key rewrites the seal to match
     monkeypatch.undo()
     assert is_complete(ckpt) and "not made with this account's key" in verify(ckpt)
+
+
+def test_first_checkpoints_sealed_at_once_share_one_whole_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no key yet: every sealer may create it
+    ready = threading.Barrier(8)
+
+    def sealed(i):
+        path = tmp_path / f"run{i}" / "checkpoint-1"
+        path.mkdir(parents=True)
+        (path / "w").write_text("w")
+        ready.wait()
+        seal(path)
+        return path
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(sealed, range(8)))
+    assert [verify(p) for p in paths] == [None] * 8
+    keys = list((tmp_path / "config" / "tokalign").iterdir())
+    assert [k.name for k in keys] == ["seal.key"] and len(keys[0].read_text()) == 64

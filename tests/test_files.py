@@ -21,6 +21,10 @@ def test_a_failed_write_leaves_nothing_and_an_existing_cache_entry_wins(tmp_path
     assert (tmp_path / "cache" / "a").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
     atomic_text(tmp_path / "summary.json", "{}")
     assert (tmp_path / "summary.json").read_text() == "{}"
+    atomic_text(tmp_path / "key", "first", replace=False)
+    atomic_text(tmp_path / "key", "second", replace=False)
+    assert (tmp_path / "key").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "key", "summary.json"]
 
 
 def test_a_full_disk_is_named(tmp_path):

@@ -42,13 +42,8 @@ def _key_path() -> Path:
 
 def _key(create: bool) -> bytes | None:
     path = _key_path()
-    if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                f.write(secrets.token_hex(32))
-        except FileExistsError:  # another process made it first
-            pass
+    if create and not path.exists():  # whole or absent: a concurrent first run never reads it half-written
+        atomic_text(path, secrets.token_hex(32), replace=False)
     return path.read_text().strip().encode() if path.exists() else None
 
 

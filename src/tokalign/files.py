@@ -79,8 +79,12 @@ def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], None], *, replac
     return dest
 
 
-def atomic_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temporary sibling and one rename."""
+def atomic_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> Path:
+    """Write a text file (mode 0600) through a temporary sibling and one rename.
+
+    `replace=False` publishes it with a hard link instead, which fails if `path` exists: the
+    first of several concurrent writers wins and the others keep its file.
+    """
     path = Path(path)
     with storage_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,10 +92,13 @@ def atomic_text(path: str | os.PathLike, text: str) -> Path:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
+            if replace:
+                os.replace(tmp, path)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
     return path
 
 
