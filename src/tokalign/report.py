@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
+from tokalign.tracking import read_metrics
 
 MISSING = "-"
 
@@ -51,17 +52,6 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _history(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by a kill
-    return rows
-
-
 def load_run(run_dir: Path) -> RunRecord:
     cfg = OmegaConf.load(run_dir / "resolved.yaml")
     choices = {}
@@ -69,7 +59,7 @@ def load_run(run_dir: Path) -> RunRecord:
     if hydra_yaml.exists():
         node = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices", default=None)
         choices = {str(k): str(v) for k, v in (node or {}).items() if v is not None}
-    rec = RunRecord(str(run_dir), cfg, choices, history=_history(run_dir / "metrics.jsonl"))
+    rec = RunRecord(str(run_dir), cfg, choices, history=read_metrics(run_dir))
     summary = _read_json(run_dir / "summary.json")
     if summary is None:
         steps = max((r.get("step", 0) for r in rec.history), default=None)
