@@ -127,11 +127,11 @@ def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_d
     # A process leaves /proc's command lines (its memory is released) a moment before the kernel
     # closes its files and drops the lock; wait for both, not the first only.
     lock = run_dir / LOCK
-    deadline = time.time() + 60
+    deadline = time.time() + 150  # workers get up to 30 s to stop after SIGTERM; a loaded machine is slow
     while (_workers(config) or _holders(lock)) and time.time() < deadline:
         time.sleep(0.2)
     assert _workers(config) == [] and _holders(lock) == []
-    for _ in range(50):  # the last descriptor's release runs just after /proc stops listing it
+    for _ in range(300):  # the last descriptor's release runs just after /proc stops listing it
         try:
             with claim(run_dir):  # nobody holds the run directory any more
                 break

@@ -30,6 +30,8 @@ from tokalign.files import storage_errors
 
 LOCK = ".tokalign.lock"
 _PR_SET_PDEATHSIG = 1
+# Bound once here: `die_with_parent` runs between fork and exec, where loading symbols may deadlock.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 @contextlib.contextmanager
@@ -90,10 +92,10 @@ def check_writable(run_dir: str | os.PathLike) -> None:
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """Have the kernel send `signum` to this process when its parent dies (Linux; a no-op elsewhere)."""
-    if sys.platform != "linux":
+    if _prctl is None:
         return
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum))
+    _prctl(_PR_SET_PDEATHSIG, int(signum))
     if os.getppid() != parent:  # the parent died before the signal was armed
         os.kill(os.getpid(), signum)
 

@@ -92,7 +92,7 @@ METHOD = Method(name="weighted_dpo", config=Config, data=DataKind.preference, tr
 
 
 @pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory):
+def plugin_env(tmp_path_factory, cache_dir):  # cache_dir: the runs share the test cache
     root = tmp_path_factory.mktemp("plugin")
     (root / "src" / "weighted_dpo").mkdir(parents=True)
     (root / "src" / "pyproject.toml").write_text(PYPROJECT)

@@ -59,7 +59,7 @@ def test_sigterm_stops_at_the_next_step_boundary():
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
     rc, out = lines(proc)
-    assert rc == 3 and time.time() - sent < 2
+    assert rc == 3 and time.time() - sent < 5
     stopped = [line for line in out if line.startswith("stopped at")]
     assert len(stopped) == 1 and not any(line.startswith("checkpoint") for line in out)
     step = int(stopped[0].split()[-1])
@@ -92,7 +92,7 @@ def test_sigusr2_without_a_previous_handler_exits_for_a_parent_to_requeue():
 
 
 def test_a_long_step_is_not_interrupted():
-    proc = start(step_s=1.5)
+    proc = start(step_s=3.0)
     time.sleep(0.3)
     sent = time.time()
     proc.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tokalign.checkpoint import complete_checkpoints, step_of
+from tokalign.tracking import read_metrics
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -45,16 +46,12 @@ def wait_for(what: str, predicate, timeout: float = 120, proc=None):
             return value
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"the sweep ended (rc {proc.returncode}) before {what}:\n{proc.stderr.read()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}")
 
 
 def last_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return max((r.get("step", 0) for r in rows), default=0)
+    return max((r.get("step", 0) for r in read_metrics(run_dir)), default=0)
 
 
 def test_ppo_sweep(slurm, tmp_path, tiny_model):
@@ -83,11 +80,12 @@ def test_a_job_that_can_never_start_fails_the_sweep_in_one_line(slurm, tmp_path,
     started = time.time()
     r = sweep(slurm, tmp_path / "cpus", "hydra.launcher.cpus_per_task=64", "method=dpo", "trainer.max_steps=2", *TINY)
     took = time.time() - started
-    assert r.returncode != 0 and took < 60, (took, r.stderr[-2000:])
+    assert r.returncode != 0 and took < 120, (took, r.stderr[-2000:])
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("tokalign: SLURM job") and "can never start (PartitionConfig)" in line, line
     assert "64 CPUs" in line and "at most 2 CPUs" in line, line
-    assert slurm.queue().strip() == ""  # cancelled, not left pending
+    ours = set(slurm.jobs(tmp_path / "cpus"))
+    assert ours and not [line for line in slurm.queue().splitlines() if line.split()[0] in ours]  # cancelled, not pending
     # memory no node has: sbatch refuses at submission
     r = sweep(slurm, tmp_path / "mem", "hydra.launcher.mem_gb=4096", "method=dpo", "trainer.max_steps=2", *TINY)
     line = r.stderr.strip().splitlines()[-1]
@@ -114,7 +112,7 @@ def test_dpo_sweep_from_submit_to_table_with_a_cancelled_point_resubmitted(slurm
     # the cancelled job stopped at a step boundary well before SLURM's SIGKILL (KillWait 30 s)
     acct = slurm.ended(job, "End")
     ended = datetime.fromisoformat(acct["End"]).timestamp()
-    assert acct["State"].startswith("CANCELLED") and ended - cancelled_at < 10, (acct, cancelled_at)
+    assert acct["State"].startswith("CANCELLED") and ended - cancelled_at < 20, (acct, cancelled_at)
     assert f"tokalign: point {lost.name} failed: Stopped: stopped by SIGTERM at step" in err, err[-3000:]
     assert "1 of 2 points failed" in err.strip().splitlines()[-1]
     assert not (lost / "summary.json").exists() and not (lost / "model").exists()
@@ -143,7 +141,7 @@ def test_dpo_sweep_from_submit_to_table_with_a_cancelled_point_resubmitted(slurm
 
 def test_usr2_checkpoints_requeues_and_resumes(slurm, tmp_path, tiny_model):
     out = tmp_path / "sweep"
-    proc = sweep(slurm, out, "method=dpo", "trainer.max_steps=120", "trainer.save_steps=100", *TINY, background=True)
+    proc = sweep(slurm, out, "method=dpo", "trainer.max_steps=300", "trainer.save_steps=250", *TINY, background=True)
     run_dir = wait_for("the run dir", lambda: next(iter(run_dirs(out)), None) if out.is_dir() else None, proc=proc)
     wait_for("training steps", lambda: last_step(run_dir) >= 20, proc=proc)
     (job,) = slurm.jobs(out)
@@ -155,10 +153,10 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm, tmp_path, tiny_model):
     saved = re.search(r"tokalign: preempted: saved checkpoint-(\d+), handing over for requeue", log)
     assert saved, log[-3000:]
     step = int(saved.group(1))
-    assert 20 <= step < 100  # checkpointed when signalled, not at the next scheduled save
+    assert 20 <= step < 250  # checkpointed when signalled, not at the next scheduled save
     assert f"tokalign: resuming from {run_dir / 'checkpoints' / f'checkpoint-{step}'} (step {step})" in log
     assert "Requeued job" in log  # submitit's requeue, after our checkpoint
     assert slurm.ended(job)["State"] == "COMPLETED"
     states = slurm.run("sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "State").split()
     assert states == ["REQUEUED", "COMPLETED"], states  # one job, two attempts
-    assert summary(run_dir)["train/steps"] == 120
+    assert summary(run_dir)["train/steps"] == 300
