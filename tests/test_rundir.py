@@ -3,10 +3,7 @@ parent-death signal, and reading someone else's run directory without running it
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tokalign.errors import UserError
-from tokalign.rundir import claim, load_run_config
+from tokalign.rundir import claim, load_run_config, record_holder
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -84,8 +81,7 @@ def test_a_lock_kept_by_the_workers_of_an_ended_launcher_says_so(tmp_path):
     gone = subprocess.Popen(["true"])  # a pid that existed and is gone
     gone.wait()
     with claim(tmp_path) as fd:
-        os.ftruncate(fd, 0)  # the record written by claim may be longer than this one
-        os.pwrite(fd, json.dumps({"pid": gone.pid, "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+        record_holder(fd, gone.pid)
         ended = rf"in use by pid {gone.pid} .*, which has ended; its workers are still stopping"
         with pytest.raises(UserError, match=ended), claim(tmp_path):
             pass

@@ -47,11 +47,16 @@ def claim(run_dir: str | os.PathLike) -> Iterator[int]:
         except BlockingIOError:
             raise UserError(f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose "
                             "another hydra.run.dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+        record_holder(fd, os.getpid())
         yield fd
     finally:
         os.close(fd)
+
+
+def record_holder(fd: int, pid: int) -> None:
+    """Write who holds the lock (for the message a second writer gets), replacing any earlier record."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": pid, "host": socket.gethostname(), "since": time.time()}).encode(), 0)
 
 
 def _holder(fd: int) -> str:

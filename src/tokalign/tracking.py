@@ -111,14 +111,8 @@ class Tracker:
         """
         if self.rank != 0 or not self.metrics_path.exists():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by the kill
-        atomic_text(self.metrics_path, "".join(kept))
+        kept = [row for row in read_metrics(self.run_dir) if row.get("step", math.inf) <= step]
+        atomic_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.wandb_run is not None:
