@@ -18,6 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def library_log_handler():
+    """transformers makes its log handler on first use, bound to the sys.stderr of that moment; make it
+    under the session's capture, not inside a test whose capsys stream is closed when the test ends."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers")
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     path = Path(os.environ.get("TOKALIGN_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
