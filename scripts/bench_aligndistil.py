@@ -31,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 def _perturbed(path: str, seed: int):
     import torch
 
-    from tokalign.models import load_causal_lm
+    from tokalign.modeling.models import load_causal_lm
 
     model = load_causal_lm(path)
     gen = torch.Generator().manual_seed(seed)
@@ -50,7 +50,7 @@ def child(variant: str, *, size: str, steps: int, batch: int, vocab: int, chunk:
     from tokalign.data.loading import load_split
     from tokalign.methods.aligndistil import chosen_completions
     from tokalign.methods.aligndistil.trainer import AlignDistilTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     path = benchlib.bench_model(size, vocab=vocab)
     data = load_split(OmegaConf.structured(DatasetConfig(num_train=max(256, steps * batch))), "preference")

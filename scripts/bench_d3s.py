@@ -32,7 +32,7 @@ def load_model_path(name: str, cache_dir: str) -> str:
     from omegaconf import OmegaConf
 
     from tokalign.config import ModelConfig
-    from tokalign.models import resolve_model
+    from tokalign.modeling.models import resolve_model
 
     cfg = OmegaConf.structured(ModelConfig)  # the default model is the tiny one; others are presets
     if name != "tiny":
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tokalign.data.toy_math import rows as toy_rows
     from tokalign.methods.d3s_grpo.trainer import D3SGRPOTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
     from tokalign.rewards import exact_match
 
     cache = os.environ.get("TOKALIGN_CACHE", os.path.expanduser("~/.cache/tokalign"))

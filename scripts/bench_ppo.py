@@ -40,10 +40,14 @@ def prepare_models(work: Path, cache: str, length: int) -> tuple[Path, Path]:
     """The tiny policy forced to generate ``length`` tokens, and a reward model on its backbone."""
     import torch
     from omegaconf import OmegaConf
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from tokalign.config import ModelConfig
-    from tokalign.models import resolve_model
+    from tokalign.modeling.models import resolve_model
 
     source = resolve_model(OmegaConf.structured(ModelConfig), cache)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -65,8 +69,8 @@ def compose_overrides(items: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from tokalign.app.compose import register, validate
     from tokalign.cli import conf_dir
-    from tokalign.compose import register, validate
 
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
@@ -88,7 +92,7 @@ def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: 
 def alternate(trainers: dict, steps: int) -> dict[str, list[dict]]:
     """Each trainer's iteration rows, the trainers alternating iteration by iteration so that load hits
     them alike (who goes first swaps every step); the first iteration, a warm-up, is dropped."""
-    from tokalign.methods.ppo import loop as ppo_loop
+    from tokalign.bases.ppo import loop as ppo_loop
 
     first, second = trainers
     rows: dict[str, list[dict]] = {m: [] for m in trainers}
@@ -104,8 +108,8 @@ def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, lis
     """ppo and ma_ppo trainers side by side (`alternate`): seconds per iteration."""
     from transformers import set_seed
 
-    from tokalign.methods.ppo import loop as ppo_loop
-    from tokalign.run import Run
+    from tokalign.bases.ppo import loop as ppo_loop
+    from tokalign.runtime.run import Run
 
     trainers = {}
     for method in ("ppo", "ma_ppo"):
@@ -119,8 +123,8 @@ def paired_iterations(work: Path, policy: Path, rm: Path, args) -> dict[str, lis
 
 def tokalign_run(out: Path, policy: Path, rm: Path, args) -> list[float]:
     """Seconds per iteration (rollout + update) of one whole `method=ppo` run, warm-up dropped."""
-    from tokalign.run import run_training
-    from tokalign.tracking import read_metrics
+    from tokalign.artifacts.tracking import read_metrics
+    from tokalign.runtime.run import run_training
 
     run_training(compose_config("ppo", out, policy, rm, args, args.steps))
     rows = [r for r in read_metrics(out) if "train/rollout_s" in r]
@@ -140,9 +144,9 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
     """Segmentation + macro GAE + whitening on rollout-shaped tensors, n=5 vs n=1 (median seconds)."""
     import torch
 
+    from tokalign.bases.ppo.advantages import advantages_and_returns, segments
     from tokalign.losses import kl_penalty_rewards
-    from tokalign.methods import ppo
-    from tokalign.methods.ppo.advantages import advantages_and_returns, segments
+    from tokalign.bases.ppo import config as ppo
 
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, args.length)

@@ -68,9 +68,9 @@ def paired_iterations(work: Path, policy: Path, rm: Path, dpo: Path, args) -> di
     """ppo and rto trainers side by side (bench_ppo.alternate): their iteration rows."""
     from transformers import set_seed
 
-    from tokalign.methods.ppo import loop as ppo_loop
+    from tokalign.bases.ppo import loop as ppo_loop
     from tokalign.methods.rto.loop import frozen_models, rto_rewards
-    from tokalign.run import Run
+    from tokalign.runtime.run import Run
 
     steps = args.rounds * args.steps
     trainers = {}
@@ -86,7 +86,7 @@ def paired_iterations(work: Path, policy: Path, rm: Path, dpo: Path, args) -> di
 
 def memory_run(items: list[str]) -> None:
     """One whole run, in a process of its own (`peak_rss_mb`)."""
-    from tokalign.run import run_training
+    from tokalign.runtime.run import run_training
 
     run_training(compose_overrides(items))
 

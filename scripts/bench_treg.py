@@ -35,7 +35,7 @@ def child(variant: str, *, size: str, steps: int, batch: int, cache: str) -> dic
     from tokalign.config import DatasetConfig
     from tokalign.data.loading import load_split
     from tokalign.methods.treg.trainer import TREGTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     path = benchlib.bench_model(size)
     data = load_split(OmegaConf.structured(DatasetConfig(num_train=max(256, steps * batch))), "preference")

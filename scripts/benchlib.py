@@ -66,7 +66,7 @@ def bench_model(size: str, vocab: int | None = None) -> str:
     from omegaconf import OmegaConf
 
     from tokalign.config import ModelConfig
-    from tokalign.models import load_causal_lm, load_tokenizer, resolve_model
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer, resolve_model
 
     model_cfg = OmegaConf.structured(ModelConfig)
     model_cfg.tiny = OmegaConf.merge(model_cfg.tiny, SIZES[size])

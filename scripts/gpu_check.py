@@ -126,7 +126,7 @@ def build_tokenizer(vocab: int, cache_dir: str):
     from transformers import PreTrainedTokenizerFast
 
     from tokalign.config import ModelConfig
-    from tokalign.models import load_tokenizer, resolve_model
+    from tokalign.modeling.models import load_tokenizer, resolve_model
 
     base = load_tokenizer(resolve_model(OmegaConf.structured(ModelConfig), cache_dir))
     data = json.loads(base.backend_tokenizer.to_str())
@@ -167,8 +167,8 @@ def preference_steps(model, s: Shape, device: str, dtype: torch.dtype, peak: flo
     """DPO (or TGDPO) optimizer steps: tokens/s and MFU."""
     import copy
 
+    from tokalign.bases.ppo.models import response_logits, token_logps
     from tokalign.losses import dpo_loss, tgdpo_loss
-    from tokalign.methods.ppo.models import response_logits, token_logps
 
     frozen = [copy.deepcopy(model).requires_grad_(False).eval() for _ in range(2 if tgdpo else 1)]
     policy = model.train()
@@ -210,7 +210,7 @@ def preference_steps(model, s: Shape, device: str, dtype: torch.dtype, peak: flo
 
 def generate_hf(model, tokenizer, s: Shape, device: str) -> dict:
     """One GRPO-shaped batch with transformers' generate: generated tokens/s."""
-    from tokalign.methods.ppo.rollout import response_mask
+    from tokalign.bases.ppo.rollout import response_mask
 
     model.eval()
     ids = torch.randint(3, 500, (s.prompts, s.prompt), generator=torch.Generator().manual_seed(1)).to(device)
@@ -236,7 +236,7 @@ def generate_vllm(model_path: Path, s: Shape) -> dict:
     from omegaconf import OmegaConf
 
     from tokalign.config import RolloutConfig
-    from tokalign.vllm_engine import VLLMEngine
+    from tokalign.modeling.vllm_engine import VLLMEngine
 
     rollout = OmegaConf.structured(RolloutConfig(engine="vllm", gpu_memory_utilization=0.5))
     start = time.perf_counter()
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=240, help="seconds for each `tokalign train` section")
     a = p.parse_args(argv)
 
-    from tokalign.vllm_engine import unavailable_reason
+    from tokalign.modeling.vllm_engine import unavailable_reason
 
     tiny = a.tiny
     device = "cpu" if tiny else "cuda"
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(report)
     (out / "gpu_check.md").write_text(table)
     if doc is not None:
-        from tokalign.report import replace_marked_block
+        from tokalign.analysis.table import replace_marked_block
 
         replace_marked_block(doc, "gpu-check", table)
     print(table)

@@ -40,11 +40,11 @@ def policy_figures(cfg, model_path: str) -> dict:
     Also the share of samples that give an answer at all and the accuracy of those that do, which
     separate "answers more often" from "answers more correctly".
     """
+    from tokalign.analysis.evaluate import pass_at_k
     from tokalign.data.loading import load_split
     from tokalign.data.toy_math import extract_answer
-    from tokalign.evaluate import pass_at_k
-    from tokalign.generation import generate
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.generation import generate
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     tok, model = load_tokenizer(model_path), load_causal_lm(model_path)
     data = load_split(cfg.dataset, "prompt", "grpo", "eval")
@@ -87,8 +87,8 @@ def train_run(seed: int, arm: str, run_dir: Path, overrides: list[str]) -> dict:
 
 
 def task_constants() -> dict:
-    from tokalign import models
     from tokalign.data import toy_math
+    from tokalign.modeling import models
 
     names = [n for n in dir(toy_math) if n.isupper() and not n.startswith("_")]
     out = {n: getattr(toy_math, n) for n in names if isinstance(getattr(toy_math, n), (int, float, str, tuple))}
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tokalign.models import resolve_model
+    from tokalign.modeling.models import resolve_model
 
     overrides = ["logger=none", *args.overrides]
     cfg0 = compose(["experiment=d3s_toy", f"+arm={args.arm}", *overrides])

@@ -38,7 +38,7 @@ RESULTS = ROOT / "scripts" / "results" / "toy_pref_check.json"
 
 def response_figures(prompts: list, responses: list[str]) -> dict:
     from tokalign.data import toy_pref
-    from tokalign.generation import prompt_text
+    from tokalign.data.chat import prompt_text
 
     words = [len(r.split()) for r in responses]
     return {
@@ -56,7 +56,7 @@ def kl_to_reference(policy, reference, tok, prompts: list, num_samples: int, max
     of the summed log-ratio of the response tokens, up to and including the end-of-turn token."""
     import torch
 
-    from tokalign.generation import as_messages
+    from tokalign.data.chat import as_messages
 
     texts = [tok.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     side, tok.padding_side = tok.padding_side, "left"
@@ -99,8 +99,8 @@ def analyse(run_dir: Path, kl_samples: int) -> dict:
 
     from tokalign.config import method_module
     from tokalign.data.loading import load_split
-    from tokalign.generation import generate
-    from tokalign.models import load_causal_lm, load_tokenizer, resolve_model
+    from tokalign.modeling.generation import generate
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer, resolve_model
 
     cfg = OmegaConf.load(run_dir / "resolved.yaml")
     metrics = json.loads((run_dir / "eval.json").read_text())

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tokalign.report import find_run_dirs, load_run, replace_marked_block
+from tokalign.analysis.table import find_run_dirs, load_run, replace_marked_block
 
 # paper -> (docs page, the training curves worth showing there)
 PAPERS = {

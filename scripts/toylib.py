@@ -11,8 +11,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from tokalign.app.compose import register, validate
     from tokalign.cli import conf_dir
-    from tokalign.compose import register, validate
 
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):

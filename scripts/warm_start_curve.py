@@ -3,11 +3,11 @@
     python scripts/warm_start_curve.py --every 250 model.tiny.warmup_steps=1500
     python scripts/warm_start_curve.py --set WARM_MATH_UNANSWERED=0.6 model.tiny.hidden_size=96
 
-Builds the tiny model in memory as `tokalign.models.build_tiny` does (nothing is cached) and, every
+Builds the tiny model in memory as `tokalign.modeling.models.build_tiny` does (nothing is cached) and, every
 --every steps, samples it on the d3s_toy eval prompts at the eval temperature (pass@1 over
 eval.num_samples samples, and greedy accuracy) and on toy_pref's held-out prompts (mean gold
 reward of one sample each). `--set NAME=VALUE` changes a warm-start constant of
-tokalign.models (WARM_*) for this measurement only. Appends one record to
+tokalign.modeling.models (WARM_*) for this measurement only. Appends one record to
 scripts/results/warm_start_curve.json.
 """
 
@@ -28,10 +28,11 @@ RESULTS = ROOT / "scripts" / "results" / "warm_start_curve.json"
 
 
 def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
+    from tokalign.analysis.evaluate import pass_at_k
     from tokalign.data import toy_pref
+    from tokalign.data.chat import prompt_text
     from tokalign.data.toy_math import extract_answer
-    from tokalign.evaluate import pass_at_k
-    from tokalign.generation import generate, prompt_text
+    from tokalign.modeling.generation import generate
     from tokalign.rewards import exact_match, gold_reward
 
     e = cfg.eval
@@ -68,21 +69,21 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--every", type=int, default=250)
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a WARM_* constant of tokalign.models")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a WARM_* constant of tokalign.modeling.models")
     p.add_argument("--label", default="")
     p.add_argument("overrides", nargs="*", help="Hydra overrides (model.tiny.*, eval.*)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from omegaconf import OmegaConf
 
-    from tokalign import models
     from tokalign.data import toy_math
     from tokalign.data.loading import load_split
+    from tokalign.modeling import models
 
     for item in args.set:
         name, value = item.split("=", 1)
         if not (name.startswith("WARM_") and hasattr(models, name)):
-            raise SystemExit(f"--set {name}: not a WARM_* constant of tokalign.models")
+            raise SystemExit(f"--set {name}: not a WARM_* constant of tokalign.modeling.models")
         setattr(models, name, ast.literal_eval(value))
     cfg = compose(["experiment=d3s_toy", *args.overrides])
     spec = OmegaConf.to_container(cfg.model.tiny, resolve=True)

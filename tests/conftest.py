@@ -40,7 +40,7 @@ def tiny_model(cache_dir) -> str:
     from omegaconf import OmegaConf
 
     from tokalign.config import ModelConfig
-    from tokalign.models import resolve_model
+    from tokalign.modeling.models import resolve_model
 
     return resolve_model(OmegaConf.structured(ModelConfig), cache_dir)
 
@@ -49,8 +49,8 @@ def compose_config(*overrides: str):
     """The validated config `tokalign train <overrides>` would run, composed without running."""
     from hydra import compose, initialize_config_dir
 
+    from tokalign.app.compose import register, validate
     from tokalign.cli import conf_dir
-    from tokalign.compose import register, validate
 
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
@@ -99,3 +99,32 @@ def train(tmp_path, cache_dir):
         return run_dir
 
     return _train
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """12 toy preference rows (conversational)."""
+    from omegaconf import OmegaConf
+
+    from tokalign.config import DatasetConfig
+    from tokalign.data.loading import load_split
+
+    return load_split(OmegaConf.structured(DatasetConfig(num_train=12)), "preference", "train")
+
+
+@pytest.fixture(scope="module")
+def perturbed_model(tiny_model, tmp_path_factory):
+    """The tiny model with perturbed weights: a frozen model that disagrees with the reference."""
+    import torch
+
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(tiny_model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    path = tmp_path_factory.mktemp("perturbed")
+    model.save_pretrained(path)
+    load_tokenizer(tiny_model).save_pretrained(path)
+    return str(path)

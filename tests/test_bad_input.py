@@ -153,7 +153,7 @@ def test_help_of_every_command_names_its_arguments(capsys):
 def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):
     import dataclasses
 
-    from tokalign.methods.registry import registry
+    from tokalign.app.registry import registry
 
     def broken(run):
         raise RuntimeError("something tokalign did not expect")

@@ -37,7 +37,7 @@ class Arg:
 @dataclass
 class Command:
     name: str
-    summary: str
+    description: str
     run: Callable[[list[str]], None]
     args: list[Arg] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
@@ -45,7 +45,7 @@ class Command:
     def usage(self) -> str:
         width = max((len(a.name) for a in self.args), default=0) + 2
         lines = [f"usage: tokalign {self.name} " + " ".join(f"{a.name}=..." if a.required else f"[{a.name}=...]"
-                                                           for a in self.args), "", self.summary, ""]
+                                                           for a in self.args), "", self.description, ""]
         if self.args:
             lines += ["arguments:"] + [f"  {a.name:<{width}}{a.help}" for a in self.args] + [""]
         if self.examples:
@@ -108,7 +108,7 @@ def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tokalign.compose import register
+    from tokalign.app.compose import register
 
     register()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
@@ -121,8 +121,8 @@ def _preflight(argv: list[str]) -> None:
     """A single run's config and run directory, checked before Hydra starts anything."""
     from omegaconf import OmegaConf, open_dict
 
-    from tokalign.compose import validate
-    from tokalign.rundir import check_writable
+    from tokalign.app.compose import validate
+    from tokalign.artifacts.rundir import check_writable
 
     cfg, _ = _compose(argv)
     check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
@@ -133,8 +133,8 @@ def _preflight(argv: list[str]) -> None:
 
 def train_help(overrides: list[str]) -> str:
     """Config groups with their options, then the composed config with every knob's help."""
-    from tokalign.help import annotated_config
-    from tokalign.methods.registry import registry
+    from tokalign.app.help import annotated_config
+    from tokalign.app.registry import registry
 
     cfg, options = _compose(overrides, tuple(GROUPS))
     methods = registry()
@@ -144,7 +144,7 @@ def train_help(overrides: list[str]) -> str:
     for group, what in GROUPS.items():
         lines.append(f"  {group:<15}{what}")
         if group == "method":
-            lines += [f"      {o:<14}{methods[o].summary if o in methods else 'a preset of ' + _preset_base(o)}"
+            lines += [f"      {o:<14}{methods[o].description if o in methods else 'a preset of ' + _preset_base(o)}"
                       for o in options[group]]
         else:
             lines.append("      " + ", ".join(options[group]))
@@ -172,7 +172,7 @@ def train(argv: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from tokalign.compose import register, validate
+    from tokalign.app.compose import register, validate
 
     register()
     if not any(a.startswith("-") for a in argv):  # a single run: every error before anything starts, in one line
@@ -190,7 +190,7 @@ def train(argv: list[str]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from tokalign.launch import launch
+        from tokalign.runtime.launch import launch
 
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
@@ -229,7 +229,7 @@ def evaluate(argv: list[str]) -> None:
         args = _args(argv, COMMANDS["eval"])
         overrides = OmegaConf.create(args.get("eval", {}))  # only what was given: the run's own settings stand
         rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
-        from tokalign.evaluate import evaluate_run
+        from tokalign.analysis.evaluate import evaluate_run
 
         metrics, _, _ = evaluate_run(args["run_dir"], overrides, rollout=rollout,
                                      trust_remote_code=bool(args.get("trust_remote_code")))
@@ -252,7 +252,7 @@ def table(argv: list[str]) -> None:
         args = _args(argv, COMMANDS["table"])
         if "runs" not in args and "wandb" not in args:
             raise ConfigError("tokalign table needs runs=<sweep or run directory> (or wandb=<entity>/<project>)")
-        from tokalign.report import make_report
+        from tokalign.analysis.table import make_report
 
         result, files = make_report(
             _list(args.get("runs")) or [], out=args.get("out"), group_by=_list(args.get("group_by")),
@@ -269,7 +269,7 @@ def table(argv: list[str]) -> None:
 def inspect_tokens(argv: list[str]) -> None:
     try:
         args = _args(argv, COMMANDS["inspect"])
-        from tokalign.inspect_view import inspect_run
+        from tokalign.analysis.inspect import inspect_run
 
         path = inspect_run(
             args["run_dir"], out=args.get("out"), num_examples=int(args.get("num_examples", 4)),
@@ -321,7 +321,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: tokalign <command> [arguments ...]", "", "commands:"]
-    lines += [f"  {c.name:<9}{c.summary}" for c in COMMANDS.values()]
+    lines += [f"  {c.name:<9}{c.description}" for c in COMMANDS.values()]
     lines += ["", "`tokalign <command> --help` describes a command's arguments.",
               "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/)."]
     return "\n".join(lines)

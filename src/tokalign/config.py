@@ -42,7 +42,7 @@ def option(value: Any) -> Any:
 def _dataclass_of(hint: Any) -> type | None:
     """The dataclass in a field's type (`Foo` or `Optional[Foo]`), if any."""
     for candidate in (hint, *typing.get_args(hint)):
-        if dataclasses.is_dataclass(candidate):
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
             return candidate
     return None
 
@@ -55,7 +55,7 @@ def check_bounds(schema: type, node: DictConfig, prefix: str) -> None:
     """Raise ConfigError for the first unknown key or value outside its knob's bounds (nested dataclasses too)."""
     hints = typing.get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema)]
-    unknown = [k for k in node if k not in known]
+    unknown = [str(k) for k in node if k not in known]
     if unknown:
         path = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         close = difflib.get_close_matches(unknown[0], known, n=1)

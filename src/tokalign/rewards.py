@@ -28,8 +28,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tokalign.data import toy_math, toy_pref
+from tokalign.data.chat import as_messages, prompt_text
 from tokalign.errors import ConfigError
-from tokalign.generation import as_messages, prompt_text
 
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 

@@ -76,7 +76,7 @@ def test_screening_drops_unusable_rows_and_counts_why(tiny_model):
     import datasets
 
     from tokalign.data.loading import screen
-    from tokalign.models import load_tokenizer
+    from tokalign.modeling.models import load_tokenizer
 
     rows = [
         {"prompt": "Say hi.", "chosen": "hi there", "rejected": "no"},

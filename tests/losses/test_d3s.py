@@ -6,7 +6,12 @@ import math
 import pytest
 import torch
 
-from tokalign.losses import d3s_schedule, d3s_token_mask, max_variance_subset, select_samples
+from tokalign.losses import (
+    d3s_schedule,
+    d3s_token_mask,
+    max_variance_subset,
+    select_samples,
+)
 from tokalign.losses.d3s import MIN_KEEP_RATIO
 
 from .helpers import make_mask, randn

@@ -7,7 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tokalign.losses import macro_gae, segment_macro_actions, segment_sum, segment_value_weights
+from tokalign.losses import (
+    macro_gae,
+    segment_macro_actions,
+    segment_sum,
+    segment_value_weights,
+)
 
 from .helpers import make_mask, randn, reference_token_gae
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from tokalign.tracking import read_metrics
+from tokalign.artifacts.tracking import read_metrics
 
 STEPS = ("trainer.max_steps=30", "trainer.logging_steps=3", "trainer.learning_rate=2e-3")
 # A reward model's new score head needs ~60 steps before the pairs separate.

@@ -37,7 +37,7 @@ PACKAGE = '''
 from dataclasses import dataclass
 
 from tokalign.config import knob
-from tokalign.methods.base import DataKind, Method, MethodConfig
+from tokalign.bases.contract import DataKind, Method, MethodConfig
 
 
 @dataclass
@@ -53,7 +53,7 @@ def train(run):
     from trl import DPOConfig, DPOTrainer
 
     from tokalign.losses import tgdpo_loss
-    from tokalign.methods.trl_support import run_trainer, trl_args
+    from tokalign.bases.trl import run_trainer, trl_args
 
     m = run.cfg.method
 
@@ -81,13 +81,13 @@ def train(run):
 
 
 def view(ctx):
-    from tokalign.methods.dpo.view import preference_view
+    from tokalign.bases.dpo.view import preference_view
 
     return preference_view(ctx)
 
 
 METHOD = Method(name="weighted_dpo", config=Config, data=DataKind.preference, train=train, view=view,
-                summary="DPO with up-weighted chosen tokens (a plugin)")
+                description="DPO with up-weighted chosen tokens (a plugin)")
 '''
 
 

@@ -1,4 +1,4 @@
-"""tokalign.preemption with real signals sent to a child process running a step loop."""
+"""tokalign.cluster.preemption with real signals sent to a child process running a step loop."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tokalign import preemption
+from tokalign.cluster import preemption
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 # A training loop in miniature: 0.1 s steps; prints what it does at each boundary.
 LOOP = """
 import signal, sys, time
-from tokalign import preemption
+from tokalign.cluster import preemption
 
 {before}
 preemption.install()
@@ -141,7 +141,7 @@ def test_poll_consumes_and_agrees_through_sync():
 WORKER = """
 import os, signal, sys, time
 import torch.distributed as dist
-from tokalign import preemption
+from tokalign.cluster import preemption
 
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method=f"file://{sys.argv[2]}", rank=rank, world_size=2)

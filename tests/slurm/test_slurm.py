@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tokalign.checkpoint import complete_checkpoints, step_of
-from tokalign.tracking import read_metrics
+from tokalign.artifacts.checkpoint import complete_checkpoints, step_of
+from tokalign.artifacts.tracking import read_metrics
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

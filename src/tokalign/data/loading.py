@@ -230,7 +230,7 @@ def _prompt_tokens(tokenizer, messages: list[dict]) -> int:
 def screen(ds, kind: str, tokenizer, max_length: int) -> tuple[Any, dict[str, int]]:
     """Drop the rows a method cannot train on, counting why: an empty field, chosen == rejected, or a
     prompt that leaves no room for a response within `max_length` tokens."""
-    from tokalign.generation import as_messages
+    from tokalign.data.chat import as_messages
 
     kind = option(kind)
     counts = {"empty field": 0, "chosen == rejected": 0, f"prompt >= trainer.max_length={max_length} tokens": 0}

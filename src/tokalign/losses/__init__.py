@@ -6,7 +6,12 @@ Conventions: (B, T) per-token tensors align with a (B, T) 0/1 response mask and 
 """
 
 from tokalign.losses.aligndistil import aligndistil_loss
-from tokalign.losses.d3s import d3s_schedule, d3s_token_mask, max_variance_subset, select_samples
+from tokalign.losses.d3s import (
+    d3s_schedule,
+    d3s_token_mask,
+    max_variance_subset,
+    select_samples,
+)
 from tokalign.losses.dpo import dpo_loss, tgdpo_loss
 from tokalign.losses.macro import (
     macro_gae,
@@ -16,7 +21,13 @@ from tokalign.losses.macro import (
     segment_value_weights,
 )
 from tokalign.losses.masked import masked_mean
-from tokalign.losses.ppo import gae, kl_penalty_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from tokalign.losses.ppo import (
+    gae,
+    kl_penalty_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)
 from tokalign.losses.rto import rto_token_rewards
 from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 

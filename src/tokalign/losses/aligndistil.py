@@ -8,6 +8,8 @@ trainers (songmzhang/AlignDistil, ``OpenRLHF/openrlhf/trainer/aligndistil_traine
 ``aligndistil_offpolicy_trainer.py``) except where noted in ``aligndistil_loss``.
 """
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -138,7 +140,7 @@ def aligndistil_loss(
     row_weights = 1 / (len(counts) * (counts.clamp(min=1) if length_norm else torch.ones_like(counts)))
     rows, columns = valid.nonzero(as_tuple=True)
     logits = (policy_logits, dpo_logits.detach(), base_logits.detach())
-    settings = dict(variant=variant, beta0=beta0, beta=beta, tvd_scale=tvd_scale, eps=eps, temperature=temperature)
+    settings: dict[str, Any] = dict(variant=variant, beta0=beta0, beta=beta, tvd_scale=tvd_scale, eps=eps, temperature=temperature)
 
     if chunk_size is None:  # plain autograd
         kl, alpha, beta_t, _, _ = _position_terms(*(x[rows, columns] for x in logits), **settings)

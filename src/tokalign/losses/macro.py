@@ -11,6 +11,7 @@ import bisect
 import string
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -193,7 +194,7 @@ def _parsing_starts(
     return starts, word_starts
 
 
-def _is_piece_list(pieces: object, count: int) -> bool:
+def _is_piece_list(pieces: object, count: int) -> TypeGuard[Sequence[str]]:
     return (
         isinstance(pieces, Sequence)
         and not isinstance(pieces, str)

@@ -7,7 +7,12 @@ Metrics are 0-dim detached tensors.
 
 import torch
 
-from tokalign.losses.macro import macro_gae, segment_broadcast, segment_macro_actions, segment_sum
+from tokalign.losses.macro import (
+    macro_gae,
+    segment_broadcast,
+    segment_macro_actions,
+    segment_sum,
+)
 from tokalign.losses.masked import masked_fill_zero, masked_mean
 
 
@@ -81,6 +86,7 @@ def ppo_policy_loss(
     valid = mask.bool()
     token_log_ratio = masked_fill_zero(logps - old_logps.detach(), valid)
     advantages = masked_fill_zero(advantages.detach(), valid)
+    share: float | torch.Tensor
     if level == "token":
         log_ratio, share = token_log_ratio, 1.0
     elif level == "segment":

@@ -47,9 +47,9 @@ def rto_token_rewards(
     for name, value in (("kl_coef", kl_coef), ("dpo_scale", dpo_scale), ("score_coef", score_coef)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    for name, value in (("dpo_clip", dpo_clip), ("score_clip", score_clip)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be >= 0 or None, got {value}")
+    for name, limit in (("dpo_clip", dpo_clip), ("score_clip", score_clip)):
+        if limit is not None and limit < 0:
+            raise ValueError(f"{name} must be >= 0 or None, got {limit}")
     valid = mask.bool()
     nonempty = valid.any(-1)
     scores = scores.detach()

@@ -8,16 +8,16 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config, sweep_params
 from tests.html_spans import parse
+from tokalign.artifacts.tracking import read_metrics
 from tokalign.errors import ConfigError
-from tokalign.tracking import read_metrics
 
 SMALL = ("trainer.max_steps=4", "trainer.logging_steps=2", "dataset.num_train=48", "trainer.per_device_batch_size=8")
 
 
 @pytest.mark.slow
 def test_toy_run_builds_both_teachers_once_and_renders_alpha_and_beta(train, cache_dir):
-    from tokalign.inspect_view import inspect_run
-    from tokalign.methods.dpo.on_demand import cached_path
+    from tokalign.analysis.inspect import inspect_run
+    from tokalign.bases.dpo.dpo_models import cached_path
 
     run_dir = train("method=aligndistil", *SMALL)
     logged = [m for m in read_metrics(run_dir) if "train/loss" in m]

@@ -4,7 +4,6 @@ whatever the padding and batch-mates; chunked equals unchunked; on-policy rollou
 import pytest
 import torch
 
-
 pytest.importorskip("trl")
 
 MAX_LENGTH = 48
@@ -15,7 +14,7 @@ def _trainer(tiny_model, dpo_path, data, tmp_path, **settings):
 
     from tokalign.methods.aligndistil import chosen_completions
     from tokalign.methods.aligndistil.trainer import AlignDistilTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_length=MAX_LENGTH,
                      report_to="none", seed=0, bf16=False, completion_only_loss=True)

@@ -26,8 +26,8 @@ def make(tiny_model, tmp_path_factory):
     import datasets
     from trl import GRPOConfig
 
-    from tokalign.methods.grpo.trainer import AccountingGRPOTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.bases.grpo.trainer import AccountingGRPOTrainer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {a + 1}?"}], "answer": str(2 * a + 1)} for a in range(8)]
     data = datasets.Dataset.from_list(rows)
@@ -146,9 +146,9 @@ def two_pass(make, selected, k, normalization, scope, **loss):
     forward choose the mask before TRL's loss runs (as `tool_mask`, or as the top-entropy mask)."""
     from trl import GRPOTrainer
 
+    from tokalign.bases.grpo.trainer import loss_weights
     from tokalign.losses import d3s_token_mask
     from tokalign.methods.d3s_grpo.trainer import KEEP_RATIO
-    from tokalign.methods.grpo.trainer import loss_weights
 
     class TwoPass(GRPOTrainer):
         def get_high_entropy_mask(self, entropies, mask, threshold):

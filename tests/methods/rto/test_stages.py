@@ -8,13 +8,13 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
+from tokalign.bases.ppo.advantages import advantages_and_returns, segments
+from tokalign.bases.ppo.config import settings
+from tokalign.bases.ppo.rollout import Rollout, response_mask
+from tokalign.bases.ppo.scoring import Scored, kl_score_rewards
+from tokalign.bases.ppo.update import losses
 from tokalign.errors import ConfigError
 from tokalign.methods import rto
-from tokalign.methods.ppo import settings
-from tokalign.methods.ppo.advantages import advantages_and_returns, segments
-from tokalign.methods.ppo.rollout import Rollout, response_mask
-from tokalign.methods.ppo.scoring import Scored, kl_score_rewards
-from tokalign.methods.ppo.update import losses
 from tokalign.methods.rto.loop import rto_rewards
 
 

@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 
 from tests.conftest import run_cli
-from tokalign.tracking import read_metrics
+from tokalign.artifacts.tracking import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ def _losses(run_dir):
 def test_zero3_precompute_matches_one_process(tmp_path, tiny_model, perturbed_model, method):
     extra = [f"method={method}", f"model.path={tiny_model}", *COMMON]
     if method == "tgdpo":
-        extra.append(f"method.guidance_model={perturbed_model}")
+        extra.append(f"method.dpo_model={perturbed_model}")
     single = _run(tmp_path, "single", *extra, "trainer.per_device_batch_size=4")
     double = _run(tmp_path, "double", *extra, "trainer.per_device_batch_size=2", "launcher=deepspeed",
                   "launcher.zero_stage=3", "launcher.num_gpus=2")

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from omegaconf import OmegaConf
 
-from tokalign.tracking import read_metrics
+from tokalign.artifacts.tracking import read_metrics
 
 SMALL = ("trainer.max_steps=4", "trainer.logging_steps=2", "dataset.num_train=64", "trainer.per_device_batch_size=8")
 
@@ -22,7 +22,7 @@ def _cfg(**method):
 
 
 def test_guidance_key_follows_what_the_dpo_run_depends_on():
-    from tokalign.methods.dpo.on_demand import cached_path, dpo_run_config
+    from tokalign.bases.dpo.dpo_models import cached_path, dpo_run_config
     from tokalign.methods.tgdpo import guidance_beta
 
     def key(cfg):
@@ -56,7 +56,7 @@ def test_default_run_builds_guidance_once_and_both_paths_train(train, cache_dir)
 
 
 def test_guidance_with_another_tokenizer_fails_clearly(train, tiny_model, tmp_path, capsys):
-    from tokalign.models import load_tokenizer
+    from tokalign.modeling.models import load_tokenizer
 
     other = tmp_path / "other"
     shutil.copytree(tiny_model, other)
@@ -64,6 +64,18 @@ def test_guidance_with_another_tokenizer_fails_clearly(train, tiny_model, tmp_pa
     tok.add_tokens(["<|extra|>"])
     tok.save_pretrained(other)
     with pytest.raises(SystemExit) as err:
-        train("method=tgdpo", f"method.guidance_model={other}")
+        train("method=tgdpo", f"method.dpo_model={other}")
     assert err.value.code == 2
     assert "guidance model's tokenizer does not match the policy's: vocabularies differ" in capsys.readouterr().err
+
+
+def test_the_old_spelling_of_the_dpo_model_still_works_with_a_warning():
+    from omegaconf import OmegaConf
+
+    from tokalign.methods.tgdpo import Config, dpo_model
+
+    old = OmegaConf.structured(Config(guidance_model="/models/dpo"))
+    with pytest.warns(FutureWarning, match="write method.dpo_model"):
+        assert dpo_model(old) == "/models/dpo"
+    assert dpo_model(OmegaConf.structured(Config(dpo_model="/models/new"))) == "/models/new"
+    assert dpo_model(OmegaConf.structured(Config())) is None

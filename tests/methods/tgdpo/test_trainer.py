@@ -4,14 +4,14 @@ truncation, are cached and reused; α = 0 gives TRL's DPO loss on the same batch
 import pytest
 import torch
 
-from tests.methods.dpo.helpers import MAX_LENGTH, dpo_args, loss_and_grads, truncated
+from tests.bases.dpo.helpers import MAX_LENGTH, dpo_args, loss_and_grads, truncated
 
 pytest.importorskip("trl")
 
 
 def _tgdpo(tiny_model, guidance, data, tmp_path, *, precompute, alpha=1.0, cache=True, **kw):
     from tokalign.methods.tgdpo.trainer import TGDPOTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     return TGDPOTrainer(
         model=load_causal_lm(tiny_model),
@@ -71,7 +71,7 @@ def test_precomputed_log_probs_are_cached_and_reused(tiny_model, perturbed_model
 def test_alpha_zero_equals_trl_dpo_on_the_same_batch(tiny_model, perturbed_model, pairs, tmp_path):
     from trl import DPOTrainer
 
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     tgdpo = _tgdpo(tiny_model, perturbed_model, pairs, tmp_path, precompute=False, alpha=0.0, cache=False)
     dpo = DPOTrainer(

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config, sweep_params
 from tests.html_spans import parse
+from tokalign.artifacts.tracking import read_metrics
 from tokalign.errors import ConfigError
-from tokalign.tracking import read_metrics
 
 ALPHAS = {"treg_a01": 0.1, "treg_a025": 0.25, "treg_a05": 0.5}
 SMALL = ("trainer.max_steps=4", "trainer.logging_steps=2", "dataset.num_train=48", "trainer.per_device_batch_size=8")
@@ -16,7 +16,7 @@ SMALL = ("trainer.max_steps=4", "trainer.logging_steps=2", "dataset.num_train=48
 
 @pytest.mark.slow
 def test_toy_run_logs_both_loss_parts_and_renders_its_token_rewards(train, cache_dir):
-    from tokalign.inspect_view import inspect_run
+    from tokalign.analysis.inspect import inspect_run
 
     run_dir = train("method=treg", "method.alpha=0.5", *SMALL)
     logged = [m for m in read_metrics(run_dir) if "train/loss" in m]

@@ -5,14 +5,14 @@ and padding; α = 0 gives TRL's DPO loss on the same batch."""
 import pytest
 import torch
 
-from tests.methods.dpo.helpers import dpo_args, loss_and_grads, truncated
+from tests.bases.dpo.helpers import dpo_args, loss_and_grads, truncated
 
 pytest.importorskip("trl")
 
 
 def _treg(tiny_model, data, tmp_path, *, precompute, alpha=0.5, cache=True, **kw):
     from tokalign.methods.treg.trainer import TREGTrainer
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     return TREGTrainer(
         model=load_causal_lm(tiny_model), ref_model=None if precompute else load_causal_lm(tiny_model),
@@ -43,10 +43,10 @@ def test_revised_rows_end_and_mark_where_the_training_rows_do(mode):
 
 
 def test_token_rewards_contrast_the_responses_under_the_revised_prompts(tiny_model, pairs, tmp_path):
+    from tokalign.bases.views import response_logps
     from tokalign.losses import contrastive_token_rewards
     from tokalign.methods.treg.prompts import BETTER, WORSE, revise
-    from tokalign.models import load_causal_lm
-    from tokalign.views import response_logps
+    from tokalign.modeling.models import load_causal_lm
 
     trainer = _treg(tiny_model, pairs, tmp_path, precompute=True, max_length=None)
     tokenizer, ref = trainer.processing_class, load_causal_lm(tiny_model)
@@ -89,7 +89,7 @@ def test_batch_mates_and_padding_do_not_change_an_example_loss(tiny_model, pairs
 def test_alpha_zero_equals_trl_dpo_on_the_same_batch(tiny_model, pairs, tmp_path):
     from trl import DPOTrainer
 
-    from tokalign.models import load_causal_lm, load_tokenizer
+    from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     treg = _treg(tiny_model, pairs, tmp_path, precompute=False, alpha=0.0, cache=False)
     dpo = DPOTrainer(model=load_causal_lm(tiny_model), ref_model=load_causal_lm(tiny_model),

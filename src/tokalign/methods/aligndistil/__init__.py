@@ -2,7 +2,7 @@
 
 The policy is distilled (reverse KL over the vocabulary, `tokalign.losses.aligndistil_loss`) toward
 a per-token teacher that extrapolates a DPO model away from a reverse-DPO model (or mixes it with
-the reference), both built on demand by `tokalign.methods.dpo.on_demand` when their paths are
+the reference), both built on demand by `tokalign.bases.dpo.dpo_models` when their paths are
 empty. Defaults follow the authors' released scripts (songmzhang/AlignDistil). See docs/aligndistil.md.
 """
 
@@ -14,8 +14,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from tokalign.bases.contract import DataKind, Method, MethodConfig
 from tokalign.config import knob, option, require
-from tokalign.methods.base import DataKind, Method, MethodConfig
 
 
 class Variant(StrEnum):
@@ -79,9 +79,9 @@ def check(cfg: DictConfig) -> None:
 def train(run) -> dict:
     from trl import SFTConfig
 
+    from tokalign.bases.dpo.dpo_models import dpo_model_path, load_frozen
+    from tokalign.bases.trl import peft_config, run_trainer, trl_args
     from tokalign.methods.aligndistil.trainer import AlignDistilTrainer
-    from tokalign.methods.dpo.on_demand import dpo_model_path, load_frozen
-    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
     variant = Variant(option(m.variant))
@@ -132,5 +132,5 @@ def view(ctx):
 
 METHOD = Method(
     name="aligndistil", config=Config, data=DataKind.preference, train=train, check=check, view=view,
-    summary="AlignDistil (Zhang et al., ACL 2025): token-level distillation toward a DPO / reverse-DPO teacher",
+    description="AlignDistil (Zhang et al., ACL 2025): token-level distillation toward a DPO / reverse-DPO teacher",
 )

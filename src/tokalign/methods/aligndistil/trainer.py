@@ -20,9 +20,9 @@ from trl import SFTTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import use_adapter
 
+from tokalign.bases.dpo.frozen import frozen_forward, prepare_frozen
+from tokalign.bases.dpo.metrics import WindowExtrema
 from tokalign.losses import aligndistil_loss
-from tokalign.methods.dpo.frozen import frozen_forward, prepare_frozen
-from tokalign.methods.dpo.metrics import WindowExtrema
 
 IGNORE = -100
 

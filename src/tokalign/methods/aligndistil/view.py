@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from tokalign.bases.dpo.dpo_models import cached_path
+from tokalign.bases.views import (
+    TokenSeq,
+    View,
+    ViewContext,
+    first_response,
+    pieces,
+    response_ids,
+)
 from tokalign.config import option
 from tokalign.losses import aligndistil_loss
 from tokalign.methods.aligndistil import CONTRASTIVE, Variant, tvd_scale
-from tokalign.methods.dpo.on_demand import cached_path
-from tokalign.views import TokenSeq, View, ViewContext, first_response, pieces, response_ids
 
 LEGEND = ("Colour: α_t, how far the teacher π*_t moves from its anchor (aligndistil: r‖π_dpo − π_rdpo‖₁ + ε, "
           "extrapolating π_dpo away from the reverse DPO); beta = β_t, the weight of the token's KL; kl = KL(π_θ ‖ π*_t) "

@@ -16,9 +16,9 @@ from enum import StrEnum
 
 from omegaconf import DictConfig
 
+from tokalign.bases.contract import DataKind, Method
+from tokalign.bases.grpo import config as grpo
 from tokalign.config import knob, option, require
-from tokalign.methods import grpo
-from tokalign.methods.base import DataKind, Method
 
 
 class Schedule(StrEnum):
@@ -65,8 +65,8 @@ def check(cfg: DictConfig) -> None:
 
 
 def train(run) -> dict:
+    from tokalign.bases.trl import run_trainer
     from tokalign.methods.d3s_grpo.trainer import D3SGRPOTrainer
-    from tokalign.methods.trl_support import run_trainer
 
     m = run.cfg.method
     trainer_cls = functools.partial(
@@ -86,5 +86,5 @@ def view(ctx):
 
 METHOD = Method(
     name="d3s_grpo", config=Config, data=DataKind.prompt, train=train, check=check, view=view,
-    summary="D³S dual-level down-sampling for GRPO (arXiv 2509.22115); PODS as a preset",
+    description="D³S dual-level down-sampling for GRPO (arXiv 2509.22115); PODS as a preset",
 )

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from tokalign.bases.grpo.trainer import AccountingGRPOTrainer, loss_weights
 from tokalign.losses import d3s_schedule, d3s_token_mask, select_samples
-from tokalign.methods.grpo.trainer import AccountingGRPOTrainer, loss_weights
 
 # Output keys that are not indexed by sample (scalars, or image tensors indexed by image/tile).
 _NOT_PER_SAMPLE = ("num_items_in_batch",)

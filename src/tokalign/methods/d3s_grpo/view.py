@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from tokalign.bases.grpo.view import group_view
+from tokalign.bases.views import ViewContext
 from tokalign.config import option
 from tokalign.losses import d3s_schedule, d3s_token_mask, max_variance_subset
-from tokalign.methods.grpo.view import group_view
-from tokalign.views import ViewContext
 
 
 def d3s_view(ctx: ViewContext):

@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from tokalign.bases.contract import DataKind, Method, MethodConfig
 from tokalign.config import knob
-from tokalign.methods.base import DataKind, Method, MethodConfig
 
 
 @dataclass
@@ -28,7 +28,7 @@ def train(run) -> dict:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from tokalign.methods.trl_support import run_trainer, trl_args
+    from tokalign.bases.trl import run_trainer, trl_args
 
     m = run.cfg.method
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -42,8 +42,8 @@ def train(run) -> dict:
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> tuple[dict, list[str], list[list[Any]]]:
     """Pairwise accuracy and mean margin of the trained reward model on held-out pairs."""
+    from tokalign.data.chat import prompt_text
     from tokalign.data.loading import load_split
-    from tokalign.generation import prompt_text
     from tokalign.rewards import RewardModelScorer
 
     data = load_split(cfg.dataset, DataKind.preference, "eval", method=cfg.method.name)
@@ -59,4 +59,4 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> tuple[dict, list[str], list[list
 
 
 METHOD = Method(name="reward", config=Config, data=DataKind.preference, train=train, evaluate=evaluate,
-                summary="Bradley-Terry reward model on TRL's RewardTrainer")
+                description="Bradley-Terry reward model on TRL's RewardTrainer")

@@ -2,7 +2,7 @@
 
 Token-level PPO whose every token also earns a DPO model's implicit reward, clipped:
 r_t = clip(β₁ (log π_dpo − log π_dpo_ref)(y_t), ±c) − β₂ KL_t + [t last] β₃ clip(score, ±10)
-(`tokalign.losses.rto_token_rewards`). It runs the PPO loop of `tokalign.methods.ppo` (its
+(`tokalign.losses.rto_token_rewards`). It runs the PPO loop of `tokalign.bases.ppo` (its
 declared base) with that reward and the DPO model as an extra frozen model, so every PPO knob
 applies. Defaults are the authors' released script (zkshan2002/RTO,
 examples/scripts/train_rto_llama_8b.sh, on OpenRLHF 0.4.4). See docs/rto.md.
@@ -15,9 +15,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from tokalign.bases.contract import DataKind, Method
+from tokalign.bases.ppo import config as ppo
 from tokalign.config import knob, require, world_size
-from tokalign.methods import ppo
-from tokalign.methods.base import DataKind, Method
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Config(ppo.Config):
 
 
 def check(cfg: DictConfig) -> None:
-    from tokalign.methods.dpo.on_demand import cached_path
+    from tokalign.bases.dpo.dpo_models import cached_path
 
     ppo.check(cfg)
     m = cfg.method
@@ -62,5 +62,5 @@ def view(ctx):
 
 METHOD = Method(
     name="rto", config=Config, data=DataKind.prompt, train=train, check=check, view=view,
-    summary="RTO (Zhong et al., ICML 2025): PPO with a DPO model's dense token rewards",
+    description="RTO (Zhong et al., ICML 2025): PPO with a DPO model's dense token rewards",
 )

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import torch
 
+from tokalign.bases.dpo.dpo_models import cached_path, dpo_model_path, load_frozen
+from tokalign.bases.ppo import loop as ppo_loop
+from tokalign.bases.ppo.scoring import Scored
 from tokalign.losses import rto_token_rewards
-from tokalign.methods.dpo.on_demand import cached_path, dpo_model_path, load_frozen
-from tokalign.methods.ppo import loop as ppo_loop
-from tokalign.methods.ppo.scoring import Scored
 
 
 def rto_rewards(s: Scored, mask: torch.Tensor, m) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

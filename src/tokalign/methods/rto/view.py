@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from tokalign.bases.dpo.dpo_models import cached_path
+from tokalign.bases.ppo.scoring import Scored
+from tokalign.bases.ppo.view import macro_view
+from tokalign.bases.views import ViewContext
 from tokalign.errors import ConfigError
 from tokalign.losses import rto_token_rewards
-from tokalign.methods.dpo.on_demand import cached_path
-from tokalign.methods.ppo.scoring import Scored
-from tokalign.methods.ppo.view import macro_view
 from tokalign.methods.rto import Config
 from tokalign.methods.rto.loop import rto_rewards
-from tokalign.views import ViewContext
 
 LEGEND = ("Colour: the dense DPO reward d_t = clip(β₁ (log π_dpo − log π_ref), ±c) of each token; reward r_t = d_t − "
           "β₂ KL_t (+ the score on the last token); advantage Â_t from GAE over those rewards.")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokalign.bases.contract import DataKind, Method, MethodConfig
 from tokalign.config import knob
-from tokalign.methods.base import DataKind, Method, MethodConfig
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Config(MethodConfig):
 def train(run) -> dict:
     from trl import SFTConfig, SFTTrainer
 
-    from tokalign.methods.trl_support import peft_config, run_trainer, trl_args
+    from tokalign.bases.trl import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
     trainer = SFTTrainer(
@@ -32,4 +32,4 @@ def train(run) -> dict:
 
 
 METHOD = Method(name="sft", config=Config, data=DataKind.sft, train=train,
-                summary="supervised fine-tuning on TRL's SFTTrainer")
+                description="supervised fine-tuning on TRL's SFTTrainer")

@@ -2,15 +2,15 @@
 
 The policy forward is TRL's (fused LM head, chosen and rejected in one batch). Reference and
 guidance log-probs are per-token values of frozen models: precomputed once per dataset and
-cached, or computed from each batch (`tokalign.methods.dpo.token_level`).
+cached, or computed from each batch (`tokalign.bases.dpo.token_level`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tokalign.bases.dpo.token_level import TokenDPOTrainer
 from tokalign.losses import tgdpo_loss
-from tokalign.methods.dpo.token_level import TokenDPOTrainer
 
 
 class TGDPOTrainer(TokenDPOTrainer):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from tokalign.bases.dpo.dpo_models import cached_path
+from tokalign.bases.dpo.view import SIDES, Side, preference_view
+from tokalign.bases.views import ViewContext, response_logps
 from tokalign.losses import tgdpo_loss
-from tokalign.methods.dpo.on_demand import cached_path
-from tokalign.methods.dpo.view import SIDES, Side, preference_view
-from tokalign.methods.tgdpo import guidance_beta
-from tokalign.views import ViewContext, response_logps
+from tokalign.methods.tgdpo import dpo_model, guidance_beta
 
 LEGEND = ("Colour: guidance token reward r̂ = β_g (log π_g − log π_ref); f = token weight in the loss "
           "(chosen 1 + α r̂, rejected 1 − α r̂); delta = β (log π_θ − log π_ref) of the trained policy.")
@@ -16,9 +16,10 @@ LEGEND = ("Colour: guidance token reward r̂ = β_g (log π_g − log π_ref); f
 
 def _guidance(ctx: ViewContext):
     m = ctx.cfg.method
-    path = m.guidance_model or cached_path(ctx.cfg, beta=guidance_beta(m))
-    if not m.guidance_model and not (path / "config.json").exists():
-        raise FileNotFoundError(f"the run's guidance model is not in the cache ({path}); pass its path as method.guidance_model")
+    configured = dpo_model(m)
+    path = configured or cached_path(ctx.cfg, beta=guidance_beta(m))
+    if not configured and not (path / "config.json").exists():
+        raise FileNotFoundError(f"the run's guidance model is not in the cache ({path}); pass its path as method.dpo_model")
     return ctx.load(path)
 
 

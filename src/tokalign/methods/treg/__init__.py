@@ -15,8 +15,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from tokalign.bases.contract import DataKind, Method, MethodConfig
 from tokalign.config import knob, option, require
-from tokalign.methods.base import DataKind, Method, MethodConfig
 from tokalign.methods.treg.prompts import BETTER, PLACEHOLDER, WORSE
 
 
@@ -53,8 +53,8 @@ def check(cfg: DictConfig) -> None:
 
 
 def train(run) -> dict:
-    from tokalign.methods.dpo.on_demand import load_frozen
-    from tokalign.methods.dpo.token_level import train_token_dpo
+    from tokalign.bases.dpo.dpo_models import load_frozen
+    from tokalign.bases.dpo.token_level import train_token_dpo
     from tokalign.methods.treg.trainer import TREGTrainer
 
     m = run.cfg.method
@@ -72,5 +72,5 @@ def view(ctx):
 
 METHOD = Method(
     name="treg", config=Config, data=DataKind.preference, train=train, check=check, view=view,
-    summary="T-REG (Zhou et al., ACL 2025): DPO regularised by self-generated token rewards",
+    description="T-REG (Zhou et al., ACL 2025): DPO regularised by self-generated token rewards",
 )

@@ -6,7 +6,7 @@ differ in length from the original, so the scores are aligned by response offset
 builds the revised sequences ending at the last completion token the training batch keeps and
 marks the same completion tokens, whose scores then land on the training batch's positions.
 r̂ and the reference log-probs are per-token values of frozen models: precomputed once per
-dataset and cached, or computed from each batch (`tokalign.methods.dpo.token_level`).
+dataset and cached, or computed from each batch (`tokalign.bases.dpo.token_level`).
 
 Extra hook overridden: `_prepare_dataset` (private; pinned by tests/methods/dpo/test_trl_hooks.py).
 """
@@ -19,8 +19,12 @@ from typing import Any
 import torch
 from trl.trainer.utils import pad
 
+from tokalign.bases.dpo.token_level import (
+    SIDES,
+    DataCollatorForTokenPreference,
+    TokenDPOTrainer,
+)
 from tokalign.losses import contrastive_token_rewards, treg_loss
-from tokalign.methods.dpo.token_level import SIDES, DataCollatorForTokenPreference, TokenDPOTrainer
 from tokalign.methods.treg.prompts import BETTER, WORSE, revise
 
 REVISIONS = ("better", "worse")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from tokalign.bases.dpo.view import SIDES, Side, preference_view
+from tokalign.bases.views import ViewContext, response_ids, response_logps
 from tokalign.config import option
 from tokalign.losses import contrastive_token_rewards, treg_loss
-from tokalign.methods.dpo.view import SIDES, Side, preference_view
 from tokalign.methods.treg.prompts import revise
-from tokalign.views import ViewContext, response_ids, response_logps
 
 LEGEND = ("Colour: self-generated token reward r̂ = σ(log π_0(y_t | x⁺) − log π_0(y_t | x⁻)) − ½ from the better (x⁺) "
           "and worse (x⁻) revisions of the prompt; delta = β (log π_θ − log π_ref), the trained policy's DPO token reward.")

@@ -1,0 +1,1 @@
+"""What reads run directories: evaluation, tables and plots, exports for judges, token inspection."""

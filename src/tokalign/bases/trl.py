@@ -1,0 +1,182 @@
+"""What every TRL-based method shares: training arguments from `cfg.trainer`, logging, guarded saving."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import OmegaConf
+from transformers import TrainerCallback
+
+from tokalign.artifacts.checkpoint import latest_checkpoint, seal
+from tokalign.cluster import preemption
+from tokalign.cluster.distributed import backend, deepspeed_config
+from tokalign.config import option, world_size
+from tokalign.errors import DivergenceError
+
+
+def trl_args(run, **method_args: Any) -> dict[str, Any]:
+    """Keyword arguments for a TRL `*Config`, from the shared trainer knobs plus the method's."""
+    t, cfg = run.cfg.trainer, run.cfg
+    precision = option(t.precision)
+    args = dict(
+        output_dir=str(run.dir / "checkpoints"),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=option(t.lr_scheduler),
+        lr_scheduler_kwargs=OmegaConf.to_container(t.lr_scheduler_kwargs),
+        adam_beta1=t.adam_betas[0],
+        adam_beta2=t.adam_betas[1],
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        num_train_epochs=t.num_epochs,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=max(t.save_steps, 1),
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if t.eval_steps > 0 else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_num_workers=t.num_workers,
+        disable_tqdm=False,
+        max_length=t.max_length,
+        # The HF default replaces a NaN/inf step loss by the running mean, hiding divergence.
+        logging_nan_inf_filter=False,
+    )
+    launcher = cfg.launcher
+    if launcher.name == "ddp" and world_size(launcher) > 1:
+        import torch
+
+        # Without use_cpu, accelerate treats CPU ranks as unrelated single processes.
+        args.update(ddp_backend=backend(launcher.backend), use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
+    elif launcher.name == "deepspeed":
+        args.update(deepspeed=deepspeed_config(cfg), accelerator_config={"use_configured_state": True})
+    args.update(method_args)
+    return args
+
+
+def peft_config(run):
+    lora = run.cfg.model.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _finite_parameters(model) -> bool:
+    """Every parameter this process holds is finite (ZeRO-3 shards: this rank's part)."""
+    import torch
+
+    for p in model.parameters():
+        data = getattr(p, "ds_tensor", p)
+        if data.numel() and not torch.isfinite(data).all():
+            return False
+    return True
+
+
+class TrackerCallback(TrainerCallback):
+    """Sends the trainer's logs to the run's tracker (metrics.jsonl + W&B); stops before a bad save.
+
+    Before every checkpoint the loss and gradient norm are logged (the logged loss sums every
+    step since the previous log, so a NaN anywhere stays NaN) and the weights are checked, so a
+    diverged model is never saved: a `DivergenceError` stops the run first.
+    """
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save:
+            control.should_log = True
+            if model is not None and not _finite_parameters(model):
+                raise DivergenceError(f"the weights became non-finite at step {state.global_step}; nothing was saved. "
+                                      "Lower trainer.learning_rate or check the data; resume=auto continues the last good checkpoint")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        for key in ("loss", "grad_norm", "eval_loss"):
+            if key in logs and logs[key] is not None and not math.isfinite(float(logs[key])):
+                raise DivergenceError(f"{key} became {logs[key]} at step {state.global_step}; nothing was saved. "
+                                      "Lower trainer.learning_rate or check the data; resume=auto continues the last good checkpoint")
+        row = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
+        self.tracker.log(row, step=state.global_step)
+
+
+class SealCallback(TrainerCallback):
+    """Seals each checkpoint once every rank has written its part (see tokalign.artifacts.checkpoint)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+        if state.is_world_process_zero:
+            seal(f"{args.output_dir}/checkpoint-{state.global_step}")
+
+
+class PreemptionCallback(TrainerCallback):
+    """SIGTERM stops at the next step; SIGUSR2 saves a checkpoint there first, then hands the
+    process over to the scheduler's handler (tokalign.cluster.preemption). Added after SealCallback."""
+
+    def __init__(self):
+        self.handing_over = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        preemption.install()  # run_trainer uninstalls
+
+    def on_step_end(self, args, state, control, **kwargs):
+        request = preemption.poll()
+        if request.stop:
+            last = latest_checkpoint(args.output_dir)
+            raise preemption.Stopped(
+                f"stopped by SIGTERM at step {state.global_step} (cancelled or out of time); "
+                + (f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
+            )
+        if request.checkpoint:
+            control.should_save = control.should_log = self.handing_over = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.handing_over:
+            print(f"tokalign: preempted: saved checkpoint-{state.global_step}, handing over for requeue", flush=True)
+            preemption.hand_over()
+
+
+def run_trainer(run, trainer) -> dict[str, Any]:
+    """Train (resuming when asked), save the final model atomically, return the last logged values."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    trainer.add_callback(TrackerCallback(run.tracker))
+    trainer.add_callback(SealCallback())
+    trainer.add_callback(PreemptionCallback())
+    resume = run.resume_checkpoint()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        preemption.uninstall()
+    # Under ZeRO-3 each rank holds a shard: every rank takes part in gathering the weights.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_deepspeed_zero3_enabled() else None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    run.save_model(model, trainer.processing_class, state_dict=state_dict)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "train/loss_first": history[0]["loss"] if history else float("nan"),
+        "train/loss_last": history[-1]["loss"] if history else float("nan"),
+        "train/runtime_s": result.metrics.get("train_runtime"),
+        "train/steps": trainer.state.global_step,
+    }

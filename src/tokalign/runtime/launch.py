@@ -1,0 +1,178 @@
+"""Launchers: how a validated config becomes training processes, and who owns them.
+
+The parent (the `tokalign train` process, one per node) holds the run directory's lock,
+writes the resolved config to `<run_dir>/resolved.yaml` once, and then either trains in the
+same process (`local`) or spawns one worker per device with `accelerate launch`, `torchrun`
+or `deepspeed`, each running `python -m tokalign.runtime.worker <run_dir>/resolved.yaml`: ranks never
+compose a config or create a directory of their own.
+
+The parent owns its workers: they run in its process group, SIGTERM to the parent is passed
+on to them, and if the parent dies (even by SIGKILL) the spawner gets SIGTERM through the
+kernel's parent-death signal and every worker gets it from its own; so no worker outlives a
+launch, and the run-dir lock stays held until the last of them has exited. A preemption
+(SIGUSR2) is the workers' to act on: they checkpoint, exit, and only then does the parent
+hand over to the scheduler's requeue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from tokalign.artifacts.files import atomic_text
+from tokalign.artifacts.rundir import claim, die_with_parent
+from tokalign.cluster import preemption
+from tokalign.cluster.distributed import deepspeed_config
+from tokalign.config import option, world_size
+from tokalign.errors import LaunchError, UserError
+
+DEFAULT_MULTINODE_PORT = 29500
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" -> "gpu03"."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise ValueError(f"cannot read node list {nodelist!r}")
+    prefix, ranges = m.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rendezvous(la: DictConfig) -> tuple[str, int]:
+    """Master address and port of this run (the same on every node)."""
+    if la.num_nodes == 1:
+        return la.master_addr or "127.0.0.1", la.master_port or _free_port()
+    addr = la.master_addr or (first_host(la.nodelist) if la.nodelist else "")
+    return addr, la.master_port or DEFAULT_MULTINODE_PORT
+
+
+def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> list[str]:
+    """The command that starts this node's workers on the resolved config."""
+    la = cfg.launcher
+    runner, n = option(la.runner), world_size(la)
+    worker = ["-m", "tokalign.runtime.worker", str(config_path)]
+    if runner == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={la.num_gpus}", f"--nnodes={la.num_nodes}",
+                f"--node_rank={la.node_rank}", f"--master_addr={addr}", f"--master_port={port}", *worker]
+    if runner == "deepspeed":
+        cmd = [shutil.which("deepspeed") or "deepspeed", "--no_local_rank", f"--num_gpus={la.num_gpus}",
+               f"--num_nodes={la.num_nodes}", f"--master_addr={addr}", f"--master_port={port}"]
+        if la.hostfile:
+            cmd.append(f"--hostfile={la.hostfile}")
+        elif la.num_nodes > 1:
+            cmd += ["--no_ssh", f"--node_rank={la.node_rank}"]
+        return [*cmd, "--module", "tokalign.runtime.worker", str(config_path)]
+    precision = {"fp32": "no"}.get(option(cfg.trainer.precision), option(cfg.trainer.precision))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", f"--num_processes={n}", f"--num_machines={la.num_nodes}",
+           f"--machine_rank={la.node_rank}", f"--main_process_ip={addr}", f"--main_process_port={port}",
+           f"--mixed_precision={precision}"]
+    if la.name == "deepspeed":
+        cmd += ["--use_deepspeed", f"--deepspeed_config_file={config_path.parent / 'deepspeed.json'}"]
+        if la.num_nodes > 1:
+            cmd.append("--deepspeed_multinode_launcher=standard")
+    else:
+        # --multi_gpu is accelerate's switch for any multi-process DDP, on CPUs too;
+        # `--cpu --num_processes N` would start a single process.
+        cmd.append("--multi_gpu")
+    return [*cmd, *worker]
+
+
+def write_resolved(cfg: DictConfig) -> Path:
+    run_dir = Path(cfg.output_dir)
+    return atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+
+
+def _spawner_setup() -> None:
+    """In the spawner's process: die with this one, and leave SIGUSR2 to the workers (they
+    checkpoint on it; the spawner's default action would end them all first)."""
+    die_with_parent()
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
+    """Run the workers' spawner as a child that dies with this process, passing SIGTERM on.
+
+    SIGINT from a terminal and a scheduler's signals reach the workers themselves; this process
+    only records them (tokalign.cluster.preemption), so a preemption waits for the workers' checkpoint
+    before handing over to the scheduler's requeue. The spawner keeps the run-dir lock's
+    descriptor, so the directory stays claimed while any of it runs.
+    """
+    proc = subprocess.Popen(cmd, pass_fds=(lock_fd,), preexec_fn=_spawner_setup)
+    preemption.install()
+    forwarded = False
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if preemption.requests().stop and not forwarded:
+                    proc.send_signal(signal.SIGTERM)
+                    forwarded = True
+        request = preemption.poll(sync=lambda flags: flags)
+        if request.checkpoint or rc == preemption.EXIT_PREEMPTED:
+            preemption.hand_over()
+        if request.stop:
+            raise preemption.Stopped(f"stopped by SIGTERM; resume=auto continues {run_dir} from its last sealed checkpoint")
+        return rc
+    finally:
+        preemption.uninstall()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _previous_run(run_dir: Path) -> list[str]:
+    return [name for name in ("summary.json", "model", "checkpoints", "metrics.jsonl") if (run_dir / name).exists()]
+
+
+def launch(cfg: DictConfig) -> dict:
+    """Run a validated, resolved config with its launcher; returns the final metrics.
+
+    With resume=auto a finished run (summary.json) is left as it is; with resume=never a
+    directory holding an earlier run's results is refused rather than mixed with a new one.
+    """
+    run_dir = Path(cfg.output_dir)
+    with claim(run_dir) as lock_fd:
+        summary = run_dir / "summary.json"
+        if option(cfg.resume) == "auto" and summary.exists():
+            print(f"tokalign: {run_dir} already finished (summary.json); nothing to do", flush=True)
+            return json.loads(summary.read_text())
+        earlier = _previous_run(run_dir)
+        if option(cfg.resume) == "never" and earlier:
+            raise UserError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
+                            "or choose another hydra.run.dir")
+        config_path = write_resolved(cfg)
+        if cfg.launcher.name == "local":
+            from tokalign.runtime.run import run_training
+
+            return run_training(cfg)
+        if cfg.launcher.name == "deepspeed":
+            atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
+        if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
+            cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
+        else:
+            cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
+        print("tokalign: launching", " ".join(cmd), flush=True)
+        rc = _spawn(cmd, lock_fd, run_dir)
+    if rc != 0:
+        raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")
+    return json.loads(summary.read_text()) if summary.exists() else {}

@@ -1,0 +1,219 @@
+"""One training run end to end, the same code under every launcher.
+
+run dir (resolved.yaml) -> tracker -> models, tokenizer, data -> method.train -> final model
+(atomic) -> train.json -> evaluation -> summary.json. Everything it writes lives in the run
+directory, and each stage can be picked up where a killed attempt left it: `resume=auto`
+continues the newest verified checkpoint, re-runs only the evaluation when the final model is
+already there, and leaves a finished run (summary.json present) as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tokalign.app.registry import get_method
+from tokalign.artifacts.checkpoint import (
+    complete_checkpoints,
+    discard_incomplete,
+    step_of,
+    verify,
+)
+from tokalign.artifacts.files import atomic_text, storage_errors
+from tokalign.artifacts.tracking import Tracker
+from tokalign.bases.contract import DataKind
+from tokalign.config import option
+
+TRAIN_METRICS = "train.json"
+
+
+def _say(message: str) -> None:
+    print(f"tokalign: {message}", flush=True)
+
+
+class Run:
+    """What a method's `train(run)` gets: config, run dir, tracker, tokenizer, data, model loading."""
+
+    def __init__(self, cfg: DictConfig, rank: int = 0):
+        """Everything that can fail on the user's input (model, tokenizer, data, disk) is checked
+        before the tracker starts a W&B run."""
+        from tokalign.modeling.models import load_tokenizer, resolve_model
+
+        self.cfg = cfg
+        self.dir = Path(cfg.output_dir)
+        self.rank = rank
+        self.resume = option(cfg.resume) == "auto"
+        self.method = get_method(cfg.method.algorithm)
+        self.model_path = resolve_model(cfg.model, cfg.cache_dir)
+        self._check_disk()
+        self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        self.train_data, self.data_metrics = self._train_data()
+        self.tracker = Tracker(cfg, self.dir, rank=rank)
+
+    def load_policy(self):
+        from tokalign.modeling.models import load_causal_lm
+
+        return load_causal_lm(self.model_path, dtype=option(self.cfg.model.dtype),
+                              trust_remote_code=self.cfg.model.trust_remote_code)
+
+    def _check_disk(self) -> None:
+        """Room in the run directory for the final model (and a checkpoint with optimizer state)."""
+        import shutil
+
+        from tokalign.errors import StorageError
+        from tokalign.modeling.models import check_model_dir
+
+        if self.rank != 0 or not Path(self.model_path).is_dir():
+            return
+        weights = check_model_dir(self.model_path)
+        need = weights * (4 if self.cfg.trainer.save_steps > 0 else 1)
+        free = shutil.disk_usage(next(p for p in (self.dir, *self.dir.parents) if p.exists())).free
+        if free < need:
+            raise StorageError(f"{self.dir} has {free / 2**30:.1f} GiB free; this model's final weights and checkpoints "
+                               f"need about {need / 2**30:.1f} GiB")
+
+    def _train_data(self):
+        """Training rows after screening, and what the screening and hold-out did (said once, kept in the summary)."""
+        import datasets
+
+        from tokalign.data.loading import load_training_rows, screen
+
+        d, kind, method = self.cfg.dataset, self.method.data, self.cfg.method.name
+        if kind != DataKind.preference or option(d.pairs) == "synthetic":
+            data, note = load_training_rows(d, kind, method=method)
+        else:
+            from tokalign import rewards
+            from tokalign.modeling.on_policy import build_pairs
+
+            scorer = rewards.reward_function(d.on_policy.reward, d, "dataset.on_policy.reward")
+            prompt_rows, note = load_training_rows(d, DataKind.prompt, method=method)
+            prompts = list(prompt_rows["prompt"])
+            o = d.on_policy
+            data = datasets.Dataset.from_list(build_pairs(
+                prompts, model=self.load_policy(), tokenizer=self.tokenizer, model_path=self.model_path,
+                scorer=scorer, scorer_name=getattr(scorer, "__name__", "reward"), num_samples=o.num_samples,
+                temperature=o.temperature, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed,
+                cache_dir=self.cfg.cache_dir, rollout=self.cfg.rollout,
+            ))
+        data, dropped = screen(data, kind, self.tokenizer, self.cfg.trainer.max_length)
+        if self.rank == 0:
+            said = [f"{len(data)} training rows", *(f"dropped {n} ({why})" for why, n in dropped.items() if n)]
+            _say("data: " + "; ".join(said + ([note] if note else [])))
+        metrics = {"data/train_rows": len(data), **{f"data/dropped/{why}": n for why, n in dropped.items() if n}}
+        return data, metrics
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint to continue from (resume=auto): the newest sealed one whose files match their
+        hashes and whose weights are finite, after clearing what a killed attempt left half-written.
+        Every rank gets rank 0's choice. The tracker forgets what was logged after it."""
+        if not self.resume:
+            return None
+        chosen = None
+        if self.rank == 0:
+            root = self.dir / "checkpoints"
+            discard_incomplete(root)
+            for path in reversed(complete_checkpoints(root)):
+                problem = verify(path) or _non_finite(path)
+                if problem is None:
+                    chosen = path
+                    break
+                _say(f"not resuming from {path}: {problem}")
+        chosen = _broadcast(chosen)
+        self.tracker.rewind(step_of(chosen) if chosen else 0)
+        if self.rank == 0:
+            _say(f"resuming from {chosen} (step {step_of(chosen)})" if chosen else "no checkpoint to resume from: starting at step 0")
+        return chosen
+
+    def train_nested(self, cfg: DictConfig) -> dict[str, Any]:
+        """Train another run in this process (a model this run needs, e.g. a DPO guidance)."""
+        return run_training(cfg)
+
+    def save_model(self, model, tokenizer, state_dict=None) -> Path:
+        from tokalign.artifacts.checkpoint import save_pretrained_atomic
+
+        if self.rank == 0:
+            save_pretrained_atomic(model, tokenizer, self.dir / "model", state_dict=state_dict)
+        return self.dir / "model"
+
+
+def _non_finite(path: Path) -> str | None:
+    """Which saved weights (safetensors) hold NaN or inf, if any."""
+    import torch
+    from safetensors import safe_open
+
+    for file in sorted(path.rglob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if not torch.isfinite(f.get_tensor(name)).all():
+                    return f"{file.name}: {name} is not finite"
+    return None
+
+
+def _broadcast(value):
+    """Rank 0's value on every rank (unchanged in a single process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _evaluate(cfg: DictConfig, run: Run, metrics: dict) -> dict:
+    from tokalign.analysis.evaluate import evaluate_run
+
+    eval_metrics, columns, rows = evaluate_run(cfg.output_dir)
+    step = int(metrics.get("train/steps") or 0)
+    run.tracker.log(eval_metrics, step=step)
+    run.tracker.log_table("eval/samples", columns, rows, step=step)
+    return eval_metrics
+
+
+def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
+    """Train, save, evaluate and summarise one run; returns its final metrics."""
+    from transformers import set_seed
+
+    from tokalign.runtime.closing import print_closing_screen
+
+    run_dir = Path(cfg.output_dir)
+    if not (run_dir / "resolved.yaml").exists():  # launchers write it before spawning ranks
+        atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+    set_seed(cfg.seed)
+    started = time.time()
+    run = Run(cfg, rank=rank)
+    trained = run_dir / TRAIN_METRICS
+    try:
+        if run.resume and trained.exists() and (run_dir / "model" / "config.json").exists():
+            if rank == 0:
+                _say("the final model is already saved: running only what is missing (evaluation, summary)")
+            metrics = json.loads(trained.read_text())
+        else:
+            with storage_errors(run_dir):
+                metrics = {**run.method.train(run), **run.data_metrics}
+            earlier = run.tracker.previous_wall_s  # attempts killed earlier count up to their last log
+            metrics["train/wall_s"] = round(earlier + time.time() - started, 1)
+            metrics["train/attempts"] = len(run.tracker.attempts)
+            if metrics.get("train/runtime_s") is not None:
+                metrics["train/runtime_s"] = round(earlier + metrics["train/runtime_s"], 1)
+            if rank == 0:
+                atomic_text(trained, json.dumps(metrics, indent=2, default=str))
+        if cfg.launcher.name == "deepspeed":
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # evaluation loads whole models on rank 0 alone, not ZeRO-3 shards
+        if rank == 0 and cfg.eval.at_end:
+            metrics.update(_evaluate(cfg, run, metrics))
+        if rank == 0:
+            atomic_text(run_dir / "summary.json", json.dumps(metrics, indent=2, default=str))
+            run.tracker.summary(metrics)
+    finally:
+        wandb_dir = run.tracker.wandb_dir
+        run.tracker.finish()
+    if rank == 0:  # last, so that it is the screen the user sees
+        print_closing_screen(cfg, run_dir, metrics, wandb_dir)
+    return metrics
