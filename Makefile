@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOKALIGN_TEST_CACHE ?= $(CURDIR)/.cache/test
 
-.PHONY: install demo test test-fast bench toy-tables gpu-check clean
+.PHONY: install lint demo test test-fast bench toy-tables gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/tokalign train
 
-test: install
+# Lint and format (ruff), types (mypy on the losses, the config schema and the method contract), layers.
+lint: install
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -3,7 +3,7 @@
     python scripts/bench_ppo_zero.py [--reps 3] [--steps 6] [--batch 16] [--length 32]
 
 Strong scaling: the global batch stays the same (1 x B against 2 x B/2), so the runs do the same
-work (tests/methods/ppo/test_deepspeed.py: same losses); only the wall time differs. The
+work (tests/bases/ppo/test_deepspeed.py: same losses); only the wall time differs. The
 setup is scripts/bench_ppo.py's (the tiny policy forced to generate `length` tokens, a reward
 model on its backbone that also initialises the critic). Every run goes through
 `tokalign train ... launcher=...` as a user types it, one torch thread per process, the three

@@ -1,7 +1,7 @@
 """Data-parallel scaling on this machine: DPO steps/s with 1 vs 2 processes, under DDP and DeepSpeed ZeRO-2.
 
 Strong scaling: the global batch stays the same (1 x B vs 2 x B/2), so the two runs do the same
-work and reach the same losses (tests/test_launch_distributed.py); only the wall time per step
+work and reach the same losses (tests/runtime/test_launch_distributed.py); only the wall time per step
 differs. Steps/s comes from the HF Trainer's train_runtime (excludes start-up and evaluation).
 Every run goes through `tokalign train ... launcher=...`, as a user types it.
 

@@ -13,11 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import MISSING, DictConfig
 
 from tokalign.config import knob
+
+if TYPE_CHECKING:
+    from tokalign.artifacts.tracking import Tracker
 
 
 class DataKind(StrEnum):
@@ -36,6 +39,38 @@ class MethodConfig:
     name: str = knob(MISSING, help="how runs, tables and W&B call it")
 
 
+class RunContext(Protocol):
+    """What a method's `train(run)` may use of the run it trains in (`tokalign.runtime.run.Run` provides it).
+
+    Methods stay below the run layer: they get this object, never import the code that builds it.
+    """
+
+    cfg: DictConfig  # the resolved, validated config
+    dir: Path  # the run directory
+    rank: int  # this process's global rank
+    method: "Method"  # the method being run (a preset's `config` may be a subclass of another's)
+    model_path: str  # the starting policy, resolved to a local directory
+    tokenizer: Any  # its tokenizer
+    train_data: Any  # the screened training rows (a `datasets.Dataset` of the method's DataKind)
+    tracker: "Tracker"  # metrics.jsonl and W&B
+
+    def load_policy(self) -> Any:
+        """A fresh copy of the starting policy (the reference, or the model to train)."""
+        ...
+
+    def resume_checkpoint(self) -> Path | None:
+        """The verified checkpoint to continue from under resume=auto, or None."""
+        ...
+
+    def train_nested(self, cfg: DictConfig) -> dict[str, Any]:
+        """Train another run in this process (a model this run needs, e.g. a DPO model)."""
+        ...
+
+    def save_model(self, model: Any, tokenizer: Any, state_dict: dict | None = None) -> Path:
+        """Write the final model atomically (rank 0) and return where it is."""
+        ...
+
+
 @dataclass(frozen=True)
 class Method:
     """A method as generic code sees it.
@@ -50,7 +85,7 @@ class Method:
     name: str
     config: type
     data: DataKind
-    train: Callable[[Any], dict]
+    train: Callable[[RunContext], dict]
     description: str
     check: Callable[[DictConfig], None] | None = None
     view: Callable[[Any], Any] | None = None

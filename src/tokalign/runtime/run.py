@@ -25,7 +25,7 @@ from tokalign.artifacts.checkpoint import (
 )
 from tokalign.artifacts.files import atomic_text, storage_errors
 from tokalign.artifacts.tracking import Tracker
-from tokalign.bases.contract import DataKind
+from tokalign.bases.contract import DataKind, Method
 from tokalign.config import option
 
 TRAIN_METRICS = "train.json"
@@ -36,7 +36,17 @@ def _say(message: str) -> None:
 
 
 class Run:
-    """What a method's `train(run)` gets: config, run dir, tracker, tokenizer, data, model loading."""
+    """What a method's `train(run)` gets (the `RunContext` protocol): config, run dir, tracker, tokenizer,
+    data, model loading."""
+
+    cfg: DictConfig
+    dir: Path
+    rank: int
+    method: Method
+    model_path: str
+    tokenizer: Any
+    train_data: Any
+    tracker: Tracker
 
     def __init__(self, cfg: DictConfig, rank: int = 0):
         """Everything that can fail on the user's input (model, tokenizer, data, disk) is checked
@@ -54,7 +64,7 @@ class Run:
         self.train_data, self.data_metrics = self._train_data()
         self.tracker = Tracker(cfg, self.dir, rank=rank)
 
-    def load_policy(self):
+    def load_policy(self) -> Any:
         from tokalign.modeling.models import load_causal_lm
 
         return load_causal_lm(self.model_path, dtype=option(self.cfg.model.dtype),
@@ -132,7 +142,7 @@ class Run:
         """Train another run in this process (a model this run needs, e.g. a DPO guidance)."""
         return run_training(cfg)
 
-    def save_model(self, model, tokenizer, state_dict=None) -> Path:
+    def save_model(self, model: Any, tokenizer: Any, state_dict: dict | None = None) -> Path:
         from tokalign.artifacts.checkpoint import save_pretrained_atomic
 
         if self.rank == 0:

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
 from tokalign import rewards
+from tokalign.bases.ppo import config as ppo
 from tokalign.bases.ppo.advantages import advantages_and_returns, segments
 from tokalign.bases.ppo.models import load_critic, response_logits, token_logps
 from tokalign.bases.ppo.rollout import Rollout, prompt_batch, response_mask
@@ -20,7 +21,6 @@ from tokalign.losses import (
     ppo_value_loss,
     whiten,
 )
-from tokalign.bases.ppo import config as ppo
 
 
 @pytest.mark.parametrize("preset", ["ppo", "ma_ppo"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tokalign.bases.contract import DataKind, Method, MethodConfig
-from tokalign.config import knob, option
+from tokalign.bases.contract import MethodConfig
+from tokalign.config import knob
 
 
 class LossType(StrEnum):

@@ -11,7 +11,7 @@ so they give the same loss. A subclass names its `sources` and implements `froze
 
 Hooks overridden: `compute_loss`, `prediction_step`, `log` (public Trainer API) and
 `_precompute_ref_logps`, `_set_signature_columns_if_needed` (private; pinned by
-tests/methods/dpo/test_trl_hooks.py).
+tests/bases/dpo/test_trl_hooks.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from typing import Any, Optional
 from omegaconf import II, DictConfig
 
 from tokalign import rewards
-from tokalign.bases.contract import DataKind, Method, MethodConfig
+from tokalign.bases.contract import MethodConfig
 from tokalign.config import knob, option, require
 
 

@@ -8,7 +8,7 @@ marks the same completion tokens, whose scores then land on the training batch's
 r̂ and the reference log-probs are per-token values of frozen models: precomputed once per
 dataset and cached, or computed from each batch (`tokalign.bases.dpo.token_level`).
 
-Extra hook overridden: `_prepare_dataset` (private; pinned by tests/methods/dpo/test_trl_hooks.py).
+Extra hook overridden: `_prepare_dataset` (private; pinned by tests/bases/dpo/test_trl_hooks.py).
 """
 
 from __future__ import annotations
