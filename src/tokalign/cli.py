@@ -219,24 +219,24 @@ def train(argv: list[str]) -> None:
 
 
 def evaluate(argv: list[str]) -> None:
-    import json
-
     from omegaconf import OmegaConf
 
     from tokalign.config import RolloutConfig
+    from tokalign.files import strict_json
 
     try:
         args = _args(argv, COMMANDS["eval"])
         overrides = OmegaConf.create(args.get("eval", {}))  # only what was given: the run's own settings stand
         rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
-        from tokalign.evaluate import evaluate_run
+        from tokalign.evaluate import evaluate_run, log_to_wandb
 
-        metrics, _, _ = evaluate_run(args["run_dir"], overrides, rollout=rollout,
-                                     trust_remote_code=bool(args.get("trust_remote_code")))
+        metrics, columns, rows = evaluate_run(args["run_dir"], overrides, rollout=rollout,
+                                              trust_remote_code=bool(args.get("trust_remote_code")))
+        log_to_wandb(Path(args["run_dir"]), metrics, columns, rows)
     except _user_errors() as err:
         _fail(err)
-    print(json.dumps(metrics, indent=2))
-    print(f"wrote {Path(args['run_dir']) / 'eval.json'}")
+    print(strict_json(metrics, indent=2))
+    print(f"wrote {Path(args['run_dir']) / 'eval.json'} (earlier evaluations: {Path(args['run_dir']) / 'evals'})")
 
 
 def _list(value) -> list[str] | None:
@@ -257,7 +257,7 @@ def table(argv: list[str]) -> None:
         result, files = make_report(
             _list(args.get("runs")) or [], out=args.get("out"), group_by=_list(args.get("group_by")),
             metrics=_list(args.get("metrics")), curves=_list(args.get("curves")), wandb=args.get("wandb"),
-            wandb_group=args.get("wandb_group"), title=args.get("title"),
+            wandb_group=args.get("wandb_group"), title=args.get("title"), mixed_eval=bool(args.get("mixed_eval")),
         )
     except (*_user_errors(), FileNotFoundError) as err:
         _fail(err)
@@ -302,7 +302,8 @@ COMMANDS = {
          Arg("curves", "training metrics to plot over steps (default: loss and reward-like keys)"),
          Arg("wandb", "read runs from W&B instead: <entity>/<project>"),
          Arg("wandb_group", "only the W&B runs of this group"),
-         Arg("title", "a title above the table")],
+         Arg("title", "a title above the table"),
+         Arg("mixed_eval", "true: tabulate runs evaluated with different settings (refused by default; the table names them)")],
         ["tokalign table runs=multirun/2026-11-27_12-00-00",
          "tokalign table runs=multirun/... group_by=[method.name] metrics=[eval/win_rate] out=table/"],
     ),

@@ -19,15 +19,13 @@ from tokalign.views import ViewContext, render_html
 
 
 def _log_to_wandb(cfg: DictConfig, run_dir: Path, page: str) -> None:
-    id_file = run_dir / "wandb_id.txt"
-    if cfg.logger.name != "wandb" or not id_file.exists():
+    from tokalign.tracking import resume_wandb
+
+    run = resume_wandb(cfg, run_dir)
+    if run is None:
         return
     import wandb
 
-    from tokalign.tracking import wandb_mode
-
-    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=id_file.read_text().strip(), resume="allow",
-                     dir=str(run_dir), mode=wandb_mode(str(cfg.logger.mode)))
     run.log({"inspect/tokens": wandb.Html(page)})
     run.finish()
 

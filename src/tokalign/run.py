@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.checkpoint import complete_checkpoints, discard_incomplete, step_of, verify
 from tokalign.config import option
-from tokalign.files import atomic_text, storage_errors
+from tokalign.files import atomic_text, storage_errors, strict_json
 from tokalign.methods.base import DataKind
 from tokalign.methods.registry import get_method
 from tokalign.tracking import Tracker
@@ -196,7 +196,7 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
             if metrics.get("train/runtime_s") is not None:
                 metrics["train/runtime_s"] = round(earlier + metrics["train/runtime_s"], 1)
             if rank == 0:
-                atomic_text(trained, json.dumps(metrics, indent=2, default=str))
+                atomic_text(trained, strict_json(metrics, indent=2, default=str))
         if cfg.launcher.name == "deepspeed":
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -204,7 +204,7 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
         if rank == 0 and cfg.eval.at_end:
             metrics.update(_evaluate(cfg, run, metrics))
         if rank == 0:
-            atomic_text(run_dir / "summary.json", json.dumps(metrics, indent=2, default=str))
+            atomic_text(run_dir / "summary.json", strict_json(metrics, indent=2, default=str))
             run.tracker.summary(metrics)
     finally:
         wandb_dir = run.tracker.wandb_dir

@@ -16,7 +16,7 @@ def print_summary(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value))
     console = Console(soft_wrap=True)
     console.print(table)
     console.print(f"run dir     {run_dir}")

@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
-from tokalign.files import atomic_text, storage_errors
+from tokalign.files import atomic_text, finite, storage_errors, strict_json
 
 
 def _logged_in() -> bool:
@@ -43,14 +43,6 @@ def wandb_mode(requested: str) -> str:
 def _new_run_id() -> str:
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _scalar(v: Any) -> Any:
-    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 class Tracker:
@@ -79,7 +71,7 @@ class Tracker:
 
     def _write_attempts(self) -> None:
         self.attempts[-1]["last"] = time.time()
-        atomic_text(self.attempts_path, json.dumps(self.attempts))
+        atomic_text(self.attempts_path, strict_json(self.attempts))
 
     def _start_wandb(self, cfg: DictConfig):
         import wandb
@@ -97,9 +89,9 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.rank != 0:
             return
-        row = {k: _scalar(v) for k, v in metrics.items()}
+        row = finite(dict(metrics))
         with storage_errors(self.metrics_path), self.metrics_path.open("a") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+            f.write(strict_json({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
         self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
@@ -112,7 +104,7 @@ class Tracker:
         if self.rank != 0 or not self.metrics_path.exists():
             return
         kept = [row for row in read_metrics(self.run_dir) if row.get("step", math.inf) <= step]
-        atomic_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        atomic_text(self.metrics_path, "".join(strict_json(row) + "\n" for row in kept))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.wandb_run is not None:
@@ -122,7 +114,7 @@ class Tracker:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb_run is not None:
-            self.wandb_run.summary.update({k: _scalar(v) for k, v in metrics.items()})
+            self.wandb_run.summary.update(finite(dict(metrics)))
 
     @property
     def wandb_dir(self) -> str | None:
@@ -132,6 +124,17 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def resume_wandb(cfg: DictConfig, run_dir: Path):
+    """The run's own W&B run, resumed by the id it keeps (for a later `eval` or `inspect`), or None without one."""
+    id_file = Path(run_dir) / "wandb_id.txt"
+    if option(cfg.logger.name) != "wandb" or not id_file.exists():
+        return None
+    import wandb
+
+    return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=id_file.read_text().strip(),
+                      resume="allow", dir=str(run_dir), mode=wandb_mode(str(option(cfg.logger.mode))))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

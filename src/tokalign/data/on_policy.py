@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from tokalign.files import atomic_text
+from tokalign.files import atomic_text, strict_json
 from tokalign.generation import generate
 
 
@@ -90,4 +90,4 @@ def _sample_pairs(path: Path, prompts: list[Any], *, model, tokenizer, model_pat
                 "score_chosen": scores[best],
                 "score_rejected": scores[worst],
             })
-    atomic_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_text(path, "".join(strict_json(r) + "\n" for r in rows))

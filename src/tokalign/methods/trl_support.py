@@ -38,6 +38,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         fp16=precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
+        logging_first_step=True,  # a run shorter than logging_steps still logs its first and last loss
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
@@ -91,6 +92,8 @@ def _finite_parameters(model) -> bool:
 class TrackerCallback(TrainerCallback):
     """Sends the trainer's logs to the run's tracker (metrics.jsonl + W&B); stops before a bad save.
 
+    The first and the last step are always logged (with the logging_steps between them).
+
     Before every checkpoint the loss and gradient norm are logged (the logged loss sums every
     step since the previous log, so a NaN anywhere stays NaN) and the weights are checked, so a
     diverged model is never saved: a `DivergenceError` stops the run first.
@@ -100,6 +103,8 @@ class TrackerCallback(TrainerCallback):
         self.tracker = tracker
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= state.max_steps:  # the last loss, whatever logging_steps
+            control.should_log = True
         if control.should_save:
             control.should_log = True
             if model is not None and not _finite_parameters(model):
@@ -175,8 +180,8 @@ def run_trainer(run, trainer) -> dict[str, Any]:
     run.save_model(model, trainer.processing_class, state_dict=state_dict)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
-        "train/loss_first": history[0]["loss"] if history else float("nan"),
-        "train/loss_last": history[-1]["loss"] if history else float("nan"),
+        "train/loss_first": history[0]["loss"] if history else None,
+        "train/loss_last": history[-1]["loss"] if history else None,
         "train/runtime_s": result.metrics.get("train_runtime"),
         "train/steps": trainer.state.global_step,
     }

@@ -226,7 +226,7 @@ def fit(run, **setup_args) -> dict:
             done = step + 1
             progress.set_postfix(reward=f"{row['reward']:.3g}", kl=f"{row['kl']:.3g}", refresh=False)
             progress.update()
-            if done % max(1, t.logging_steps) == 0 or done == tr.steps:
+            if done % max(1, t.logging_steps) == 0 or done in (1, tr.steps):  # first and last always
                 log(done)
             saved = t.save_steps > 0 and done % t.save_steps == 0
             if saved:
