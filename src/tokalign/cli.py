@@ -323,13 +323,21 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: tokalign <command> [arguments ...]", "", "commands:"]
     lines += [f"  {c.name:<9}{c.summary}" for c in COMMANDS.values()]
-    lines += ["", "`tokalign <command> --help` describes a command's arguments.",
+    lines += ["", "`tokalign <command> --help` describes a command's arguments; `-v` shows the libraries' own warnings too.",
               "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/)."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-v", "--verbose"} & set(argv):  # the libraries' own lines too (workers inherit it)
+        argv = [a for a in argv if a not in ("-v", "--verbose")]
+        os.environ["TOKALIGN_VERBOSE"] = "1"
+    from tokalign.tracking import quiet
+
+    quiet()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return

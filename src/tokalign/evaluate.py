@@ -37,6 +37,7 @@ from tokalign.generation import generate, prompt_text, sequence_logps
 from tokalign.methods.base import DataKind
 from tokalign.methods.registry import get_method
 from tokalign.rundir import load_run_config
+from tokalign.tracking import stage
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -223,7 +224,10 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, ro
         metrics, columns, rows = method.evaluate(cfg, run_dir)
     else:
         tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
-        metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
+        e = cfg.eval
+        with stage(f"evaluating {run_dir}: policy and reference on up to {e.num_prompts} held-out prompts, "
+                   f"{e.num_samples} sample(s) each"):
+            metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
     record_evaluation(run_dir, metrics, settings(cfg))
     return metrics, columns, rows[: cfg.eval.num_table_rows]
 

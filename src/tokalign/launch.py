@@ -33,6 +33,7 @@ from tokalign.distributed import deepspeed_config
 from tokalign.errors import LaunchError, UserError
 from tokalign.files import atomic_text
 from tokalign.rundir import claim, die_with_parent
+from tokalign.tracking import say
 
 DEFAULT_MULTINODE_PORT = 29500
 
@@ -154,7 +155,7 @@ def launch(cfg: DictConfig) -> dict:
     with claim(run_dir) as lock_fd:
         summary = run_dir / "summary.json"
         if option(cfg.resume) == "auto" and summary.exists():
-            print(f"tokalign: {run_dir} already finished (summary.json); nothing to do", flush=True)
+            say(f"{run_dir} already finished (summary.json); nothing to do")
             return json.loads(summary.read_text())
         earlier = _previous_run(run_dir)
         if option(cfg.resume) == "never" and earlier:
@@ -171,7 +172,7 @@ def launch(cfg: DictConfig) -> dict:
             cmd = [sys.executable, "-m", "tokalign.worker", str(config_path)]  # nothing to synchronise
         else:
             cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
-        print("tokalign: launching", " ".join(cmd), flush=True)
+        say("launching " + " ".join(cmd))
         rc = _spawn(cmd, lock_fd, run_dir)
     if rc != 0:
         raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")

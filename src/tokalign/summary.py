@@ -22,6 +22,7 @@ def print_summary(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any], wandb
     console.print(f"run dir     {run_dir}")
     console.print(f"model       {run_dir / 'model'}")
     console.print(f"metrics     {run_dir / 'metrics.jsonl'}")
-    console.print(f"eval        {run_dir / 'eval.json'}")
+    if (run_dir / "eval.json").exists():
+        console.print(f"eval        {run_dir / 'eval.json'}")
     if wandb_dir:
         console.print(f"wandb       {wandb_dir}" + ("   (offline: `wandb sync` it to upload)" if "offline-run" in wandb_dir else ""))

@@ -6,16 +6,24 @@ run directory (`wandb sync <dir>` uploads it later). The W&B run id is kept in t
 directory so that a resumed run continues the same W&B run. `attempts.json` records when each
 attempt (first run, resumes after a kill or a requeue) started and last logged, so that the
 summary's times add up over attempts.
+
+What a run says goes through the `tokalign` logger (`say`): to the console as `tokalign: ...` and
+to `<run_dir>/tokalign.log` (`log_file`). `quiet()` silences the libraries' lines a user would
+have to learn to ignore, unless `-v` (TOKALIGN_VERBOSE=1) asks for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import sys
 import secrets
 import string
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,103 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
 from tokalign.files import atomic_text, finite, storage_errors, strict_json
+
+
+LOG = logging.getLogger("tokalign")
+VERBOSE_ENV = "TOKALIGN_VERBOSE"
+
+# Library lines that say nothing about this run: (logger or warning category, start of the message).
+_NOISE_WARNINGS = (
+    (FutureWarning, r"`(is_)?gradient_checkpointing` is deprecated"),  # transformers' rename, read by TRL
+    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
+)
+_NOISE_LOGS = {
+    "DeepSpeed": ("Setting accelerator to CPU",),  # said at import on every machine without a GPU
+}
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """One line of the run's own: on the console and in the run's tokalign.log."""
+    LOG.log(level, message)
+
+
+@contextlib.contextmanager
+def stage(what: str, done: str = "done") -> Iterator[None]:
+    """A wait the user sees coming: what it does before it starts, and how long it took once done
+    (the progress bars inside it give the ETA)."""
+    say(f"{what} ...")
+    started = time.time()
+    yield
+    say(f"{what}: {done} in {time.time() - started:.0f} s")
+
+
+def progress(total: int, desc: str, unit: str = "it", disable: bool = False):
+    """A progress bar with an ETA, in the style of the training bar (tqdm), gone once finished."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+class _Drop(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.starts)
+
+
+def quiet() -> None:
+    """The console shows tokalign's own lines (`tokalign: ...`); known library noise is dropped unless verbose."""
+    import warnings
+
+    if not any(getattr(h, "_tokalign", False) for h in LOG.handlers):
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter("tokalign: %(message)s"))
+        console._tokalign = True  # type: ignore[attr-defined]
+        LOG.addHandler(console)
+        # one voice per run: a worker of rank > 0 says only what goes wrong
+        LOG.setLevel(logging.WARNING if int(os.environ.get("RANK", "0")) else logging.DEBUG if verbose() else logging.INFO)
+        LOG.propagate = False
+    if verbose():
+        return
+    for category, message in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, starts in _NOISE_LOGS.items():
+        logger = logging.getLogger(name)  # a filter set before the library makes its logger stays on it
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(starts))
+
+
+def quiet_imports() -> None:
+    """Import, with WANDB_MODE unset, what prints about it at import ("Running in WANDB offline mode",
+    transformers' W&B integration, imported by TRL whatever the logger): W&B says what it does itself."""
+    if verbose() or "WANDB_MODE" not in os.environ or "transformers.integrations.integration_utils" in sys.modules:
+        return
+    mode = os.environ.pop("WANDB_MODE")
+    try:
+        import transformers.integrations.integration_utils  # noqa: F401
+    finally:
+        os.environ["WANDB_MODE"] = mode
+
+
+@contextlib.contextmanager
+def log_file(run_dir: Path) -> Iterator[None]:
+    """The run's own lines also go to <run_dir>/tokalign.log (appended: a resumed run continues it)."""
+    handler = logging.FileHandler(Path(run_dir) / "tokalign.log")
+    if LOG.getEffectiveLevel() > logging.INFO:  # used as a library, without quiet()
+        LOG.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
 
 
 def _logged_in() -> bool:

@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     from tokalign.compose import validate
     from tokalign.run import run_training
 
+    from tokalign.tracking import quiet
+
     die_with_parent()
+    quiet()
     preemption.install()  # a scheduler's signal during start-up waits for the first step boundary
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from tokalign.files import atomic_text, strict_json
 from tokalign.generation import generate
+from tokalign.tracking import stage
 
 
 def _key(model_path: str, prompts: list[Any], settings: dict) -> str:
@@ -58,9 +59,11 @@ def build_pairs(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.exists():
-            _sample_pairs(path, prompts, model=model, tokenizer=tokenizer, model_path=model_path, scorer=scorer,
-                          num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, seed=seed, rollout=rollout)
+            with stage(f"sampling on-policy pairs: {num_samples} responses to each of {len(prompts)} prompts, ranked by "
+                       f"{scorer_name}, once (cached at {path})"):
+                _sample_pairs(path, prompts, model=model, tokenizer=tokenizer, model_path=model_path, scorer=scorer,
+                              num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, seed=seed, rollout=rollout)
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

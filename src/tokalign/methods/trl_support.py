@@ -13,6 +13,7 @@ from tokalign.checkpoint import latest_checkpoint, seal
 from tokalign.config import option, world_size
 from tokalign.distributed import backend, deepspeed_config
 from tokalign.errors import DivergenceError
+from tokalign.tracking import say
 
 
 def trl_args(run, **method_args: Any) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         num_train_epochs=t.num_epochs,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         logging_first_step=True,  # a run shorter than logging_steps still logs its first and last loss
         save_strategy="steps" if t.save_steps > 0 else "no",
@@ -48,6 +49,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         data_seed=cfg.seed,
         report_to="none",
         dataloader_num_workers=t.num_workers,
+        dataloader_pin_memory=_has_gpu(),  # pinning needs an accelerator; torch warns on every loader otherwise
         disable_tqdm=False,
         max_length=t.max_length,
         # The HF default replaces a NaN/inf step loss by the running mean, hiding divergence.
@@ -63,6 +65,12 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         args.update(deepspeed=deepspeed_config(cfg), accelerator_config={"use_configured_state": True})
     args.update(method_args)
     return args
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def peft_config(run):
@@ -156,7 +164,7 @@ class PreemptionCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if self.handing_over:
-            print(f"tokalign: preempted: saved checkpoint-{state.global_step}, handing over for requeue", flush=True)
+            say(f"preempted: saved checkpoint-{state.global_step}, handing over for requeue")
             preemption.hand_over()
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tokalign.config import world_size
 from tokalign.errors import ConfigError, ModelError
 from tokalign.files import atomic_dir
+from tokalign.tracking import stage
 
 
 def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tuple[DictConfig, str]:
@@ -58,6 +59,7 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
                           f"(a method=dpo run of the same setting) and pass {knob}=<its run dir>/model")
     sub, _ = dpo_run_config(run.cfg, beta=beta, reverse=reverse)
     final.parent.parent.mkdir(parents=True, exist_ok=True)
+    what = f"the {'reverse-' if reverse else ''}DPO model of {knob} (β={beta})"
     with FileLock(str(final.parent) + ".lock"):
         if not (final / "config.json").exists():
             def train(tmp: Path) -> None:
@@ -65,7 +67,9 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
                     sub.output_dir = str(tmp)
                 run.train_nested(sub)
 
-            atomic_dir(final.parent, train, replace=False)
+            with stage(f"building {what}: a method=dpo run on this model and data, once (later runs reuse it)",
+                       done=f"built, cached at {final}"):
+                atomic_dir(final.parent, train, replace=False)
     return final
 
 

@@ -35,6 +35,7 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 from tokalign.methods.dpo.frozen import frozen_forward, prepare_frozen, token_logps
 from tokalign.methods.dpo.metrics import WindowExtrema
 from tokalign.methods.dpo.precompute import cached_columns, compute_sharded, weights_hash
+from tokalign.tracking import stage
 
 CACHE_FORMAT = 2
 SIDES = ("chosen", "rejected")
@@ -187,7 +188,9 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         self._precomputing = True
         try:
-            return compute_sharded(chunks, values, lockstep=zero3)
+            with stage(f"precomputing per-token values ({', '.join(self.sources)}) of {len(dataset)} pairs, once "
+                       "(cached for later runs)"):
+                return compute_sharded(chunks, values, lockstep=zero3, desc="per-token log-probs")
         finally:
             self._precomputing = False
 

@@ -22,6 +22,7 @@ from tokalign.checkpoint import latest_checkpoint
 from tokalign.config import option
 from tokalign.errors import DivergenceError
 from tokalign.losses import masked_mean
+from tokalign.tracking import say
 from tokalign.methods.ppo import reward_spec, settings
 from tokalign.methods.ppo.advantages import Whiten, advantages_and_returns, segments
 from tokalign.methods.ppo.checkpoint import load_checkpoint, save_checkpoint
@@ -236,7 +237,7 @@ def fit(run, **setup_args) -> dict:
                 if not saved:
                     log(done)
                     save(done)
-                print(f"tokalign: preempted: saved checkpoint-{done}, handing over for requeue", flush=True)
+                say(f"preempted: saved checkpoint-{done}, handing over for requeue")
                 preemption.hand_over()
             if request.stop:
                 raise preemption.Stopped(f"stopped by SIGTERM at iteration {done} (cancelled or out of time); "
