@@ -121,10 +121,11 @@ def _preflight(argv: list[str]) -> None:
     """A single run's config and run directory, checked before Hydra starts anything."""
     from omegaconf import OmegaConf, open_dict
 
-    from tokalign.compose import validate
+    from tokalign.compose import name_local_data, validate
     from tokalign.rundir import check_writable
 
     cfg, _ = _compose(argv)
+    name_local_data(cfg, argv)
     check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
     with open_dict(cfg):
         del cfg["hydra"]
@@ -172,7 +173,7 @@ def train(argv: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from tokalign.compose import register, validate
+    from tokalign.compose import name_local_data, register, validate
 
     register()
     if not any(a.startswith("-") for a in argv):  # a single run: every error before anything starts, in one line
@@ -196,6 +197,7 @@ def train(argv: list[str]) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
             cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # a sweep's runs are one W&B group
         try:
+            name_local_data(cfg, list(hydra_cfg.overrides.task))
             cfg = validate(cfg)
             OmegaConf.resolve(cfg)
             return launch(cfg)
