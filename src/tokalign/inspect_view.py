@@ -2,7 +2,8 @@
 
 The run's method builds the view (`Method.view`, recomputed from the run's models with the
 public `tokalign.losses` functions); this module renders it as a self-contained HTML page
-(`<run_dir>/inspect.html`; each token's values are in its tooltip and `data-*` attributes)
+(`<run_dir>/inspect.html`: a colour key, each response under its prompt, each token's values printed
+under it and kept in its tooltip and `data-*` attributes)
 and logs it to the run's W&B run as `wandb.Html` when it has one.
 """
 

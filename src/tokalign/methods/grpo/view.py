@@ -13,7 +13,7 @@ import torch
 
 from tokalign import rewards
 from tokalign.config import option
-from tokalign.generation import generate
+from tokalign.generation import generate, prompt_text
 from tokalign.methods.base import DataKind
 from tokalign.views import TokenSeq, View, ViewContext, pieces, response_ids, response_logps
 
@@ -58,5 +58,6 @@ def group_view(ctx: ViewContext, select: Select | None = None) -> View:
                 {"A_H": (adv[j].abs() * e).tolist(), "A": [adv[j].item()] * n, "H": e.tolist()}, "A_H",
                 kept=token_mask[j, :n].tolist(), dropped=j not in keep_rows,
                 note=f"reward {scores[j].item():.3g} · A {adv[j].item():.3g}" + ("" if j in keep_rows else " · dropped"),
+                prompt=prompt_text(ex["prompt"]),
             ))
     return view

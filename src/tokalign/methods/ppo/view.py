@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from tokalign import rewards
+from tokalign.generation import prompt_text
 from tokalign.methods.base import DataKind
 from tokalign.methods.ppo import Config, reward_spec, settings
 from tokalign.methods.ppo.advantages import advantages_and_returns, segments
@@ -63,5 +64,6 @@ def macro_view(ctx: ViewContext, *, schema: type = Config, frozen: dict | None =
              **{name: values[i][valid].tolist() for name, values in extra.items()}},
             color, starts=[j == 0 or seg[j] != seg[j - 1] for j in range(len(seg))],
             note=f"score {s.scores[i].item():.4g} · {max(seg) + 1 if seg else 0} macro actions for {len(seg)} tokens",
+            prompt=prompt_text(batch["prompt"][i]),
         ))
     return view
