@@ -72,6 +72,18 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
 
 
+class _Console(logging.StreamHandler):
+    """stdout as it is when a line is said (not when the handler was made: a test's capture, a redirect)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 class _Drop(logging.Filter):
     def __init__(self, starts: tuple[str, ...]):
         super().__init__()
@@ -85,10 +97,9 @@ def quiet() -> None:
     """The console shows tokalign's own lines (`tokalign: ...`); known library noise is dropped unless verbose."""
     import warnings
 
-    if not any(getattr(h, "_tokalign", False) for h in LOG.handlers):
-        console = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _Console) for h in LOG.handlers):
+        console = _Console()
         console.setFormatter(logging.Formatter("tokalign: %(message)s"))
-        console._tokalign = True  # type: ignore[attr-defined]
         LOG.addHandler(console)
         # one voice per run: a worker of rank > 0 says only what goes wrong
         LOG.setLevel(logging.WARNING if int(os.environ.get("RANK", "0")) else logging.DEBUG if verbose() else logging.INFO)
