@@ -97,3 +97,36 @@ def test_a_short_run_logs_first_and_last_loss_and_every_evaluation_is_kept(train
     assert latest["settings"]["eval.num_samples"] == 2 and latest["eval/num_prompts"] == 4
     kept = sorted(_strict(p.read_text())["settings"]["eval.num_samples"] for p in (run_dir / "evals").glob("*.json"))
     assert kept == [1, 2]
+
+
+def test_a_command_line_evaluation_is_logged_to_the_runs_wandb_run(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from tokalign.evaluate import log_to_wandb
+
+    logged = {}
+
+    class Run:
+        summary = types.SimpleNamespace(update=lambda row: logged.update(summary=row))
+
+        def log(self, row):
+            logged.update(row)
+
+        def finish(self):
+            logged["finished"] = True
+
+    def init(**kwargs):
+        logged["init"] = kwargs
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, Table=lambda columns, data: (columns, data)))
+    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": False}, "logger": {
+        "name": "wandb", "project": "p", "entity": None, "mode": "offline"}}))
+    log_to_wandb(tmp_path, {"eval/win_rate": 0.5}, ["prompt"], [["hi"]])
+    assert logged == {}  # the run has no W&B run
+    (tmp_path / "wandb_id.txt").write_text("abc123\n")
+    log_to_wandb(tmp_path, {"eval/win_rate": 0.5}, ["prompt"], [["hi"]])
+    assert logged["init"]["id"] == "abc123" and logged["init"]["resume"] == "allow"  # the same W&B run, resumed
+    assert logged["eval/win_rate"] == 0.5 and logged["eval/samples"] == (["prompt"], [["hi"]])
+    assert logged["summary"] == {"eval/win_rate": 0.5} and logged["finished"]
