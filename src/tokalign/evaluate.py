@@ -37,7 +37,7 @@ from tokalign.generation import generate, prompt_text, sequence_logps
 from tokalign.methods.base import DataKind
 from tokalign.methods.registry import get_method
 from tokalign.rundir import load_run_config
-from tokalign.tracking import stage
+from tokalign.tracking import resume_wandb, stage
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -255,8 +255,6 @@ def record_evaluation(run_dir: Path, metrics: dict, used: dict) -> Path:
 
 def log_to_wandb(run_dir: Path, metrics: dict, columns: list[str], rows: list[list[Any]]) -> None:
     """A command-line evaluation into the run's own W&B run (resumed by its id), when it has one."""
-    from tokalign.tracking import resume_wandb
-
     cfg = load_run_config(run_dir)
     run = resume_wandb(cfg, run_dir)
     if run is None:

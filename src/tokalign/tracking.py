@@ -19,9 +19,9 @@ import json
 import logging
 import math
 import os
-import sys
 import secrets
 import string
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +31,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
 from tokalign.files import atomic_text, finite, storage_errors, strict_json
-
 
 LOG = logging.getLogger("tokalign")
 VERBOSE_ENV = "TOKALIGN_VERBOSE"
