@@ -144,9 +144,9 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
     """Segmentation + macro GAE + whitening on rollout-shaped tensors, n=5 vs n=1 (median seconds)."""
     import torch
 
+    from tokalign.bases.ppo import config as ppo
     from tokalign.bases.ppo.advantages import advantages_and_returns, segments
     from tokalign.losses import kl_penalty_rewards
-    from tokalign.bases.ppo import config as ppo
 
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, args.length)

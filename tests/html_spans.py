@@ -1,4 +1,5 @@
-"""The spans of a rendered token view: each token's text, class, style and data attributes."""
+"""The token spans of a rendered token view: each token's text, class, style and data attributes
+(the printed values beside them, and the colour key, are other spans)."""
 
 from __future__ import annotations
 
@@ -27,4 +28,4 @@ class Spans(HTMLParser):
 def parse(page: str) -> list[dict]:
     p = Spans()
     p.feed(page)
-    return p.spans
+    return [s for s in p.spans if "tok" in (s.get("class") or "").split()]

@@ -121,10 +121,11 @@ def _preflight(argv: list[str]) -> None:
     """A single run's config and run directory, checked before Hydra starts anything."""
     from omegaconf import OmegaConf, open_dict
 
-    from tokalign.app.compose import validate
+    from tokalign.app.compose import name_local_data, validate
     from tokalign.artifacts.rundir import check_writable
 
     cfg, _ = _compose(argv)
+    name_local_data(cfg, argv)
     check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
     with open_dict(cfg):
         del cfg["hydra"]
@@ -172,7 +173,7 @@ def train(argv: list[str]) -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from tokalign.app.compose import register, validate
+    from tokalign.app.compose import name_local_data, register, validate
 
     register()
     if not any(a.startswith("-") for a in argv):  # a single run: every error before anything starts, in one line
@@ -196,6 +197,7 @@ def train(argv: list[str]) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
             cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # a sweep's runs are one W&B group
         try:
+            name_local_data(cfg, list(hydra_cfg.overrides.task))
             cfg = validate(cfg)
             OmegaConf.resolve(cfg)
             return launch(cfg)
@@ -219,24 +221,24 @@ def train(argv: list[str]) -> None:
 
 
 def evaluate(argv: list[str]) -> None:
-    import json
-
     from omegaconf import OmegaConf
 
+    from tokalign.artifacts.files import strict_json
     from tokalign.config import RolloutConfig
 
     try:
         args = _args(argv, COMMANDS["eval"])
         overrides = OmegaConf.create(args.get("eval", {}))  # only what was given: the run's own settings stand
         rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
-        from tokalign.analysis.evaluate import evaluate_run
+        from tokalign.analysis.evaluate import evaluate_run, log_to_wandb
 
-        metrics, _, _ = evaluate_run(args["run_dir"], overrides, rollout=rollout,
-                                     trust_remote_code=bool(args.get("trust_remote_code")))
+        metrics, columns, rows = evaluate_run(args["run_dir"], overrides, rollout=rollout,
+                                              trust_remote_code=bool(args.get("trust_remote_code")))
+        log_to_wandb(Path(args["run_dir"]), metrics, columns, rows)
     except _user_errors() as err:
         _fail(err)
-    print(json.dumps(metrics, indent=2))
-    print(f"wrote {Path(args['run_dir']) / 'eval.json'}")
+    print(strict_json(metrics, indent=2))
+    print(f"wrote {Path(args['run_dir']) / 'eval.json'} (earlier evaluations: {Path(args['run_dir']) / 'evals'})")
 
 
 def _list(value) -> list[str] | None:
@@ -257,7 +259,7 @@ def table(argv: list[str]) -> None:
         result, files = make_report(
             _list(args.get("runs")) or [], out=args.get("out"), group_by=_list(args.get("group_by")),
             metrics=_list(args.get("metrics")), curves=_list(args.get("curves")), wandb=args.get("wandb"),
-            wandb_group=args.get("wandb_group"), title=args.get("title"),
+            wandb_group=args.get("wandb_group"), title=args.get("title"), mixed_eval=bool(args.get("mixed_eval")),
         )
     except (*_user_errors(), FileNotFoundError) as err:
         _fail(err)
@@ -302,7 +304,8 @@ COMMANDS = {
          Arg("curves", "training metrics to plot over steps (default: loss and reward-like keys)"),
          Arg("wandb", "read runs from W&B instead: <entity>/<project>"),
          Arg("wandb_group", "only the W&B runs of this group"),
-         Arg("title", "a title above the table")],
+         Arg("title", "a title above the table"),
+         Arg("mixed_eval", "true: tabulate runs evaluated with different settings (refused by default; the table names them)")],
         ["tokalign table runs=multirun/2026-11-27_12-00-00",
          "tokalign table runs=multirun/... group_by=[method.name] metrics=[eval/win_rate] out=table/"],
     ),
@@ -321,14 +324,22 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: tokalign <command> [arguments ...]", "", "commands:"]
-    lines += [f"  {c.name:<9}{c.description}" for c in COMMANDS.values()]
-    lines += ["", "`tokalign <command> --help` describes a command's arguments.",
+    lines += [f"  {c.name:<9}{c.summary}" for c in COMMANDS.values()]
+    lines += ["", "`tokalign <command> --help` describes a command's arguments; `-v` shows the libraries' own warnings too.",
               "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/)."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-v", "--verbose"} & set(argv):  # the libraries' own lines too (workers inherit it)
+        argv = [a for a in argv if a not in ("-v", "--verbose")]
+        os.environ["TOKALIGN_VERBOSE"] = "1"
+    from tokalign.artifacts.tracking import quiet
+
+    quiet()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return

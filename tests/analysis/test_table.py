@@ -1,4 +1,4 @@
-"""`tokalign table` on hand-written run directories: grouping, mean ± std, failures listed, files."""
+"""`tokalign table` on hand-written run directories: grouping, mean ± std, failures listed, files, mixed evaluations, short curves."""
 
 from __future__ import annotations
 
@@ -148,3 +148,46 @@ def test_replace_marked_block_rewrites_only_its_block(tmp_path):
     replace_marked_block(doc, "t", "| a |\n")
     replace_marked_block(doc, "t", "| b |")
     assert doc.read_text() == "# title\n\n<!-- t:begin -->\n| b |\n<!-- t:end -->\n"
+
+
+def _evaluated(root: Path, name: str, seed: int, num_samples: int) -> Path:
+    settings = {"eval.num_samples": num_samples, "eval.temperature": 0.7}
+    return fake_run(root, name, {"name": "dpo", "beta": 0.1}, seed, summary={"train/steps": 2},
+                    evals={"eval/win_rate": 0.5 + seed / 10, "settings": settings})
+
+
+def test_evaluations_with_different_settings_are_not_averaged_unless_told(tmp_path):
+    import pytest
+
+    from tokalign.errors import ConfigError
+
+    for seed, n in enumerate((1, 1, 4)):
+        _evaluated(tmp_path, f"dpo_s{seed}", seed, n)
+    with pytest.raises(ConfigError, match=r"eval.num_samples: 1 \(.*dpo_s0, .*dpo_s1\); 4 \(.*dpo_s2\).*mixed_eval=true"):
+        make_report([str(tmp_path)], out=tmp_path / "table")
+    table, _ = make_report([str(tmp_path)], out=tmp_path / "table", mixed_eval=True)
+    assert "Evaluated with different settings" in table.markdown() and "dpo_s2" in table.markdown()
+
+
+def test_a_curve_of_fewer_than_three_points_is_drawn_as_points(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tokalign.analysis.table import plot_curves
+
+    for seed in range(2):
+        fake_run(tmp_path, f"dpo_s{seed}", {"name": "dpo", "beta": 0.1}, seed, summary={"train/steps": 2}, losses=(0.7, 0.69))
+    records = [load_run(d) for d in find_run_dirs([tmp_path])]
+    figures = []
+    real_close = plt.close
+    plt.close = figures.append  # keep the figure to look at its axes
+    try:
+        written = plot_curves(records, ["method.name"], ["train/loss"], tmp_path, formats=("png",))
+    finally:
+        plt.close = real_close
+    ax = figures[0].axes[0]
+    assert written[0].exists() and ax.lines[0].get_linestyle() in ("None", "none", "")  # points, no line
+    assert list(ax.get_xticks()) == [10, 20] and ax.get_xlim() == (9, 21)  # the logged steps, not a fractional range
+    assert "2 logged steps" in ax.get_legend().get_texts()[0].get_text()

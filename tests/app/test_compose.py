@@ -120,3 +120,21 @@ def test_generation_lengths_and_learning_rate_follow_the_models_preset():
     own = _compose("method=grpo", "model=smollm2_135m", "method.max_completion_length=64", "trainer.learning_rate=1e-6")
     OmegaConf.resolve(own)
     assert (own.method.max_completion_length, own.trainer.learning_rate) == (64, 1e-6)
+
+
+def test_a_local_file_names_its_dataset_unless_a_name_is_given():
+    from omegaconf import OmegaConf, open_dict
+
+    from tokalign.app.compose import name_local_data, validate
+    from tokalign.cli import _compose
+
+    for overrides, name in ((["dataset.path=/data/pref_qgb.jsonl"], "pref_qgb"),
+                            (["dataset=hh_rlhf", "dataset.path=/data/hh_local/"], "hh_local"),
+                            (["dataset.path=/data/pref_qgb.jsonl", "dataset.name=mine"], "mine"),
+                            ([], "toy_pref")):
+        cfg, _ = _compose(overrides)
+        name_local_data(cfg, overrides)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        cfg = validate(cfg)
+        assert cfg.dataset.name == name and OmegaConf.select(cfg, "run_name") == f"dpo-tiny-{name}-s0"

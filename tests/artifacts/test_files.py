@@ -36,3 +36,16 @@ def test_a_full_disk_is_named(tmp_path):
     with pytest.raises(StorageError, match="no space left"):
         with storage_errors("/dev/full"):
             torch.save(torch.zeros(1000), "/dev/full")  # torch's zip writer: "unexpected pos"
+
+
+def test_run_files_are_strict_json():
+    """No NaN or Infinity tokens, which strict readers refuse: a non-finite or missing value is null."""
+    import json
+
+    import torch
+
+    from tokalign.artifacts.files import strict_json
+
+    text = strict_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": torch.tensor(float("-inf")), "d": None, "e": 2})
+    assert json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in {text}")) == {
+        "a": None, "b": [None, 1.5], "c": None, "d": None, "e": 2}

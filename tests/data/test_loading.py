@@ -88,3 +88,11 @@ def test_screening_drops_unusable_rows_and_counts_why(tiny_model):
     kept, counts = screen(datasets.Dataset.from_list(rows), "preference", load_tokenizer(tiny_model), 64)
     assert [r["chosen"] for r in kept] == ["hi there", "bye"]
     assert counts == {"empty field": 1, "chosen == rejected": 1, "prompt >= trainer.max_length=64 tokens": 1}
+
+
+def test_errors_about_a_local_file_name_the_file(tmp_path):
+    path = tmp_path / "pairs_qgb.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "answer": "b"}) + "\n")
+    cfg = _cfg(source="local", path=str(path))
+    with pytest.raises(DataError, match=f"dataset.path={path} cannot feed method=dpo"):
+        load_split(cfg, "preference", method="dpo")

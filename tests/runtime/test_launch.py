@@ -1,4 +1,4 @@
-"""Launchers: spawn commands, multi-node settings, impossible settings."""
+"""Launchers: spawn commands, multi-node settings, impossible settings, models and datasets out of reach."""
 
 from __future__ import annotations
 
@@ -77,3 +77,23 @@ def test_first_host_of_a_slurm_node_list(nodelist, host):
 def test_single_node_picks_a_free_port():
     addr, port = rendezvous(_cfg("launcher=ddp", "launcher.num_gpus=2").launcher)
     assert addr == "127.0.0.1" and port > 0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.path=meta-llama/Llama-3-8B"], "model.path=meta-llama/Llama-3-8B is not a Hugging Face checkpoint directory"),
+    (["model=llama3_8b_instruct", "launcher.num_gpus=8"], "model.hub_id=meta-llama/Meta-Llama-3-8B-Instruct is not in the "
+                                                          "local Hugging Face cache and HF_HUB_OFFLINE=1"),
+    (["dataset=hh_rlhf"], "dataset.hub_id=Anthropic/hh-rlhf is not in the local Hugging Face cache"),
+])
+def test_a_model_or_dataset_out_of_reach_is_one_line_before_any_worker(tmp_path, capsys, monkeypatch, overrides, message):
+    """Offline (HF_HUB_OFFLINE=1, as the tests run), a hub id that is not cached fails in the launcher's parent."""
+    from huggingface_hub import constants
+
+    from tests.conftest import run_cli
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("train", "launcher=ddp", "logger=none", f"hydra.run.dir={tmp_path}", *overrides)
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert "launching" not in out and not (tmp_path / "resolved.yaml").exists()  # nothing was spawned

@@ -10,11 +10,18 @@ from one temperature-1 sample per prompt. `eval.extra_rewards` adds each reward'
 policy and reference and its win rate. A method may replace all this with its own `evaluate`
 (a reward model reports pairwise accuracy). `eval.export` writes the policy's answers for
 external judges (tokalign.analysis.export).
+
+A command-line evaluation is validated like a training run (the same pass, the same one-line
+errors). Each evaluation writes its metrics and the settings that produced them to `eval.json`
+(the latest) and to `evals/<time>-<settings hash>.json` (every one kept), and, when the run has
+a W&B run, logs them to it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from math import comb
 from pathlib import Path
 from typing import Any
@@ -23,10 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign import rewards
 from tokalign.app.registry import get_method
-from tokalign.artifacts.files import atomic_text
+from tokalign.artifacts.files import atomic_text, strict_json
 from tokalign.artifacts.rundir import load_run_config
+from tokalign.artifacts.tracking import resume_wandb, stage
 from tokalign.bases.contract import DataKind
-from tokalign.config import EvalConfig
+from tokalign.config import EvalConfig, option
 from tokalign.data.chat import prompt_text
 from tokalign.data.loading import response_checks, task_of
 from tokalign.errors import ConfigError
@@ -200,6 +208,7 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, ro
     machine with the default, transformers). `trust_remote_code` is this call's own: a run
     directory's config never turns it on.
     """
+    from tokalign.app.compose import validate
     from tokalign.modeling.models import load_tokenizer
 
     run_dir = Path(run_dir)
@@ -207,6 +216,7 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, ro
     cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval, overrides or {})
     if rollout is not None:
         cfg.rollout = rollout
+    cfg = validate(cfg)  # the pass `train` runs: types, ranges, relations (eval.pass_k <= eval.num_samples)
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").exists():
         raise ConfigError(f"{model_dir} holds no finished model (was the run completed?)")
@@ -215,6 +225,43 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, ro
         metrics, columns, rows = method.evaluate(cfg, run_dir)
     else:
         tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
-        metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
-    atomic_text(run_dir / "eval.json", json.dumps(metrics, indent=2))
+        e = cfg.eval
+        with stage(f"evaluating {run_dir}: policy and reference on up to {e.num_prompts} held-out prompts, "
+                   f"{e.num_samples} sample(s) each"):
+            metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
+    record_evaluation(run_dir, metrics, settings(cfg))
     return metrics, columns, rows[: cfg.eval.num_table_rows]
+
+
+# What an evaluation's numbers depend on: the eval group but for what only changes its output files.
+_NOT_SETTINGS = ("at_end", "num_table_rows", "export", "export_questions")
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings an evaluation of `cfg` ran with (recorded beside its metrics, compared by `tokalign table`)."""
+    e = OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True)
+    out = {f"eval.{k}": v for k, v in e.items() if k not in _NOT_SETTINGS}
+    out["rollout.engine"] = str(option(cfg.rollout.engine)) if cfg.get("rollout") else "hf"
+    return out
+
+
+def record_evaluation(run_dir: Path, metrics: dict, used: dict) -> Path:
+    """eval.json (the latest evaluation) and evals/<time>-<hash>.json (every evaluation): metrics and settings."""
+    digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    record = strict_json({**metrics, "settings": used, "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2)
+    history = atomic_text(run_dir / "evals" / f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}.json", record)
+    atomic_text(run_dir / "eval.json", record)
+    return history
+
+
+def log_to_wandb(run_dir: Path, metrics: dict, columns: list[str], rows: list[list[Any]]) -> None:
+    """A command-line evaluation into the run's own W&B run (resumed by its id), when it has one."""
+    cfg = load_run_config(run_dir)
+    run = resume_wandb(cfg, run_dir)
+    if run is None:
+        return
+    import wandb
+
+    run.log({**metrics, "eval/samples": wandb.Table(columns=columns, data=rows)})
+    run.summary.update(metrics)
+    run.finish()

@@ -2,7 +2,8 @@
 
 The run's method builds the view (`Method.view`, recomputed from the run's models with the
 public `tokalign.losses` functions); this module renders it as a self-contained HTML page
-(`<run_dir>/inspect.html`; each token's values are in its tooltip and `data-*` attributes)
+(`<run_dir>/inspect.html`: a colour key, each response under its prompt, each token's values printed
+under it and kept in its tooltip and `data-*` attributes)
 and logs it to the run's W&B run as `wandb.Html` when it has one.
 """
 
@@ -19,15 +20,13 @@ from tokalign.errors import ConfigError
 
 
 def _log_to_wandb(cfg: DictConfig, run_dir: Path, page: str) -> None:
-    id_file = run_dir / "wandb_id.txt"
-    if cfg.logger.name != "wandb" or not id_file.exists():
+    from tokalign.artifacts.tracking import resume_wandb
+
+    run = resume_wandb(cfg, run_dir)
+    if run is None:
         return
     import wandb
 
-    from tokalign.artifacts.tracking import wandb_mode
-
-    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=id_file.read_text().strip(), resume="allow",
-                     dir=str(run_dir), mode=wandb_mode(str(cfg.logger.mode)))
     run.log({"inspect/tokens": wandb.Html(page)})
     run.finish()
 

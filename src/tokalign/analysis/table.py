@@ -1,7 +1,9 @@
 """Tables and training-curve plots from the run directories of a sweep (`tokalign table`).
 
 A run counts when it finished: its `summary.json` exists (run.py writes it last). Its final
-metrics are summary.json updated by eval.json (a later `tokalign eval` wins). Runs that failed
+metrics are summary.json updated by eval.json (a later `tokalign eval` wins). Evaluations made with
+different settings (eval.json records them; a run without the record counts its own eval group)
+are not averaged together unless `mixed_eval=true`: the table names the runs that differ. Runs that failed
 or are still going, and finished runs lacking a requested metric, are listed under the table,
 never averaged in. Rows group runs by config keys (dotted paths into resolved.yaml, or a Hydra
 choice such as `arm` read from the run's .hydra/hydra.yaml); cells are mean ± sample standard
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.tracking import read_metrics
 from tokalign.config import option
+from tokalign.errors import ConfigError
 
 MISSING = "-"
 
@@ -36,6 +39,7 @@ class RunRecord:
     final: dict[str, Any] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     problem: str | None = None  # why the run is not in the table
+    eval_settings: dict[str, Any] = field(default_factory=dict)  # what its evaluation ran with
 
     def value(self, key: str) -> Any:
         """A config value by dotted path, else a Hydra group choice (`arm`, `experiment`, ...)."""
@@ -65,8 +69,30 @@ def load_run(run_dir: Path) -> RunRecord:
         steps = max((r.get("step", 0) for r in rec.history), default=None)
         rec.problem = "incomplete: no summary.json" + (f" (last logged step {steps})" if steps is not None else " (nothing logged)")
         return rec
-    rec.final = {**summary, **(_read_json(run_dir / "eval.json") or {})}
+    evaluated = _read_json(run_dir / "eval.json") or {}
+    rec.eval_settings = evaluated.pop("settings", None) or _settings_of(cfg)
+    rec.final = {**summary, **evaluated}
     return rec
+
+
+def _settings_of(cfg: DictConfig) -> dict[str, Any]:
+    """The evaluation settings of a run that recorded none: its own eval group (evaluated at its end)."""
+    from tokalign.analysis.evaluate import settings
+
+    return settings(cfg) if cfg.get("eval") else {}
+
+
+def eval_differences(records: list[RunRecord]) -> list[str]:
+    """One line per evaluation setting that differs between finished runs: each value and its runs."""
+    done = [r for r in records if r.problem is None]
+    lines = []
+    for key in sorted({k for r in done for k in r.eval_settings}):
+        by_value: dict[str, list[str]] = {}
+        for r in done:
+            by_value.setdefault(json.dumps(r.eval_settings.get(key), default=str), []).append(r.name)
+        if len(by_value) > 1:
+            lines.append(f"{key}: " + "; ".join(f"{v} ({', '.join(names)})" for v, names in sorted(by_value.items())))
+    return lines
 
 
 def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
@@ -87,6 +113,7 @@ def load_wandb_runs(path: str, group: str | None = None) -> list[RunRecord]:
     records = []
     for r in wandb.Api().runs(path, filters={"group": group} if group else None):
         rec = RunRecord(f"wandb:{r.path[-1]}", OmegaConf.create(dict(r.config)))
+        rec.eval_settings = _settings_of(rec.cfg)
         rec.history = [dict(row) for row in r.scan_history()]
         if r.state != "finished":
             rec.problem = f"W&B state {r.state}"
@@ -120,6 +147,7 @@ class Table:
     metrics: list[str]
     rows: list[dict]  # {"group": tuple, "n": int, "seeds": list, metric: (mean, std, n)}
     excluded: list[tuple[str, str]]  # (run, reason)
+    notes: list[str] = field(default_factory=list)  # said under the table (e.g. mixed evaluation settings)
 
     def markdown(self, title: str | None = None) -> str:
         head = [*self.group_by, "n", *self.metrics]
@@ -131,6 +159,8 @@ class Table:
             lines.append("| " + " | ".join(cells) + " |")
         if self.excluded:
             lines += ["", "Runs not in the table:", ""] + [f"- `{run}`: {why}" for run, why in self.excluded]
+        if self.notes:
+            lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
 
     def write_csv(self, path: Path) -> None:
@@ -207,11 +237,15 @@ def _means(runs: list[RunRecord], key: str) -> tuple[list[int], list[float], lis
     return steps, mean, std
 
 
+SHORT_CURVE = 3  # a curve of fewer logged steps is drawn as points
+
+
 def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], out: Path,
                 formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
     """One figure per key: each group's mean over its runs against the step (± std shaded, markers,
     the number of seeds in the legend). Methods whose metric means different things (an SFT
-    cross-entropy and a DPO loss both log `train/loss`) get a panel each for a loss. PNG and a vector PDF."""
+    cross-entropy and a DPO loss both log `train/loss`) get a panel each for a loss. A group with fewer
+    than three logged steps is drawn as points (± std bars) on an axis of those steps. PNG and a vector PDF."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,6 +261,7 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
             kinds.setdefault(str(algorithm) if key.endswith("loss") else "", []).append(r)
         fig, axes = plt.subplots(1, len(kinds) or 1, figsize=(5.5 * max(1, len(kinds)), 4), squeeze=False)
         for ax, (kind, runs) in zip(axes[0], sorted(kinds.items())):
+            sparse: set[int] = set()
             groups: dict[tuple, list[RunRecord]] = {}
             for r in runs:
                 groups.setdefault(tuple(r.value(k) for k in group_by), []).append(r)
@@ -235,12 +270,20 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
                 if not steps:
                     continue
                 label = f"{', '.join(map(str, group))} (n={len(groups[group])})"
+                if len(steps) < SHORT_CURVE:  # too few points for a line: the points themselves, ± std as bars
+                    sparse.update(steps)
+                    ax.errorbar(steps, mean, yerr=std, fmt="o", markersize=5, capsize=3,
+                                label=f"{label}, {len(steps)} logged step{'s' if len(steps) > 1 else ''}")
+                    continue
                 ax.plot(steps, mean, marker="o", markersize=3.5, linewidth=1.5, label=label)
                 ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
             ax.set_xlabel("training step")
             ax.set_ylabel(axis_label(key))
             ax.set_title(f"{axis_label(key)} · {kind}" if kind and len(kinds) > 1 else axis_label(key))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if sparse and len(sparse) < SHORT_CURVE:  # an axis of the logged steps alone, not a fractional range
+                ax.set_xticks(sorted(sparse))
+                ax.set_xlim(min(sparse) - 1, max(sparse) + 1)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small", title=", ".join(group_by), title_fontsize="small")
@@ -256,8 +299,11 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
 def make_report(
     runs: list[str], out: str | Path | None = None, group_by: list[str] | None = None, metrics: list[str] | None = None,
     curves: list[str] | None = None, wandb: str | None = None, wandb_group: str | None = None, title: str | None = None,
+    mixed_eval: bool = False,
 ) -> tuple[Table, dict[str, Path]]:
-    """Collect runs, write table.md, table.csv and curve PNGs into `out`; returns the table and files."""
+    """Collect runs, write table.md, table.csv and curve PNGs into `out`; returns the table and files.
+
+    Runs evaluated with different settings are refused (a ConfigError naming them) unless `mixed_eval`."""
     records = [load_run(d) for d in find_run_dirs(runs)]
     if wandb:
         records += load_wandb_runs(wandb, wandb_group)
@@ -265,7 +311,14 @@ def make_report(
         raise FileNotFoundError(f"no run directories (with resolved.yaml) under {', '.join(map(str, runs))}")
     group_by = list(group_by or default_group_by(records))
     metrics = list(metrics or default_metrics(records))
+    differ = eval_differences(records)
+    if differ and not mixed_eval:
+        raise ConfigError("these runs were evaluated with different settings, which a mean would mix: "
+                          + " | ".join(differ) + ". Re-evaluate them alike (tokalign eval run_dir=... eval.<knob>=...), "
+                          "or pass mixed_eval=true to tabulate them anyway")
     table = build_table(records, group_by, metrics)
+    if differ:
+        table.notes = ["Evaluated with different settings (mixed_eval=true):", ""] + [f"- {line}" for line in differ]
     out = Path(out or (Path(runs[0]) / "table" if runs else "table"))
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "table.md", "csv": out / "table.csv"}
@@ -300,8 +353,8 @@ class SweepTable(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             table, files = make_report([str(sweep_dir)], out=sweep_dir / "table")
-        except (FileNotFoundError, ValueError) as err:
-            print(f"tokalign: no sweep table: {err}")
+        except (FileNotFoundError, ValueError, ConfigError) as err:
+            print(f"tokalign: no sweep summary: {err}")
             return
         print(f"\nSweep table ({sweep_dir}):\n\n{table.markdown()}")
         print("\n".join(f"wrote {path}" for path in files.values()))

@@ -11,6 +11,7 @@ spelling of every reward. It returns a typed copy.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -50,6 +51,15 @@ def register() -> None:
     store.store(group="dataset", name="toy_pref", node=DatasetConfig)
     store.store(group="logger", name="wandb", node=LoggerConfig)
     store.store(group="logger", name="none", node=LoggerConfig(name=LoggerName.none))
+
+
+def name_local_data(cfg: DictConfig, overrides: list[str]) -> None:
+    """A local file names its dataset (its stem: pairs.jsonl -> pairs) unless dataset.name is given, so that
+    runs, tables and W&B do not call it by the preset it was loaded through."""
+    path = OmegaConf.select(cfg, "dataset.path", default=None)
+    if path and not any(o.lstrip("+~").startswith("dataset.name=") for o in overrides):
+        with open_dict(cfg):
+            cfg.dataset.name = Path(str(path)).expanduser().stem
 
 
 def _merge(schema: Any, node: Any, where: str) -> DictConfig:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tokalign.errors import StorageError
 
@@ -77,6 +80,24 @@ def atomic_dir(dest: str | os.PathLike, write: Callable[[Path], None], *, replac
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return dest
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (and one-element tensor) made None, containers included."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that strict readers accept: no NaN or Infinity tokens (a missing or non-finite value is null)."""
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
 def atomic_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> Path:

@@ -6,23 +6,138 @@ run directory (`wandb sync <dir>` uploads it later). The W&B run id is kept in t
 directory so that a resumed run continues the same W&B run. `attempts.json` records when each
 attempt (first run, resumes after a kill or a requeue) started and last logged, so that the
 summary's times add up over attempts.
+
+What a run says goes through the `tokalign` logger (`say`): to the console as `tokalign: ...` and
+to `<run_dir>/tokalign.log` (`log_file`). `quiet()` silences the libraries' lines a user would
+have to learn to ignore, unless `-v` (TOKALIGN_VERBOSE=1) asks for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import secrets
 import string
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.artifacts.files import atomic_text, storage_errors
+from tokalign.artifacts.files import atomic_text, finite, storage_errors, strict_json
 from tokalign.config import option
+
+LOG = logging.getLogger("tokalign")
+VERBOSE_ENV = "TOKALIGN_VERBOSE"
+
+# Library lines that say nothing about this run: (logger or warning category, start of the message).
+_NOISE_WARNINGS = (
+    (FutureWarning, r"`(is_)?gradient_checkpointing` is deprecated"),  # transformers' rename, read by TRL
+    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
+)
+_NOISE_LOGS = {
+    "DeepSpeed": ("Setting accelerator to CPU",),  # said at import on every machine without a GPU
+}
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """One line of the run's own: on the console and in the run's tokalign.log."""
+    LOG.log(level, message)
+
+
+@contextlib.contextmanager
+def stage(what: str, done: str = "done") -> Iterator[None]:
+    """A wait the user sees coming: what it does before it starts, and how long it took once done
+    (the progress bars inside it give the ETA)."""
+    say(f"{what} ...")
+    started = time.time()
+    yield
+    say(f"{what}: {done} in {time.time() - started:.0f} s")
+
+
+def progress(total: int, desc: str, unit: str = "it", disable: bool = False):
+    """A progress bar with an ETA, in the style of the training bar (tqdm), gone once finished."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+class _Console(logging.StreamHandler):
+    """stdout as it is when a line is said (not when the handler was made: a test's capture, a redirect)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _Drop(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.starts)
+
+
+def quiet() -> None:
+    """The console shows tokalign's own lines (`tokalign: ...`); known library noise is dropped unless verbose."""
+    import warnings
+
+    if not any(isinstance(h, _Console) for h in LOG.handlers):
+        console = _Console()
+        console.setFormatter(logging.Formatter("tokalign: %(message)s"))
+        LOG.addHandler(console)
+        # one voice per run: a worker of rank > 0 says only what goes wrong
+        LOG.setLevel(logging.WARNING if int(os.environ.get("RANK", "0")) else logging.DEBUG if verbose() else logging.INFO)
+        LOG.propagate = False
+    if verbose():
+        return
+    for category, message in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name, starts in _NOISE_LOGS.items():
+        logger = logging.getLogger(name)  # a filter set before the library makes its logger stays on it
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(starts))
+
+
+def quiet_imports() -> None:
+    """Import, with WANDB_MODE unset, what prints about it at import ("Running in WANDB offline mode",
+    transformers' W&B integration, imported by TRL whatever the logger): W&B says what it does itself."""
+    if verbose() or "WANDB_MODE" not in os.environ or "transformers.integrations.integration_utils" in sys.modules:
+        return
+    mode = os.environ.pop("WANDB_MODE")
+    try:
+        import transformers.integrations.integration_utils  # noqa: F401
+    finally:
+        os.environ["WANDB_MODE"] = mode
+
+
+@contextlib.contextmanager
+def log_file(run_dir: Path) -> Iterator[None]:
+    """The run's own lines also go to <run_dir>/tokalign.log (appended: a resumed run continues it)."""
+    handler = logging.FileHandler(Path(run_dir) / "tokalign.log")
+    if LOG.getEffectiveLevel() > logging.INFO:  # used as a library, without quiet()
+        LOG.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
 
 
 def _logged_in() -> bool:
@@ -43,14 +158,6 @@ def wandb_mode(requested: str) -> str:
 def _new_run_id() -> str:
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _scalar(v: Any) -> Any:
-    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 class Tracker:
@@ -79,7 +186,7 @@ class Tracker:
 
     def _write_attempts(self) -> None:
         self.attempts[-1]["last"] = time.time()
-        atomic_text(self.attempts_path, json.dumps(self.attempts))
+        atomic_text(self.attempts_path, strict_json(self.attempts))
 
     def _start_wandb(self, cfg: DictConfig):
         import wandb
@@ -97,9 +204,9 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.rank != 0:
             return
-        row = {k: _scalar(v) for k, v in metrics.items()}
+        row = finite(dict(metrics))
         with storage_errors(self.metrics_path), self.metrics_path.open("a") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+            f.write(strict_json({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
         self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
@@ -112,7 +219,7 @@ class Tracker:
         if self.rank != 0 or not self.metrics_path.exists():
             return
         kept = [row for row in read_metrics(self.run_dir) if row.get("step", math.inf) <= step]
-        atomic_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        atomic_text(self.metrics_path, "".join(strict_json(row) + "\n" for row in kept))
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         if self.wandb_run is not None:
@@ -122,7 +229,7 @@ class Tracker:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb_run is not None:
-            self.wandb_run.summary.update({k: _scalar(v) for k, v in metrics.items()})
+            self.wandb_run.summary.update(finite(dict(metrics)))
 
     @property
     def wandb_dir(self) -> str | None:
@@ -132,6 +239,17 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def resume_wandb(cfg: DictConfig, run_dir: Path):
+    """The run's own W&B run, resumed by the id it keeps (for a later `eval` or `inspect`), or None without one."""
+    id_file = Path(run_dir) / "wandb_id.txt"
+    if option(cfg.logger.name) != "wandb" or not id_file.exists():
+        return None
+    import wandb
+
+    return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=id_file.read_text().strip(),
+                      resume="allow", dir=str(run_dir), mode=wandb_mode(str(option(cfg.logger.mode))))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from transformers import TrainerCallback
 
 from tokalign.artifacts.checkpoint import latest_checkpoint, seal
+from tokalign.artifacts.tracking import say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import backend, deepspeed_config
 from tokalign.config import option, world_size
@@ -36,8 +37,9 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         num_train_epochs=t.num_epochs,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
+        logging_first_step=True,  # a run shorter than logging_steps still logs its first and last loss
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
@@ -47,6 +49,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         data_seed=cfg.seed,
         report_to="none",
         dataloader_num_workers=t.num_workers,
+        dataloader_pin_memory=_has_gpu(),  # pinning needs an accelerator; torch warns on every loader otherwise
         disable_tqdm=False,
         max_length=t.max_length,
         # The HF default replaces a NaN/inf step loss by the running mean, hiding divergence.
@@ -62,6 +65,12 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         args.update(deepspeed=deepspeed_config(cfg), accelerator_config={"use_configured_state": True})
     args.update(method_args)
     return args
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def peft_config(run):
@@ -91,6 +100,8 @@ def _finite_parameters(model) -> bool:
 class TrackerCallback(TrainerCallback):
     """Sends the trainer's logs to the run's tracker (metrics.jsonl + W&B); stops before a bad save.
 
+    The first and the last step are always logged (with the logging_steps between them).
+
     Before every checkpoint the loss and gradient norm are logged (the logged loss sums every
     step since the previous log, so a NaN anywhere stays NaN) and the weights are checked, so a
     diverged model is never saved: a `DivergenceError` stops the run first.
@@ -100,6 +111,8 @@ class TrackerCallback(TrainerCallback):
         self.tracker = tracker
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= state.max_steps:  # the last loss, whatever logging_steps
+            control.should_log = True
         if control.should_save:
             control.should_log = True
             if model is not None and not _finite_parameters(model):
@@ -151,7 +164,7 @@ class PreemptionCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if self.handing_over:
-            print(f"tokalign: preempted: saved checkpoint-{state.global_step}, handing over for requeue", flush=True)
+            say(f"preempted: saved checkpoint-{state.global_step}, handing over for requeue")
             preemption.hand_over()
 
 
@@ -175,8 +188,8 @@ def run_trainer(run, trainer) -> dict[str, Any]:
     run.save_model(model, trainer.processing_class, state_dict=state_dict)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
-        "train/loss_first": history[0]["loss"] if history else float("nan"),
-        "train/loss_last": history[-1]["loss"] if history else float("nan"),
+        "train/loss_first": history[0]["loss"] if history else None,
+        "train/loss_last": history[-1]["loss"] if history else None,
         "train/runtime_s": result.metrics.get("train_runtime"),
         "train/steps": trainer.state.global_step,
     }

@@ -29,6 +29,7 @@ class TokenSeq:
     kept: list[bool] | None = None  # the token kept its loss weight
     note: str = ""
     dropped: bool = False  # the whole sample was left out of the update
+    prompt: str = ""  # what the response answers (shown above it)
 
 
 @dataclass
@@ -43,7 +44,13 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}
 .label{font-weight:600;font-size:.9em;color:#333}.note{font-size:.85em;color:#555}
 .tok{font-family:ui-monospace,monospace;white-space:pre-wrap;padding:1px 0;border-radius:2px}
 .start{border-left:2px solid #222;margin-left:1px}.unkept{opacity:.35;text-decoration:line-through}
-.dropped{opacity:.45}"""
+.dropped{opacity:.45}
+.key{display:flex;flex-wrap:wrap;align-items:center;gap:.5em;font-size:.9em;margin:.3em 0}.key span,.key b{white-space:nowrap}
+.bar{display:inline-block;width:12em;height:1em;border:1px solid #999;
+background:linear-gradient(to right,rgba(210,40,40,.8),rgba(255,255,255,0),rgba(0,150,60,.8))}
+.prompt{font-size:.9em;background:#f4f4f8;padding:.3em .5em;margin:.3em 0;white-space:pre-wrap}
+.cell{display:inline-flex;flex-direction:column;align-items:center;margin:0 4px 4px 0;vertical-align:top}
+.vals{font-family:ui-monospace,monospace;font-size:.62em;color:#444;line-height:1.15;text-align:center}"""
 
 
 def _shown(token: str) -> str:
@@ -54,16 +61,29 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _key(name: str, scale: float) -> str:
+    """The colour key of one value: what red, white and green mean, and the value of full colour."""
+    e = html.escape(name)
+    return (f"<div class='key'><b>Colour key</b> ({e}): <span>red: {e} = −{_fmt(scale)}</span><span class='bar'></span>"
+            f"<span>green: {e} = +{_fmt(scale)}</span><span class='note'>(white: 0; each token's values are printed "
+            "under it)</span></div>")
+
+
 def render_html(view: View) -> str:
-    """A self-contained page; colour is diverging (green > 0, red < 0), scaled per value name."""
+    """A self-contained page: a colour key, each response under its prompt, each token coloured by one
+    value (diverging: green > 0, red < 0, scaled per value name) with all its values printed under it."""
     scale: dict[str, float] = {}
     for s in view.seqs:
         vals = [abs(v) for v in s.values.get(s.color, []) if math.isfinite(v)]
         scale[s.color] = max(scale.get(s.color, 0.0), max(vals, default=0.0))
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(view.title)}</title>",
            f"<style>{_CSS}</style></head><body><h2>{html.escape(view.title)}</h2>",
-           f"<p class='note'>{html.escape(view.legend)}</p>"]
+           f"<p class='note'>{html.escape(view.legend)}</p>", *(_key(name, v) for name, v in scale.items())]
+    shown_prompt = None
     for s in view.seqs:
+        if s.prompt and s.prompt != shown_prompt:
+            out.append(f"<div class='prompt'><b>prompt</b>  {html.escape(s.prompt)}</div>")
+            shown_prompt = s.prompt
         out.append(f"<div class='seq{' dropped' if s.dropped else ''}'><div class='label'>{html.escape(s.label)}</div>")
         if s.note:
             out.append(f"<div class='note'>{html.escape(s.note)}</div>")
@@ -75,8 +95,10 @@ def render_html(view: View) -> str:
             cls = "tok" + (" start" if s.starts and s.starts[i] else "") + (" unkept" if s.kept is not None and not s.kept[i] else "")
             tip = " ".join(f"{k}={_fmt(vals[i])}" for k, vals in s.values.items())
             data = " ".join(f"data-{html.escape(k)}='{_fmt(vals[i])}'" for k, vals in s.values.items())
-            out.append(f"<span class='{cls}' style='background:rgba({rgb},{a:.3f})' title='{html.escape(tip)}' {data}>"
-                       f"{html.escape(_shown(tok))}</span>")
+            shown = "<br>".join(f"{html.escape(k)} {_fmt(vals[i])}" for k, vals in s.values.items())
+            out.append(f"<span class='cell'><span class='{cls}' style='background:rgba({rgb},{a:.3f})' "
+                       f"title='{html.escape(tip)}' {data}>{html.escape(_shown(tok))}</span>"
+                       f"<span class='vals'>{shown}</span></span>")
         out.append("</div></div>")
     out.append("</body></html>")
     return "".join(out)

@@ -45,6 +45,11 @@ def task_of(cfg: DictConfig) -> str:
     return "local" if cfg.path else str(option(cfg.source))
 
 
+def describe(cfg: DictConfig) -> str:
+    """How errors name the data: the file itself when it is local, else the dataset's name."""
+    return f"dataset.path={Path(str(cfg.path)).expanduser()}" if cfg.get("path") else f"dataset {cfg.name!r}"
+
+
 def response_checks(cfg: DictConfig) -> dict:
     """Named yes/no checks of a response that evaluation reports as shares (the toy preference task's
     reward-hacking detectors: word salad, and text not made of the task's words)."""
@@ -164,7 +169,7 @@ def check_columns(ds, cfg: DictConfig, kind: str, method: str):
     if missing:
         expected = ", ".join(f"{c} (looked for {mapping.get(c, c)!r})" for c in REQUIRED[kind])
         raise DataError(
-            f"dataset {cfg.name!r} cannot feed method={method}: missing column(s) "
+            f"{describe(cfg)} cannot feed method={method}: missing column(s) "
             f"{', '.join(repr(mapping.get(c, c)) for c in missing)}.\n  expected: {expected}\n"
             f"  found:    {', '.join(found)}\n  map them with dataset.columns.<expected>=<found column>"
         )
@@ -175,7 +180,7 @@ def check_columns(ds, cfg: DictConfig, kind: str, method: str):
 def held_out(cfg: DictConfig, total: int) -> int:
     """Rows held out of a split of `total` rows for evaluation (no `eval_split`): a share, capped, never all."""
     if total < 2:
-        raise DataError(f"dataset {cfg.name!r} has {total} row(s): too few to train and evaluate; add rows or give "
+        raise DataError(f"{describe(cfg)} has {total} row(s): too few to train and evaluate; add rows or give "
                         "dataset.eval_split")
     return min(cfg.num_eval, max(1, math.floor(cfg.eval_fraction * total)), total - 1)
 

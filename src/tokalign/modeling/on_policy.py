@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from tokalign.artifacts.files import atomic_text
+from tokalign.artifacts.files import atomic_text, strict_json
+from tokalign.artifacts.tracking import stage
 from tokalign.modeling.generation import generate
 
 
@@ -58,9 +59,11 @@ def build_pairs(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.exists():
-            _sample_pairs(path, prompts, model=model, tokenizer=tokenizer, model_path=model_path, scorer=scorer,
-                          num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, seed=seed, rollout=rollout)
+            with stage(f"sampling on-policy pairs: {num_samples} responses to each of {len(prompts)} prompts, ranked by "
+                       f"{scorer_name}, once (cached at {path})"):
+                _sample_pairs(path, prompts, model=model, tokenizer=tokenizer, model_path=model_path, scorer=scorer,
+                              num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, seed=seed, rollout=rollout)
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -90,4 +93,4 @@ def _sample_pairs(path: Path, prompts: list[Any], *, model, tokenizer, model_pat
                 "score_chosen": scores[best],
                 "score_rejected": scores[worst],
             })
-    atomic_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_text(path, "".join(strict_json(r) + "\n" for r in rows))

@@ -16,12 +16,13 @@ def print_closing_screen(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any]
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value))
     console = Console(soft_wrap=True)
     console.print(table)
     console.print(f"run dir     {run_dir}")
     console.print(f"model       {run_dir / 'model'}")
     console.print(f"metrics     {run_dir / 'metrics.jsonl'}")
-    console.print(f"eval        {run_dir / 'eval.json'}")
+    if (run_dir / "eval.json").exists():
+        console.print(f"eval        {run_dir / 'eval.json'}")
     if wandb_dir:
         console.print(f"wandb       {wandb_dir}" + ("   (offline: `wandb sync` it to upload)" if "offline-run" in wandb_dir else ""))

@@ -29,10 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.files import atomic_text
 from tokalign.artifacts.rundir import claim, die_with_parent
+from tokalign.artifacts.tracking import say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
-from tokalign.errors import LaunchError, UserError
+from tokalign.errors import DataError, LaunchError, ModelError, UserError
 
 DEFAULT_MULTINODE_PORT = 29500
 
@@ -144,17 +145,61 @@ def _previous_run(run_dir: Path) -> list[str]:
     return [name for name in ("summary.json", "model", "checkpoints", "metrics.jsonl") if (run_dir / name).exists()]
 
 
+def _hub_problem(repo_id: str, repo_type: str) -> str | None:
+    """Why a hub repository cannot be had, or None: in the local cache, or reachable, public or granted."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "snapshots"
+    if snapshots.is_dir() and any(snapshots.glob("*/*")):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return ("is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: download it where "
+                "there is network (`hf download`), or pass a local copy with .path=")
+    try:
+        HfApi().auth_check(repo_id, repo_type=repo_type)
+    except GatedRepoError:
+        return "is gated: accept its terms on huggingface.co and log in (`hf auth login`), or pass a local copy with .path="
+    except (RepositoryNotFoundError, HFValidationError):
+        return "is not on the Hugging Face Hub (misspelt? a private one needs `hf auth login`)"
+    except OSError as err:
+        return f"cannot be reached on the Hugging Face Hub ({str(err).splitlines()[0]}); pass a local copy with .path="
+    return None
+
+
+def check_sources(cfg: DictConfig) -> None:
+    """The model and dataset a run names can be had (a local path exists; a hub id is cached, or reachable
+    and granted): one line now, not a failure in every worker later."""
+    path = cfg.model.get("path")
+    if path and not (Path(str(path)).expanduser() / "config.json").exists():
+        hint = f"; a hub model is model.source=hub model.hub_id={path}" if not Path(str(path)).expanduser().exists() else ""
+        raise ModelError(f"model.path={path} is not a Hugging Face checkpoint directory (no config.json){hint}")
+    if cfg.dataset.get("path") and not Path(str(cfg.dataset.path)).expanduser().exists():
+        raise DataError(f"dataset.path={Path(str(cfg.dataset.path)).expanduser()} does not exist")
+    wanted = []
+    if not cfg.model.get("path") and option(cfg.model.source) == "hub":
+        wanted.append(("model", "model", cfg.model.hub_id))
+    if not cfg.dataset.get("path") and option(cfg.dataset.source) == "hub":
+        wanted.append(("dataset", "dataset", cfg.dataset.hub_id))
+    for group, repo_type, repo_id in wanted:
+        problem = _hub_problem(str(repo_id), repo_type)
+        if problem:
+            raise LaunchError(f"{group}.hub_id={repo_id} " + problem.replace(".path=", f"{group}.path=<local copy>"))
+
+
 def launch(cfg: DictConfig) -> dict:
     """Run a validated, resolved config with its launcher; returns the final metrics.
 
     With resume=auto a finished run (summary.json) is left as it is; with resume=never a
     directory holding an earlier run's results is refused rather than mixed with a new one.
+    The model and dataset are checked first (check_sources), before anything is spawned.
     """
+    check_sources(cfg)
     run_dir = Path(cfg.output_dir)
     with claim(run_dir) as lock_fd:
         summary = run_dir / "summary.json"
         if option(cfg.resume) == "auto" and summary.exists():
-            print(f"tokalign: {run_dir} already finished (summary.json); nothing to do", flush=True)
+            say(f"{run_dir} already finished (summary.json); nothing to do")
             return json.loads(summary.read_text())
         earlier = _previous_run(run_dir)
         if option(cfg.resume) == "never" and earlier:
@@ -171,7 +216,7 @@ def launch(cfg: DictConfig) -> dict:
             cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
         else:
             cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
-        print("tokalign: launching", " ".join(cmd), flush=True)
+        say("launching " + " ".join(cmd))
         rc = _spawn(cmd, lock_fd, run_dir)
     if rc != 0:
         raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")

@@ -23,16 +23,12 @@ from tokalign.artifacts.checkpoint import (
     step_of,
     verify,
 )
-from tokalign.artifacts.files import atomic_text, storage_errors
-from tokalign.artifacts.tracking import Tracker
+from tokalign.artifacts.files import atomic_text, storage_errors, strict_json
+from tokalign.artifacts.tracking import Tracker, log_file, quiet_imports, say
 from tokalign.bases.contract import DataKind, Method
 from tokalign.config import option
 
 TRAIN_METRICS = "train.json"
-
-
-def _say(message: str) -> None:
-    print(f"tokalign: {message}", flush=True)
 
 
 class Run:
@@ -48,14 +44,16 @@ class Run:
     train_data: Any
     tracker: Tracker
 
-    def __init__(self, cfg: DictConfig, rank: int = 0):
+    def __init__(self, cfg: DictConfig, rank: int = 0, nested: bool = False):
         """Everything that can fail on the user's input (model, tokenizer, data, disk) is checked
-        before the tracker starts a W&B run."""
+        before the tracker starts a W&B run. A nested run (a model another run needs) says nothing
+        of its own: its outer run says what it builds."""
         from tokalign.modeling.models import load_tokenizer, resolve_model
 
         self.cfg = cfg
         self.dir = Path(cfg.output_dir)
         self.rank = rank
+        self.nested = nested
         self.resume = option(cfg.resume) == "auto"
         self.method = get_method(cfg.method.algorithm)
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
@@ -110,9 +108,9 @@ class Run:
                 cache_dir=self.cfg.cache_dir, rollout=self.cfg.rollout,
             ))
         data, dropped = screen(data, kind, self.tokenizer, self.cfg.trainer.max_length)
-        if self.rank == 0:
+        if self.rank == 0 and not self.nested:
             said = [f"{len(data)} training rows", *(f"dropped {n} ({why})" for why, n in dropped.items() if n)]
-            _say("data: " + "; ".join(said + ([note] if note else [])))
+            say("data: " + "; ".join(said + ([note] if note else [])))
         metrics = {"data/train_rows": len(data), **{f"data/dropped/{why}": n for why, n in dropped.items() if n}}
         return data, metrics
 
@@ -131,16 +129,17 @@ class Run:
                 if problem is None:
                     chosen = path
                     break
-                _say(f"not resuming from {path}: {problem}")
+                say(f"not resuming from {path}: {problem}")
         chosen = _broadcast(chosen)
         self.tracker.rewind(step_of(chosen) if chosen else 0)
         if self.rank == 0:
-            _say(f"resuming from {chosen} (step {step_of(chosen)})" if chosen else "no checkpoint to resume from: starting at step 0")
+            say(f"resuming from {chosen} (step {step_of(chosen)})" if chosen else "no checkpoint to resume from: starting at step 0")
         return chosen
 
     def train_nested(self, cfg: DictConfig) -> dict[str, Any]:
-        """Train another run in this process (a model this run needs, e.g. a DPO guidance)."""
-        return run_training(cfg)
+        """Train another run in this process (a model this run needs, e.g. a DPO guidance), quietly:
+        no summary screen of its own (its directory is temporary until published)."""
+        return run_training(cfg, nested=True)
 
     def save_model(self, model: Any, tokenizer: Any, state_dict: dict | None = None) -> Path:
         from tokalign.artifacts.checkpoint import save_pretrained_atomic
@@ -184,23 +183,35 @@ def _evaluate(cfg: DictConfig, run: Run, metrics: dict) -> dict:
     return eval_metrics
 
 
-def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
-    """Train, save, evaluate and summarise one run; returns its final metrics."""
+def run_training(cfg: DictConfig, rank: int = 0, nested: bool = False) -> dict[str, Any]:
+    """Train, save, evaluate and summarise one run; returns its final metrics.
+
+    Rank 0 of an outer run also writes what it says into <run_dir>/tokalign.log; a nested run's
+    lines go to its outer run's log, and it prints no summary screen."""
+    run_dir = Path(cfg.output_dir)
+    if not (run_dir / "resolved.yaml").exists():  # launchers write it before spawning ranks
+        atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+    if rank != 0 or nested:
+        return _run_training(cfg, rank, nested)
+    with log_file(run_dir):
+        return _run_training(cfg, rank, nested)
+
+
+def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
     from transformers import set_seed
 
     from tokalign.runtime.closing import print_closing_screen
 
     run_dir = Path(cfg.output_dir)
-    if not (run_dir / "resolved.yaml").exists():  # launchers write it before spawning ranks
-        atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
+    quiet_imports()
     set_seed(cfg.seed)
     started = time.time()
-    run = Run(cfg, rank=rank)
+    run = Run(cfg, rank=rank, nested=nested)
     trained = run_dir / TRAIN_METRICS
     try:
         if run.resume and trained.exists() and (run_dir / "model" / "config.json").exists():
             if rank == 0:
-                _say("the final model is already saved: running only what is missing (evaluation, summary)")
+                say("the final model is already saved: running only what is missing (evaluation, summary)")
             metrics = json.loads(trained.read_text())
         else:
             with storage_errors(run_dir):
@@ -211,7 +222,7 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
             if metrics.get("train/runtime_s") is not None:
                 metrics["train/runtime_s"] = round(earlier + metrics["train/runtime_s"], 1)
             if rank == 0:
-                atomic_text(trained, json.dumps(metrics, indent=2, default=str))
+                atomic_text(trained, strict_json(metrics, indent=2, default=str))
         if cfg.launcher.name == "deepspeed":
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -219,11 +230,11 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
         if rank == 0 and cfg.eval.at_end:
             metrics.update(_evaluate(cfg, run, metrics))
         if rank == 0:
-            atomic_text(run_dir / "summary.json", json.dumps(metrics, indent=2, default=str))
+            atomic_text(run_dir / "summary.json", strict_json(metrics, indent=2, default=str))
             run.tracker.summary(metrics)
     finally:
         wandb_dir = run.tracker.wandb_dir
         run.tracker.finish()
-    if rank == 0:  # last, so that it is the screen the user sees
+    if rank == 0 and not nested:  # last, so that it is the screen the user sees
         print_closing_screen(cfg, run_dir, metrics, wandb_dir)
     return metrics

@@ -43,9 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
     from tokalign.app.compose import validate
+    from tokalign.artifacts.tracking import quiet
     from tokalign.runtime.run import run_training
 
     die_with_parent()
+    quiet()
     preemption.install()  # a scheduler's signal during start-up waits for the first step boundary
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

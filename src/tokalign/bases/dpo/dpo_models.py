@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tokalign.artifacts.files import atomic_dir
+from tokalign.artifacts.tracking import stage
 from tokalign.config import world_size
 from tokalign.errors import ConfigError, ModelError
 
@@ -58,6 +59,7 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
                           f"(a method=dpo run of the same setting) and pass {knob}=<its run dir>/model")
     sub, _ = dpo_run_config(run.cfg, beta=beta, reverse=reverse)
     final.parent.parent.mkdir(parents=True, exist_ok=True)
+    what = f"the {'reverse-' if reverse else ''}DPO model of {knob} (β={beta})"
     with FileLock(str(final.parent) + ".lock"):
         if not (final / "config.json").exists():
             def train(tmp: Path) -> None:
@@ -65,7 +67,9 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
                     sub.output_dir = str(tmp)
                 run.train_nested(sub)
 
-            atomic_dir(final.parent, train, replace=False)
+            with stage(f"building {what}: a method=dpo run on this model and data, once (later runs reuse it)",
+                       done=f"built, cached at {final}"):
+                atomic_dir(final.parent, train, replace=False)
     return final
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tokalign.artifacts.files import atomic_dir
+from tokalign.artifacts.tracking import progress
 
 Columns = dict[str, list[torch.Tensor]]  # column -> one 1-D tensor per example
 
@@ -78,7 +79,7 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 def compute_sharded(chunks: Sequence[Sequence[int]], compute: Callable[[Sequence[int]], Columns], *,
-                    lockstep: bool) -> Columns:
+                    lockstep: bool, desc: str = "per-token values") -> Columns:
     """`compute(chunk)` for every chunk, on every process, in chunk order.
 
     Process r computes chunks r, r + W, r + 2W, ...; after each round the results are gathered,
@@ -87,6 +88,7 @@ def compute_sharded(chunks: Sequence[Sequence[int]], compute: Callable[[Sequence
     """
     rank, world = _world()
     columns: Columns = {}
+    bar = progress(len(chunks), desc, unit="batch", disable=rank != 0)
     for start in range(0, len(chunks), world):
         mine = start + rank
         result = None
@@ -97,6 +99,8 @@ def compute_sharded(chunks: Sequence[Sequence[int]], compute: Callable[[Sequence
         for part in _all_gather(result):
             for name, rows in (part or {}).items():
                 columns.setdefault(name, []).extend(rows)
+        bar.update(min(world, len(chunks) - start))
+    bar.close()
     return columns
 
 

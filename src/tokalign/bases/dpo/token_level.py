@@ -32,6 +32,7 @@ from trl.models import prepare_deepspeed
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
+from tokalign.artifacts.tracking import stage
 from tokalign.bases.dpo.frozen import frozen_forward, prepare_frozen, token_logps
 from tokalign.bases.dpo.metrics import WindowExtrema
 from tokalign.bases.dpo.precompute import cached_columns, compute_sharded, weights_hash
@@ -187,7 +188,9 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         self._precomputing = True
         try:
-            return compute_sharded(chunks, values, lockstep=zero3)
+            with stage(f"precomputing per-token values ({', '.join(self.sources)}) of {len(dataset)} pairs, once "
+                       "(cached for later runs)"):
+                return compute_sharded(chunks, values, lockstep=zero3, desc="per-token log-probs")
         finally:
             self._precomputing = False
 

@@ -12,15 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tokalign.bases.views import (
-    TokenSeq,
-    View,
-    ViewContext,
-    first_response,
-    pieces,
-    response_ids,
-    response_logps,
-)
+from tokalign.bases.views import TokenSeq, View, ViewContext, first_response, pieces, response_ids, response_logps
+from tokalign.data.chat import prompt_text
 
 SIDES = ("chosen", "rejected")
 
@@ -54,5 +47,5 @@ def preference_view(ctx: ViewContext, legend: str = "", annotate: Annotate | Non
             s = sides[side]
             values = {**extra.get(side, {}), "delta": (m.beta * (s.policy - s.ref)).tolist()}
             view.seqs.append(TokenSeq(f"example {i + 1} · {side}", pieces(ctx.tokenizer, s.ids), values, color,
-                                      note=note if side == "chosen" else ""))
+                                      note=note if side == "chosen" else "", prompt=prompt_text(ex["prompt"])))
     return view

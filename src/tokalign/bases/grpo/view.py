@@ -22,6 +22,7 @@ from tokalign.bases.views import (
     response_logps,
 )
 from tokalign.config import option
+from tokalign.data.chat import prompt_text
 from tokalign.modeling.generation import generate
 
 # select(advantages (G,), entropies (G, T), mask (G, T)) -> (kept rows, kept-token mask (G, T), legend)
@@ -65,5 +66,6 @@ def group_view(ctx: ViewContext, select: Select | None = None) -> View:
                 {"A_H": (adv[j].abs() * e).tolist(), "A": [adv[j].item()] * n, "H": e.tolist()}, "A_H",
                 kept=token_mask[j, :n].tolist(), dropped=j not in keep_rows,
                 note=f"reward {scores[j].item():.3g} · A {adv[j].item():.3g}" + ("" if j in keep_rows else " · dropped"),
+                prompt=prompt_text(ex["prompt"]),
             ))
     return view

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tokalign.artifacts.checkpoint import rotate, save_checkpoint_dir, seal
+from tokalign.artifacts.files import strict_json
 
 STATE = "ppo_state.json"
 
@@ -19,7 +20,7 @@ def save_checkpoint(accelerator, root: Path, step: int, history: list[dict], kee
     def write(path: Path) -> None:
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
-            (path / STATE).write_text(json.dumps({"global_step": step, "history": history}))
+            (path / STATE).write_text(strict_json({"global_step": step, "history": history}))
 
     if accelerator.num_processes == 1:
         save_checkpoint_dir(dest, write)

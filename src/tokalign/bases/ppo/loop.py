@@ -19,6 +19,7 @@ from torch import nn
 
 from tokalign import rewards
 from tokalign.artifacts.checkpoint import latest_checkpoint
+from tokalign.artifacts.tracking import say
 from tokalign.bases.ppo.advantages import Whiten, advantages_and_returns, segments
 from tokalign.bases.ppo.checkpoint import load_checkpoint, save_checkpoint
 from tokalign.bases.ppo.config import reward_spec, settings
@@ -227,7 +228,7 @@ def fit(run, **setup_args) -> dict:
             done = step + 1
             progress.set_postfix(reward=f"{row['reward']:.3g}", kl=f"{row['kl']:.3g}", refresh=False)
             progress.update()
-            if done % max(1, t.logging_steps) == 0 or done == tr.steps:
+            if done % max(1, t.logging_steps) == 0 or done in (1, tr.steps):  # first and last always
                 log(done)
             saved = t.save_steps > 0 and done % t.save_steps == 0
             if saved:
@@ -237,7 +238,7 @@ def fit(run, **setup_args) -> dict:
                 if not saved:
                     log(done)
                     save(done)
-                print(f"tokalign: preempted: saved checkpoint-{done}, handing over for requeue", flush=True)
+                say(f"preempted: saved checkpoint-{done}, handing over for requeue")
                 preemption.hand_over()
             if request.stop:
                 raise preemption.Stopped(f"stopped by SIGTERM at iteration {done} (cancelled or out of time); "

@@ -27,12 +27,25 @@ class Critic(nn.Module):
 
 
 def load_critic(path: str, dtype: str, pad_token_id: int, trust_remote_code: bool = False) -> Critic:
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
-        trust_remote_code=trust_remote_code,
-    )
+    from tokalign.artifacts.tracking import verbose
+
+    # From a policy the value head is new by design: transformers' load report ("score.weight MISSING")
+    # says nothing then. From a reward model a missing head would be a real problem: reported.
+    architectures = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or []
+    new_head = not any(a.endswith("ForSequenceClassification") for a in architectures)
+    level = hf_logging.get_verbosity()
+    if new_head and not verbose():
+        hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
+            trust_remote_code=trust_remote_code,
+        )
+    finally:
+        hf_logging.set_verbosity(level)
     model.config.pad_token_id = pad_token_id
     return Critic(model)
 

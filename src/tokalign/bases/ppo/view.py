@@ -18,6 +18,7 @@ from tokalign.bases.ppo.models import load_critic
 from tokalign.bases.ppo.rollout import sample
 from tokalign.bases.ppo.scoring import Scored, TokenRewards, kl_score_rewards, score
 from tokalign.bases.views import TokenSeq, View, ViewContext, pieces
+from tokalign.data.chat import prompt_text
 
 # extra_values(scored, mask, m) -> {name: (B, R) tensor} shown beside advantage, reward and value
 ExtraValues = Callable[[Scored, torch.Tensor, object], dict[str, torch.Tensor]]
@@ -63,5 +64,6 @@ def macro_view(ctx: ViewContext, *, schema: type = Config, frozen: dict | None =
              **{name: values[i][valid].tolist() for name, values in extra.items()}},
             color, starts=[j == 0 or seg[j] != seg[j - 1] for j in range(len(seg))],
             note=f"score {s.scores[i].item():.4g} · {max(seg) + 1 if seg else 0} macro actions for {len(seg)} tokens",
+            prompt=prompt_text(batch["prompt"][i]),
         ))
     return view

@@ -14,6 +14,7 @@ from tokalign.bases.views import (
     response_ids,
 )
 from tokalign.config import option
+from tokalign.data.chat import prompt_text
 from tokalign.losses import aligndistil_loss
 from tokalign.methods.aligndistil import CONTRASTIVE, Variant, tvd_scale
 
@@ -57,5 +58,6 @@ def aligndistil_view(ctx: ViewContext) -> View:
                 values[name].append(metrics[f"aligndistil/{name}" + ("" if name == "kl" else "_mean")].item())
         loss, _ = aligndistil_loss(*(x[None] for x in logits), torch.ones(1, len(ids)), **settings)
         view.seqs.append(TokenSeq(f"example {i + 1} · chosen", pieces(ctx.tokenizer, ids), values, "alpha",
-                                  note=f"response loss {loss.item():.4g} (β_t-weighted, length-normalised KL to π*)"))
+                                  note=f"response loss {loss.item():.4g} (β_t-weighted, length-normalised KL to π*)",
+                                  prompt=prompt_text(ex["prompt"])))
     return view
