@@ -324,7 +324,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: tokalign <command> [arguments ...]", "", "commands:"]
-    lines += [f"  {c.name:<9}{c.summary}" for c in COMMANDS.values()]
+    lines += [f"  {c.name:<9}{c.description}" for c in COMMANDS.values()]
     lines += ["", "`tokalign <command> --help` describes a command's arguments; `-v` shows the libraries' own warnings too.",
               "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/)."]
     return "\n".join(lines)
