@@ -10,6 +10,10 @@ from one temperature-1 sample per prompt. `eval.extra_rewards` adds each reward'
 policy and reference and its win rate. A method may replace all this with its own `evaluate`
 (a reward model reports pairwise accuracy). `eval.export` writes the policy's answers for
 external judges (tokalign.export).
+
+The run directory is read as data (tokalign.rundir.load_run_config): the reward functions its
+config names are imported only with `trust_run_code=true` (those on the command line are the
+user's own), its model must be finite safetensors, and nothing is written through a link out of it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from tokalign import rewards
 from tokalign.config import EvalConfig
 from tokalign.data.loading import response_checks, task_of
 from tokalign.errors import ConfigError
-from tokalign.files import atomic_text
+from tokalign.files import atomic_text, refuse_links_out
 from tokalign.generation import generate, prompt_text, sequence_logps
 from tokalign.methods.base import DataKind
 from tokalign.methods.registry import get_method
-from tokalign.rundir import load_run_config
+from tokalign.rundir import finished_model, load_run_config
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -146,9 +150,10 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
     data = load_split(cfg.dataset, DataKind.prompt, "eval", method=cfg.method.name)
     data = data.select(range(min(cfg.eval.num_prompts, len(data))))
     prompts = list(data["prompt"])
+    reward_fn = _eval_reward(cfg)  # before any sampling: a reward that cannot load fails at once
+    extra = [(spec, rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards")) for spec in rewards.extra_specs(cfg.eval)]
     sampler = _Sampler(cfg, run_dir, tokenizer)
     policy = sampler.sample("policy", prompts)
-    reward_fn = _eval_reward(cfg)
     answers = list(data["answer"]) if "answer" in data.column_names else None
     metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
     columns = ["prompt", "response"]
@@ -169,8 +174,7 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
         metrics.update(_scored("gold_reward", "win_rate", pol, ref))
         columns += ["gold_reward", "reference", "reference_gold_reward"]
         rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
-    for spec in rewards.extra_specs(cfg.eval):
-        fn = rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards")
+    for spec, fn in extra:
         label = rewards.parse(spec, "eval.extra_rewards")[0].label
         name, win = ("rm_score", "rm_win_rate") if label == "reward_model" else (label, f"{label}_win_rate")
         if reference is None:
@@ -192,28 +196,45 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
 
 
 def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, rollout: DictConfig | None = None,
-                 trust_remote_code: bool = False) -> tuple[dict, list[str], list[list[Any]]]:
+                 trust_remote_code: bool = False, trust_run_code: bool = False) -> tuple[dict, list[str], list[list[Any]]]:
     """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json.
 
     `rollout` replaces the run's sampling engine (a run trained with vLLM evaluates on a CPU
-    machine with the default, transformers). `trust_remote_code` is this call's own: a run
-    directory's config never turns it on.
+    machine with the default, transformers). `trust_remote_code` and `trust_run_code` are this
+    call's own: a run directory's config never turns them on.
     """
     from tokalign.models import load_tokenizer
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir, trust_remote_code=trust_remote_code)
+    cfg = load_run_config(run_dir, trust_remote_code=trust_remote_code, trust_run_code=trust_run_code)
+    refuse_links_out(run_dir, "run dir")
+    given = OmegaConf.create({"eval": overrides or {}})
     cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval, overrides or {})
     if rollout is not None:
         cfg.rollout = rollout
-    model_dir = run_dir / "model"
-    if not (model_dir / "config.json").exists():
-        raise ConfigError(f"{model_dir} holds no finished model (was the run completed?)")
+    _check_questions(cfg, run_dir, overrides, trust_run_code)
+    model_dir = finished_model(run_dir)
     method = get_method(cfg.method.get("algorithm") or cfg.method.name)
-    if method.evaluate is not None:
-        metrics, columns, rows = method.evaluate(cfg, run_dir)
-    else:
-        tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
-        metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
+    with rewards.run_code(cfg, f"{run_dir / 'resolved.yaml'}", trusted=trust_run_code, given=given):
+        if method.evaluate is not None:
+            metrics, columns, rows = method.evaluate(cfg, run_dir)
+        else:
+            tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
+            metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
     atomic_text(run_dir / "eval.json", json.dumps(metrics, indent=2))
     return metrics, columns, rows[: cfg.eval.num_table_rows]
+
+
+def _check_questions(cfg: DictConfig, run_dir: Path, overrides: DictConfig | None, trusted: bool) -> None:
+    """A questions file the run's config names (not the command line) must lie inside the run directory."""
+    if trusted or (overrides is not None and "export_questions" in overrides) or not cfg.eval.export:
+        return
+    q = cfg.eval.export_questions
+    paths = list(q.values()) if isinstance(q, DictConfig) else [q] if q else []
+    inside = run_dir.resolve()
+    for path in paths:
+        full = Path(str(path)).expanduser().resolve()  # as export reads it
+        if not full.is_relative_to(inside):
+            raise ConfigError(f"eval.export_questions={path} in {run_dir / 'resolved.yaml'} reaches outside the run "
+                              "directory; name the questions file on the command line (eval.export_questions=...) "
+                              "or pass trust_run_code=true")

@@ -30,9 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from tokalign import preemption
 from tokalign.config import option, world_size
 from tokalign.distributed import deepspeed_config
-from tokalign.errors import LaunchError, UserError
+from tokalign.errors import LaunchError
 from tokalign.files import atomic_text
-from tokalign.rundir import claim, die_with_parent
+from tokalign.rundir import check_unused, claim, die_with_parent
 
 DEFAULT_MULTINODE_PORT = 29500
 
@@ -127,7 +127,7 @@ def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
         if request.checkpoint or rc == preemption.EXIT_PREEMPTED:
             preemption.hand_over()
         if request.stop:
-            raise preemption.Stopped(f"stopped by SIGTERM; resume=auto continues {run_dir} from its last sealed checkpoint")
+            raise preemption.Stopped(request.stopped_at() + f"; resume=auto continues {run_dir} from its last sealed checkpoint")
         return rc
     finally:
         preemption.uninstall()
@@ -140,15 +140,14 @@ def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
                 proc.wait()
 
 
-def _previous_run(run_dir: Path) -> list[str]:
-    return [name for name in ("summary.json", "model", "checkpoints", "metrics.jsonl") if (run_dir / name).exists()]
-
-
-def launch(cfg: DictConfig) -> dict:
+def launch(cfg: DictConfig, hydra_files: dict[str, str] | None = None) -> dict:
     """Run a validated, resolved config with its launcher; returns the final metrics.
 
     With resume=auto a finished run (summary.json) is left as it is; with resume=never a
     directory holding an earlier run's results is refused rather than mixed with a new one.
+    Only then is anything written: Hydra's record of the run (`hydra_files`, written into
+    `<run_dir>/.hydra/` here rather than by Hydra, which would write before these checks), then
+    resolved.yaml.
     """
     run_dir = Path(cfg.output_dir)
     with claim(run_dir) as lock_fd:
@@ -156,10 +155,10 @@ def launch(cfg: DictConfig) -> dict:
         if option(cfg.resume) == "auto" and summary.exists():
             print(f"tokalign: {run_dir} already finished (summary.json); nothing to do", flush=True)
             return json.loads(summary.read_text())
-        earlier = _previous_run(run_dir)
-        if option(cfg.resume) == "never" and earlier:
-            raise UserError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
-                            "or choose another hydra.run.dir")
+        if option(cfg.resume) == "never":
+            check_unused(run_dir)
+        for name, text in (hydra_files or {}).items():
+            atomic_text(run_dir / ".hydra" / name, text)
         config_path = write_resolved(cfg)
         if cfg.launcher.name == "local":
             from tokalign.run import run_training

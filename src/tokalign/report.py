@@ -7,13 +7,21 @@ never averaged in. Rows group runs by config keys (dotted paths into resolved.ya
 choice such as `arm` read from the run's .hydra/hydra.yaml); cells are mean ± sample standard
 deviation (n − 1) over the group's runs, usually its seeds. W&B runs can be read instead of, or
 beside, local directories (`wandb=<entity>/<project>`, optionally `wandb_group=`).
+
+Run directories are read as data (plain YAML and JSON, nothing resolved or imported); a run
+whose files cannot be read (a damaged metrics.jsonl, a summary.json that is not an object) is
+listed under the table with the reason, and the others are tabulated. The output files are
+written atomically, never through a link planted in the output directory.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +31,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
-from tokalign.tracking import read_metrics
+from tokalign.errors import StorageError, UserError
+from tokalign.files import atomic_bytes, atomic_text
+from tokalign.rundir import read_config
+from tokalign.tracking import read_metrics, unreadable_line
 
 MISSING = "-"
 
@@ -46,26 +57,50 @@ class RunRecord:
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """A JSON object, None when the file is absent; a UserError says what is wrong with one that is there."""
+    if not path.exists():
         return None
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path.name} is not readable JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path.name} is not a JSON object (found {type(value).__name__})")
+    return value
+
+
+def _choices(run_dir: Path) -> dict[str, str]:
+    """Hydra's group choices (`arm`, `method`, ...) from .hydra/hydra.yaml, read as plain YAML."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
+        node = data["hydra"]["runtime"]["choices"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    return {str(k): str(v) for k, v in node.items() if v is not None} if isinstance(node, dict) else {}
 
 
 def load_run(run_dir: Path) -> RunRecord:
-    cfg = OmegaConf.load(run_dir / "resolved.yaml")
-    choices = {}
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if hydra_yaml.exists():
-        node = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices", default=None)
-        choices = {str(k): str(v) for k, v in (node or {}).items() if v is not None}
-    rec = RunRecord(str(run_dir), cfg, choices, history=read_metrics(run_dir))
-    summary = _read_json(run_dir / "summary.json")
-    if summary is None:
-        steps = max((r.get("step", 0) for r in rec.history), default=None)
-        rec.problem = "incomplete: no summary.json" + (f" (last logged step {steps})" if steps is not None else " (nothing logged)")
-        return rec
-    rec.final = {**summary, **(_read_json(run_dir / "eval.json") or {})}
+    """A run's record; one that cannot be read is a record with its problem, not an error."""
+    try:
+        cfg = read_config(run_dir / "resolved.yaml")
+    except UserError as err:
+        return RunRecord(str(run_dir), OmegaConf.create({}), problem=f"unreadable: {err}")
+    rec = RunRecord(str(run_dir), cfg, _choices(run_dir))
+    try:
+        bad = unreadable_line(run_dir)
+        if bad:
+            raise UserError(f"metrics.jsonl:{bad} is not UTF-8 text (a damaged file)")
+        rec.history = read_metrics(run_dir)
+        summary = _read_json(run_dir / "summary.json")
+        if summary is None:
+            steps = max((r.get("step", 0) for r in rec.history if isinstance(r.get("step"), int)), default=None)
+            rec.problem = "incomplete: no summary.json" + (f" (last logged step {steps})" if steps is not None else " (nothing logged)")
+            return rec
+        rec.final = {**summary, **(_read_json(run_dir / "eval.json") or {})}
+    except (UserError, OSError) as err:
+        rec.problem = f"unreadable: {err}"
     return rec
 
 
@@ -133,13 +168,14 @@ class Table:
             lines += ["", "Runs not in the table:", ""] + [f"- `{run}`: {why}" for run, why in self.excluded]
         return "\n".join(lines) + "\n"
 
-    def write_csv(self, path: Path) -> None:
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow([*self.group_by, "n", "seeds", *(f"{m}_{s}" for m in self.metrics for s in ("mean", "std", "n"))])
-            for row in self.rows:
-                stats = [x for m in self.metrics for x in (row[m] if row[m] else ("", "", 0))]
-                w.writerow([*row["group"], row["n"], " ".join(map(str, row["seeds"])), *stats])
+    def csv(self) -> str:
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow([*self.group_by, "n", "seeds", *(f"{m}_{s}" for m in self.metrics for s in ("mean", "std", "n"))])
+        for row in self.rows:
+            stats = [x for m in self.metrics for x in (row[m] if row[m] else ("", "", 0))]
+            w.writerow([*row["group"], row["n"], " ".join(map(str, row["seeds"])), *stats])
+        return f.getvalue()
 
 
 def _cell(stat: tuple | None, n: int) -> str:
@@ -246,11 +282,16 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
                 ax.legend(fontsize="small", title=", ".join(group_by), title_fontsize="small")
         fig.tight_layout()
         for fmt in formats:
-            path = out / f"curve_{key.replace('/', '_')}.{fmt}"
-            fig.savefig(path, dpi=150)
-            written.append(path)
+            image = io.BytesIO()
+            fig.savefig(image, format=fmt, dpi=150)
+            written.append(atomic_bytes(out / f"curve_{_file_safe(key)}.{fmt}", image.getvalue()))
         plt.close(fig)
     return written
+
+
+def _file_safe(key: str) -> str:
+    """A metric key as part of a file name: no separator or `..` from a key a run logged can leave the directory."""
+    return re.sub(r"[^A-Za-z0-9@=+-]+", "_", key)
 
 
 def make_report(
@@ -267,10 +308,11 @@ def make_report(
     metrics = list(metrics or default_metrics(records))
     table = build_table(records, group_by, metrics)
     out = Path(out or (Path(runs[0]) / "table" if runs else "table"))
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "table.md", "csv": out / "table.csv"}
-    files["markdown"].write_text(table.markdown(title))
-    table.write_csv(files["csv"])
+    if out.is_symlink():
+        raise StorageError(f"the table directory {out} is a symbolic link (to {os.readlink(out)}); tokalign writes no "
+                           "file through a link: pass out=<a directory>")
+    files = {"markdown": atomic_text(out / "table.md", table.markdown(title)),
+             "csv": atomic_text(out / "table.csv", table.csv())}
     curve_keys = default_curves(records) if curves is None else list(curves)
     for path in plot_curves(records, group_by, curve_keys, out):
         files[path.stem] = path

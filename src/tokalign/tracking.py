@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
-from tokalign.files import atomic_text, storage_errors
+from tokalign.files import append_line, atomic_text
 
 
 def _logged_in() -> bool:
@@ -98,8 +98,7 @@ class Tracker:
         if self.rank != 0:
             return
         row = {k: _scalar(v) for k, v in metrics.items()}
-        with storage_errors(self.metrics_path), self.metrics_path.open("a") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+        append_line(self.metrics_path, json.dumps({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
         self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
@@ -135,12 +134,25 @@ class Tracker:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The rows of a run's metrics.jsonl; a line cut short (a kill, or a writer mid-line) is skipped."""
+    """The rows of a run's metrics.jsonl; a line cut short (a kill, or a writer mid-line) or damaged is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in path.read_bytes().splitlines() if path.exists() else []:
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            row = json.loads(line)
+        except ValueError:  # UnicodeDecodeError included
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def unreadable_line(run_dir: str | os.PathLike) -> int | None:
+    """The number of the first line of metrics.jsonl that is not UTF-8 text (a damaged file), if any."""
+    path = Path(run_dir) / "metrics.jsonl"
+    for number, line in enumerate(path.read_bytes().splitlines() if path.exists() else [], 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return None
