@@ -99,3 +99,21 @@ def train(tmp_path, cache_dir):
         return run_dir
 
     return _train
+
+
+FINISHED = ["logger=none", "method=sft", "trainer.max_steps=1", "dataset.num_train=16", "eval.num_prompts=2", "eval.kl=false"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cache_dir) -> Path:
+    """A finished one-step SFT run (overrides: FINISHED); tests change only a copy (`copy_run`)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run_cli("train", f"hydra.run.dir={run_dir}", *FINISHED)
+    return run_dir
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, dest, symlinks=True)
+    return dest

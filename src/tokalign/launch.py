@@ -127,7 +127,7 @@ def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
         if request.checkpoint or rc == preemption.EXIT_PREEMPTED:
             preemption.hand_over()
         if request.stop:
-            raise preemption.Stopped(request.stopped_at() + f"; resume=auto continues {run_dir} from its last sealed checkpoint")
+            raise request.stopped("", f"resume=auto continues {run_dir} from its last sealed checkpoint")
         return rc
     finally:
         preemption.uninstall()

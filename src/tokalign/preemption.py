@@ -59,10 +59,14 @@ class Request:
     checkpoint: bool = False
     by_user: bool = False  # the stop is a Ctrl-C, not a scheduler's SIGTERM
 
-    def stopped_at(self, where: str = "") -> str:
-        """`stopped by SIGTERM at step 5 (cancelled or out of time)`, or by Ctrl-C."""
+    def stopped(self, where: str, then: str) -> Stopped:
+        """`stopped by SIGTERM at step 5 (cancelled or out of time); <then>`, or by Ctrl-C (exit status 130)."""
         where = f" {where}" if where else ""
-        return f"stopped by Ctrl-C{where}" if self.by_user else f"stopped by SIGTERM{where} (cancelled or out of time)"
+        err = Stopped(f"stopped by Ctrl-C{where}; {then}" if self.by_user
+                      else f"stopped by SIGTERM{where} (cancelled or out of time); {then}")
+        if self.by_user:
+            err.exit_code = EXIT_INTERRUPTED
+        return err
 
     def __bool__(self) -> bool:
         return self.stop or self.checkpoint
@@ -169,7 +173,10 @@ def stop_at_once(message: str):
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise Stopped(f"stopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'} {message}")
+        err = Stopped(f"stopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'} {message}")
+        if signum == signal.SIGINT:
+            err.exit_code = EXIT_INTERRUPTED
+        raise err
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokalign.checkpoint import complete_checkpoints, discard_incomplete, non_finite, step_of, verify
 from tokalign import preemption
 from tokalign.config import option
+from tokalign.errors import UserError
 from tokalign.files import atomic_text, storage_errors
 from tokalign.methods.base import DataKind
 from tokalign.methods.registry import get_method
@@ -178,6 +179,8 @@ def run_training(cfg: DictConfig, rank: int = 0) -> dict[str, Any]:
                 finished_model(run_dir)  # a non-finite model/ is refused, not evaluated
                 _say("the final model is already saved: running only what is missing (evaluation, summary)")
             metrics = json.loads(trained.read_text())
+            if not isinstance(metrics, dict):
+                raise UserError(f"{trained} is not a JSON object; remove it (and model/) to train again")
         else:
             with storage_errors(run_dir):
                 metrics = {**run.method.train(run), **run.data_metrics}

@@ -109,6 +109,8 @@ def check_writable(run_dir: str | os.PathLike) -> None:
             raise StorageError(f"cannot use {_shown(path)} as a run directory: {_shown(existing)} is a file")
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
+    except StorageError:
+        raise
     except OSError as err:
         raise StorageError(f"cannot use {_shown(path)} as a run directory: {err.strerror}") from None
 

@@ -160,8 +160,7 @@ class PreemptionCallback(TrainerCallback):
 
 def _stopped(args, state, request) -> preemption.Stopped:
     last = latest_checkpoint(args.output_dir)
-    return preemption.Stopped(request.stopped_at(f"at step {state.global_step}") + "; "
-                              + (f"resume=auto continues from {last}" if last else "no sealed checkpoint yet"))
+    return request.stopped(f"at step {state.global_step}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
 
 
 def _check_final(model, state_dict, step: int, output_dir: str) -> None:

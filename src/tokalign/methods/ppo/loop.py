@@ -240,8 +240,7 @@ def fit(run, **setup_args) -> dict:
                 preemption.hand_over()
             if request.stop:
                 last = latest_checkpoint(checkpoints)
-                raise preemption.Stopped(request.stopped_at(f"at iteration {done}") + "; "
-                                         + (f"resume=auto continues from {last}" if last else "no sealed checkpoint yet"))
+                raise request.stopped(f"at iteration {done}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
     finally:
         preemption.uninstall()
     progress.close()
