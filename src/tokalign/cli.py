@@ -70,8 +70,16 @@ _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment v
 def _fail(err: Exception | str) -> None:
     """A user error: one line on stderr, exit status 2 (OmegaConf's and Hydra's messages folded into it)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith(_NOISE)]
+    _end_progress_bars()
     print(f"tokalign: error: {' '.join(lines)}", file=sys.stderr)
     sys.exit(getattr(err, "exit_code", 2))
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so that its line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -327,13 +335,12 @@ def evaluate(argv: list[str]) -> None:
 
     try:
         args = _args(argv, COMMANDS["eval"])
+        trust = {k: _flag(args, k) for k in ("trust_remote_code", "trust_run_code")}
         overrides = OmegaConf.create(args.get("eval", {}))  # only what was given: the run's own settings stand
         rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
         from tokalign.evaluate import evaluate_run
 
-        metrics, _, _ = evaluate_run(args["run_dir"], overrides, rollout=rollout,
-                                     trust_remote_code=_flag(args, "trust_remote_code"),
-                                     trust_run_code=_flag(args, "trust_run_code"))
+        metrics, _, _ = evaluate_run(args["run_dir"], overrides, rollout=rollout, **trust)
     except _user_errors() as err:
         _fail(err)
     print(json.dumps(metrics, indent=2))
@@ -396,12 +403,13 @@ def inspect_tokens(argv: list[str]) -> None:
         from tokalign.inspect_view import inspect_run
 
         max_new_tokens = args.get("max_new_tokens")
-        path = inspect_run(
-            args["run_dir"], out=args.get("out"), num_examples=_number(args, "num_examples", 4, int, 1),
+        settings = dict(
+            num_examples=_number(args, "num_examples", 4, int, 1),
             max_new_tokens=None if max_new_tokens is None else _number(args, "max_new_tokens", 0, int, 1),
             progress=_number(args, "progress", 1.0, float, 0, 1),
-            trust_remote_code=_flag(args, "trust_remote_code"), trust_run_code=_flag(args, "trust_run_code"),
+            **{k: _flag(args, k) for k in ("trust_remote_code", "trust_run_code")},
         )
+        path = inspect_run(args["run_dir"], out=args.get("out"), **settings)
     except _user_errors() as err:
         _fail(err)
     print(f"wrote {path}")
