@@ -93,9 +93,7 @@ def _numbered_rows(path: Path, as_list: bool | None = None) -> list[tuple[str, d
         except json.JSONDecodeError as err:
             line = err.lineno if as_list else number
             raise DataError(f"{path}:{line}: broken JSON ({err.msg}, column {err.colno})") from None
-        if as_list and not isinstance(value, list):
-            raise DataError(f"{path}: expected a JSON list of row objects, found {type(value).__name__}")
-        items = value if as_list else [value]
+        items = value if as_list and isinstance(value, list) else [value]
         for i, item in enumerate(items):
             where = f"{path}: row {i + 1}" if as_list else f"{path}:{number}"
             if not isinstance(item, dict):
