@@ -128,3 +128,19 @@ def perturbed_model(tiny_model, tmp_path_factory):
     model.save_pretrained(path)
     load_tokenizer(tiny_model).save_pretrained(path)
     return str(path)
+FINISHED = ["logger=none", "method=sft", "trainer.max_steps=1", "dataset.num_train=16", "eval.num_prompts=2", "eval.kl=false"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cache_dir) -> Path:
+    """A finished one-step SFT run (overrides: FINISHED); tests change only a copy (`copy_run`)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run_cli("train", f"hydra.run.dir={run_dir}", *FINISHED)
+    return run_dir
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run_dir, dest, symlinks=True)
+    return dest

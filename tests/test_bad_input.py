@@ -12,7 +12,7 @@ from tests.conftest import run_cli
 
 CONFIG_PROBES = [
     (["method=nope"], "Could not find 'method/nope'"),
-    (["method.bta=0.1"], "Could not override 'method.bta'"),
+    (["method.bta=0.1"], "method.bta is not a knob here; did you mean beta?"),
     (["+method.bta=0.1"], "method.bta is not a knob here; did you mean beta?"),
     (["trainer.max_steps=many"], "max_steps"),
     (["method.beta=-0.1"], "method.beta=-0.1 is out of range: expected > 0"),

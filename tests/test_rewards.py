@@ -53,7 +53,8 @@ def test_earlier_spellings_are_translated_with_a_warning(tmp_path):
     grpo = OmegaConf.create({"reward": "task", "rewards": [{"_target_": "tokalign.rewards.exact_match", "weight": 2.0}]})
     with pytest.warns(FutureWarning, match="method.rewards"):
         spec = rewards.configured(grpo, "method.reward")
-    assert rewards.functions(spec, TOY_MATH, "method.reward") == ([rewards.exact_match], [2.0])
+    fns, weights = rewards.functions(spec, TOY_MATH, "method.reward")
+    assert [f.__wrapped__ for f in fns] == [rewards.exact_match] and weights == [2.0]  # imported: called through a guard
     model = tmp_path / "rm"
     (model / "model").mkdir(parents=True)
     (model / "model" / "config.json").write_text("{}")

@@ -2,12 +2,17 @@
 
 `tokalign train ...` is a real Hydra app (multirun `-m`, `--cfg job`, sweeps, launcher plugins).
 A user error (a bad value, a missing file, a busy run directory) is one line on stderr and
-exit status 2; anything else is a bug and keeps its traceback. Start-up stays cheap: nothing
-heavy (torch, trl, deepspeed) is imported until a job runs.
+exit status 2 (Ctrl-C: 130); anything else is a bug and keeps its traceback. Hydra's own
+messages for a typo or a wrong type are rephrased in the schema's terms ("did you mean",
+the expected type). Start-up stays cheap: nothing heavy (torch, trl, deepspeed) is imported
+until a job runs.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -65,8 +70,16 @@ _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment v
 def _fail(err: Exception | str) -> None:
     """A user error: one line on stderr, exit status 2 (OmegaConf's and Hydra's messages folded into it)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith(_NOISE)]
+    _end_progress_bars()
     print(f"tokalign: error: {' '.join(lines)}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(err, "exit_code", 2))
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so that its line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -118,18 +131,100 @@ def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
 
 
 def _preflight(argv: list[str]) -> None:
-    """A single run's config and run directory, checked before Hydra starts anything."""
+    """A single run's config and run directory, checked before Hydra starts anything (or writes anything)."""
     from omegaconf import OmegaConf, open_dict
 
     from tokalign.app.compose import name_local_data, validate
-    from tokalign.artifacts.rundir import check_writable
+    from tokalign.artifacts.files import refuse_links_out
+    from tokalign.artifacts.rundir import check_free, check_unused, check_writable
+    from tokalign.config import option
 
     cfg, _ = _compose(argv)
     name_local_data(cfg, argv)
-    check_writable(OmegaConf.select(cfg, "hydra.run.dir"))
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir")
     with open_dict(cfg):
         del cfg["hydra"]
-    validate(cfg)
+    cfg = validate(cfg)
+    check_writable(run_dir)
+    check_free(run_dir)
+    refuse_links_out(run_dir, "run dir")
+    if option(cfg.resume) == "never":
+        check_unused(run_dir)
+
+
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def _explain(err: Exception, argv: list[str]) -> Exception:
+    """Hydra's composition error in the schema's terms: an unknown key gets "did you mean" (as with a
+    leading +), a value of the wrong type the type that was expected. Anything else: unchanged."""
+    from tokalign.errors import ConfigError
+
+    text = str(err)
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        try:
+            _compose_and_validate([f"+{a}" if _override_key(a) == key and not a.startswith("+") else a for a in argv])
+        except ConfigError as explained:
+            return explained
+        except Exception:
+            pass
+        return err
+    merging = re.match(r"Error merging override ([^=]+)=(.*)", text, re.S)
+    full_key = getattr(err.__cause__, "full_key", None)
+    if merging and full_key:
+        key = re.sub(r"\[\d+\]$", "", str(full_key))
+        expected = _expected(key, [a for a in argv if _override_key(a) != merging.group(1).lstrip("+~")])
+        if expected:
+            value = merging.group(2).strip()
+            close = difflib.get_close_matches(value, expected.removeprefix("one of ").split(" | "), n=1)
+            hint = f"; did you mean {close[0]}?" if expected.startswith("one of ") and close else ""
+            return ConfigError(f"{merging.group(1).lstrip('+')}={value} is not {expected}{hint}")
+    return err
+
+
+def _compose_and_validate(argv: list[str]):
+    from omegaconf import open_dict
+
+    from tokalign.app.compose import validate
+
+    cfg, _ = _compose(argv)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return validate(cfg)
+
+
+def _expected(key: str, argv: list[str]) -> str | None:
+    """What the schema expects at a dotted key ("a list of numbers, e.g. [0.9, 0.999]"), if it can say."""
+    import dataclasses
+    import typing
+
+    from tokalign.app.help import describe_type
+    from tokalign.app.registry import get_method
+    from tokalign.config import RunConfig, launcher_schema
+
+    parts = key.split(".")
+    schema: typing.Any = RunConfig
+    if parts[0] in ("method", "launcher"):
+        try:
+            cfg, _ = _compose(argv)
+            schema = (get_method(cfg.method.get("algorithm") or cfg.method.name).config if parts[0] == "method"
+                      else launcher_schema(cfg.launcher.name))
+        except Exception:
+            return None
+        parts = parts[1:]
+    field = None
+    for part in parts:
+        if not dataclasses.is_dataclass(schema):
+            return None
+        field = next((f for f in dataclasses.fields(schema) if f.name == part), None)
+        if field is None:
+            return None
+        hint = typing.get_type_hints(schema)[part]
+        schema = next((c for c in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(c)), hint)
+    return describe_type(schema, field) if field is not None else None
 
 
 def train_help(overrides: list[str]) -> str:
@@ -183,7 +278,7 @@ def train(argv: list[str]) -> None:
             _fail(err)
         except Exception as err:  # Hydra's composition errors (a bad override, a missing option)
             if type(err).__module__.startswith("hydra"):
-                _fail(err)
+                _fail(_explain(err, argv))
             raise
 
     @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
@@ -191,17 +286,23 @@ def train(argv: list[str]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from tokalign.cluster.preemption import Stopped
         from tokalign.runtime.launch import launch
 
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
             cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # a sweep's runs are one W&B group
+        hydra_files = {"config.yaml": OmegaConf.to_yaml(cfg),
+                       "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+                       "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
         try:
             name_local_data(cfg, list(hydra_cfg.overrides.task))
             cfg = validate(cfg)
             OmegaConf.resolve(cfg)
-            return launch(cfg)
+            return launch(cfg, hydra_files)
         except _user_errors() as err:
+            if isinstance(err, Stopped) and hydra_cfg.mode != RunMode.MULTIRUN:
+                err.args = (f"{err}; to continue: {resume_command(argv, cfg.output_dir)}",)
             if hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_")):
                 print(f"tokalign: error: {err}", file=sys.stderr)
                 raise  # a job of a submitit/SLURM sweep: its launcher reports the point as failed
@@ -216,6 +317,12 @@ def train(argv: list[str]) -> None:
     app()
 
 
+def resume_command(argv: list[str], run_dir: str) -> str:
+    """The command line that continues a stopped run: the same overrides, its directory, resume=auto."""
+    kept = [a for a in argv if _override_key(a) not in ("resume", "hydra.run.dir")]
+    return shlex.join(["tokalign", "train", *kept, f"hydra.run.dir={run_dir}", "resume=auto"])
+
+
 # ---------------------------------------------------------------------------------------------
 # eval, table, inspect
 
@@ -228,17 +335,40 @@ def evaluate(argv: list[str]) -> None:
 
     try:
         args = _args(argv, COMMANDS["eval"])
+        trust = {k: _flag(args, k) for k in ("trust_remote_code", "trust_run_code")}
         overrides = OmegaConf.create(args.get("eval", {}))  # only what was given: the run's own settings stand
         rollout = OmegaConf.merge(OmegaConf.structured(RolloutConfig), args["rollout"]) if "rollout" in args else None
         from tokalign.analysis.evaluate import evaluate_run, log_to_wandb
 
-        metrics, columns, rows = evaluate_run(args["run_dir"], overrides, rollout=rollout,
-                                              trust_remote_code=bool(args.get("trust_remote_code")))
+        metrics, columns, rows = evaluate_run(args["run_dir"], overrides, rollout=rollout, **trust)
         log_to_wandb(Path(args["run_dir"]), metrics, columns, rows)
     except _user_errors() as err:
         _fail(err)
     print(strict_json(metrics, indent=2))
     print(f"wrote {Path(args['run_dir']) / 'eval.json'} (earlier evaluations: {Path(args['run_dir']) / 'evals'})")
+
+
+def _flag(args: dict, name: str) -> bool:
+    from tokalign.errors import ConfigError
+
+    value = args.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value} is not true or false")
+    return value
+
+
+def _number(args: dict, name: str, default, kind: type, low: float, high: float | None = None):
+    """A numeric command-line argument within [low, high]; a ConfigError names it otherwise."""
+    import math
+
+    from tokalign.errors import ConfigError
+
+    value = args.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{name}={value} is not {'an integer' if kind is int else 'a number'}")
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        raise ConfigError(f"{name}={value} is out of range: expected >= {low}" + (f" and <= {high}" if high is not None else ""))
+    return kind(value)
 
 
 def _list(value) -> list[str] | None:
@@ -273,17 +403,22 @@ def inspect_tokens(argv: list[str]) -> None:
         args = _args(argv, COMMANDS["inspect"])
         from tokalign.analysis.inspect import inspect_run
 
-        path = inspect_run(
-            args["run_dir"], out=args.get("out"), num_examples=int(args.get("num_examples", 4)),
-            max_new_tokens=args.get("max_new_tokens"), progress=float(args.get("progress", 1.0)),
-            trust_remote_code=bool(args.get("trust_remote_code")),
+        max_new_tokens = args.get("max_new_tokens")
+        settings = dict(
+            num_examples=_number(args, "num_examples", 4, int, 1),
+            max_new_tokens=None if max_new_tokens is None else _number(args, "max_new_tokens", 0, int, 1),
+            progress=_number(args, "progress", 1.0, float, 0, 1),
+            **{k: _flag(args, k) for k in ("trust_remote_code", "trust_run_code")},
         )
+        path = inspect_run(args["run_dir"], out=args.get("out"), **settings)
     except _user_errors() as err:
         _fail(err)
     print(f"wrote {path}")
 
 
 TRUST = Arg("trust_remote_code", "run the model's own Python code (false; a run directory never turns it on)")
+TRUST_RUN = Arg("trust_run_code", "import the reward functions (module:function) the run's config names and use the paths "
+                                  "it names (false: a run directory is data; they are listed when true)")
 COMMANDS = {
     "train": Command("train", "train a method on a model and dataset (a Hydra app; `tokalign train --help`)", train),
     "eval": Command(
@@ -291,7 +426,7 @@ COMMANDS = {
         [Arg("run_dir", "a finished run directory", required=True),
          Arg("eval.<knob>", "any evaluation knob, e.g. eval.num_prompts=64 eval.num_samples=4 eval.export=[alpaca_eval]"),
          Arg("rollout.<knob>", "how to sample (default: as the run did), e.g. rollout.engine=hf for a vLLM run on a CPU machine"),
-         TRUST],
+         TRUST, TRUST_RUN],
         ["tokalign eval run_dir=outputs/dpo/2026-11-27_12-00-00 eval.num_samples=4",
          "tokalign eval run_dir=... eval.export=[alpaca_eval,mt_bench,arena_hard] eval.export_questions=q.jsonl"],
     ),
@@ -316,7 +451,7 @@ COMMANDS = {
          Arg("num_examples", "examples (pairs, rollouts or groups) to show (default 4)"),
          Arg("max_new_tokens", "longest sampled response, for methods that sample"),
          Arg("progress", "where in training to show a schedule such as D³S's (0-1, default 1)"),
-         TRUST],
+         TRUST, TRUST_RUN],
         ["tokalign inspect run_dir=outputs/tgdpo/2026-11-27_12-00-00 num_examples=8"],
     ),
 }
@@ -351,7 +486,11 @@ def main(argv: list[str] | None = None) -> None:
     if name != "train" and any(a in ("-h", "--help") for a in rest):
         print(command.usage())
         return
-    command.run(rest)
+    try:
+        command.run(rest)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a step boundary instead)
+        print("\ntokalign: error: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Each group is a dataclass whose fields are declared with `knob(default, bounds, help)`: the
 default, the allowed range and a one-line description. Hydra composes onto these types (a
-typo or a wrong type fails at composition), `check_bounds` enforces the ranges, and the help
+typo or a wrong type fails at composition), `check_bounds` enforces the ranges (every number,
+bounded or not, must be finite; a `nonempty` list needs an item), and the help
 strings annotate `tokalign train --help`. Methods declare their knobs the same way in their
 own packages; presets under `conf/` hold only values that differ.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import operator
 import typing
 from dataclasses import dataclass, field
@@ -21,14 +23,16 @@ from omegaconf import II, MISSING, DictConfig, ListConfig
 
 from tokalign.errors import ConfigError
 
+SEED_MAX = 2**32 - 1  # what numpy's and torch's seeding accept
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
 def knob(default: Any = MISSING, *, help: str, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, factory: Any = None) -> Any:
-    """A config field: its default, its allowed range (numbers, or every element of a list) and its help."""
+         le: float | None = None, lt: float | None = None, factory: Any = None, nonempty: bool = False) -> Any:
+    """A config field: its default, its allowed range (numbers, or every element of a list), whether a
+    list needs at least one item, and its help."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    metadata = {"help": help, "bounds": bounds}
+    metadata = {"help": help, "bounds": bounds, "nonempty": nonempty}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -69,6 +73,11 @@ def check_bounds(schema: type, node: DictConfig, prefix: str) -> None:
         if sub is not None and isinstance(value, DictConfig):
             check_bounds(sub, value, path)
             continue
+        where = _non_finite(value, path)
+        if where is not None:
+            raise ConfigError(f"{where} is not a finite number: every number in the config must be finite")
+        if f.metadata.get("nonempty") and isinstance(value, (ListConfig, list)) and len(value) == 0:
+            raise ConfigError(f"{path}=[] is empty: it needs at least one item ({f.metadata['help']})")
         bounds = f.metadata.get("bounds")
         if not bounds or value is None:
             continue
@@ -77,6 +86,17 @@ def check_bounds(schema: type, node: DictConfig, prefix: str) -> None:
                 continue
             if not all(_BOUNDS[k][0](item, limit) for k, limit in bounds.items()):
                 raise ConfigError(f"{path}={value} is out of range: expected {describe_bounds(bounds)}")
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """`path=value` of the first NaN or infinite number in a value (lists and mappings searched)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path}={value}"
+    if isinstance(value, (DictConfig, dict)):
+        return next((w for k, v in value.items() if (w := _non_finite(v, f"{path}.{k}")) is not None), None)
+    if isinstance(value, (ListConfig, list)):
+        return next((w for i, v in enumerate(value) if (w := _non_finite(v, f"{path}[{i}]")) is not None), None)
+    return None
 
 
 def require(condition: bool, message: str) -> None:
@@ -200,7 +220,7 @@ class TinySpec:
     num_heads: int = knob(4, ge=1, help="attention heads (must divide hidden_size)")
     vocab_size: int = knob(576, ge=300, help="BPE vocabulary trained on the toy tasks (~522 needed: one token per toy word)")
     max_position_embeddings: int = knob(256, ge=16, help="longest sequence the model accepts")
-    seed: int = knob(0, help="seed of the tokenizer, weights and warm start")
+    seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of the tokenizer, weights and warm start")
     warmup_steps: int = knob(1000, ge=0, help="response-only training steps on toy data before it counts as the starting policy")
 
 
@@ -254,7 +274,7 @@ class DatasetConfig:
     num_train: Optional[int] = knob(None, ge=1, help="training rows: generated (null: 2000), or the first rows of the split (null: all)")
     num_eval: int = knob(64, ge=1, help="evaluation rows: generated (toy tasks), or at most this many held out of the training split")
     eval_fraction: float = knob(0.1, gt=0, lt=1, help="without eval_split: share of the training split held out for evaluation")
-    seed: int = knob(0, help="seed of generated data and on-policy sampling")
+    seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of generated data and on-policy sampling")
     pairs: Pairs = knob(Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy")
     on_policy: OnPolicySpec = knob(help="on-policy pair building (pairs=on_policy)", factory=OnPolicySpec)
 
@@ -267,7 +287,7 @@ class TrainerConfig:
     warmup_ratio: float = knob(0.05, ge=0, le=1, help="share of the steps spent warming up")
     weight_decay: float = knob(0.0, ge=0, help="AdamW weight decay")
     adam_betas: list[float] = knob(help="AdamW's (beta1, beta2); OpenRLHF-style recipes use [0.9, 0.95]", ge=0, lt=1,
-                                   factory=lambda: [0.9, 0.999])
+                                   nonempty=True, factory=lambda: [0.9, 0.999])
     max_grad_norm: float = knob(1.0, ge=0, help="gradient clipping (0: none)")
     per_device_batch_size: int = knob(16, ge=1, help="examples per device per micro-step (GRPO: completions)")
     gradient_accumulation_steps: int = knob(1, ge=1, help="micro-steps per optimizer step")
@@ -303,7 +323,8 @@ class EvalConfig:
     batch_size: int = knob(32, ge=1, help="prompts per generation batch")
     num_samples: int = knob(1, ge=1, help="completions per prompt (pass@k uses k <= num_samples)")
     num_table_rows: int = knob(16, ge=0, help="sample generations logged as a table")
-    pass_k: list[int] = knob(help="verifiable tasks: pass@k for these k (each <= num_samples)", ge=1, factory=lambda: [1])
+    pass_k: list[int] = knob(help="verifiable tasks: pass@k for these k (each <= num_samples)", ge=1, nonempty=True,
+                             factory=lambda: [1])
     reward: Any = knob("task", help="the reward that scores samples (see `reward` spellings in the README)")
     extra_rewards: list[Any] = knob(help="more rewards reported beside it, e.g. [model:<reward run dir>]", factory=list)
     reward_model: Optional[str] = knob(None, help="deprecated: use extra_rewards=[model:<path>]")
@@ -360,7 +381,7 @@ LAUNCHERS = {"local": LocalLauncher, "ddp": DDPLauncher, "deepspeed": DeepSpeedL
 
 @dataclass
 class RunConfig:
-    seed: int = knob(0, help="seed of data order, sampling and initialisation")
+    seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of data order, sampling and initialisation")
     run_name: str = knob("${method.name}-${model.name}-${dataset.name}-s${seed}", help="how W&B and tables name the run")
     tags: list[str] = knob(help="W&B tags", factory=list)
     output_dir: str = knob("${hydra:runtime.output_dir}", help="the run directory")
@@ -390,6 +411,13 @@ def world_size(launcher: DictConfig) -> int:
 def check_relations(cfg: DictConfig) -> None:
     """Relations between the root groups' knobs that their types and ranges cannot express."""
     e, tiny = cfg.eval, cfg.model.tiny
+    require(cfg.trainer.eval_steps == 0,
+            f"trainer.eval_steps={cfg.trainer.eval_steps} evaluates the loss on held-out data during training, but "
+            f"method={cfg.method.get('name', '?')} gives its trainer no evaluation data; set trainer.eval_steps=0 (the "
+            "final model is evaluated at the end: eval.at_end=true)")
+    lora_modules = cfg.model.lora.target_modules
+    require(not isinstance(lora_modules, (ListConfig, list)) or len(lora_modules) > 0,
+            "model.lora.target_modules=[] is empty: name the modules to adapt, or all-linear")
     require(len(cfg.trainer.adam_betas) == 2, f"trainer.adam_betas={list(cfg.trainer.adam_betas)} needs two values")
     too_big = [k for k in e.pass_k if k > e.num_samples]
     require(not too_big, f"eval.pass_k={list(e.pass_k)} asks for pass@{too_big[0] if too_big else ''} from "

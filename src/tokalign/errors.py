@@ -32,3 +32,7 @@ class LaunchError(UserError, RuntimeError):
 
 class DivergenceError(UserError, FloatingPointError):
     """Training produced a non-finite loss, gradient or weights; nothing non-finite was saved."""
+
+
+class RewardError(UserError, RuntimeError):
+    """A user's reward function failed or returned something unusable; the message names it and the row."""

@@ -12,13 +12,23 @@ or a mapping `{reward: <one of those>, weight: 0.5, <keyword>: <value>}` (keywor
 the function), or a list of specs, whose weighted sum is the reward (GRPO logs each term).
 The spellings of earlier releases (`method.rewards=[{_target_: ...}]`, `method.reward=model` with
 `method.reward_model=<path>`, `eval.reward_model=<path>`) still work and say what to write instead.
+
+A `module:function` is the user's code: it is called through `checked`, so an exception, a
+wrong signature, or a result that is not one finite number per completion stops the run in one
+line naming the function and the row. A run directory's config is data: inside
+`run_code(cfg, ...)` the functions it names are imported only when the reader trusts it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
+import inspect
+import math
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tokalign.data import toy_math, toy_pref
 from tokalign.data.chat import as_messages, prompt_text
-from tokalign.errors import ConfigError
+from tokalign.errors import ConfigError, RewardError
 
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")
 
@@ -129,7 +139,8 @@ def parse(spec: Any, where: str) -> list[Term]:
             term = Term(name, weight, item)
         else:
             term = Term(item)
-        if not isinstance(term.reward, str) or not isinstance(term.weight, (int, float)) or isinstance(term.weight, bool):
+        if (not isinstance(term.reward, str) or not isinstance(term.weight, (int, float)) or isinstance(term.weight, bool)
+                or not math.isfinite(term.weight)):
             raise ConfigError(f"{where}: {item!r} is not a reward; expected a name, model:<path>, module:function, "
                               "or {reward: ..., weight: ...}")
         name = term.reward
@@ -155,13 +166,22 @@ def _load(term: Term, dataset: DictConfig, where: str) -> Callable:
     elif name.startswith("model:"):
         fn = RewardModelScorer(resolve_reward_model(name[len("model:"):]))
     else:
+        refused = _refused.get().get(name)
+        if refused is not None:
+            key, source = refused
+            raise ConfigError(f"{key}={name} is code named by {source}; a run directory is data, so it is not imported: "
+                              f"pass trust_run_code=true if you trust who wrote it, or give your own reward on the "
+                              "command line (e.g. eval.reward=gold)")
         module, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
         try:
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"{where}={term.reward}: cannot import it ({err})") from None
+        except Exception as err:  # the module's own code failed while importing
+            raise ConfigError(f"{where}={term.reward}: importing {module} raised {type(err).__name__}: {err}") from None
         if not callable(fn):
             raise ConfigError(f"{where}={term.reward} is not callable")
+        fn = checked(fn, f"{where}={term.reward}", term.kwargs)
     if term.kwargs:
         fn = functools.update_wrapper(functools.partial(fn, **term.kwargs), fn)
     return fn
@@ -235,3 +255,105 @@ def extra_specs(eval_cfg: DictConfig) -> list[Any]:
         _deprecated("eval.reward_model=<path>", "eval.extra_rewards=[model:<path>]")
         extra.append(f"model:{eval_cfg.reward_model}")
     return extra
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's code: called through a guard, and never imported from a run directory unasked.
+
+_refused: contextvars.ContextVar[dict[str, tuple[str, str]]] = contextvars.ContextVar("refused_rewards", default={})
+
+
+def _accepts(fn: Callable, bound: dict) -> bool:
+    """`fn` can be called as a reward: (prompts, completions) by name, and any further column by keyword."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return True
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return any(p.kind is p.VAR_KEYWORD for p in params) and {"prompts", "completions"} <= names | set(bound)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(prompt_text(value) if isinstance(value, list) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def checked(fn: Callable, name: str, bound: dict | None = None) -> Callable:
+    """`fn` called so that whatever goes wrong in it is a RewardError naming it and the row: an exception
+    (the first failing row is found by calling it row by row), a result that is not a sequence of one
+    number per completion, or a number that is not finite."""
+    if inspect.iscoroutinefunction(fn):
+        return fn  # TRL awaits async rewards itself
+    if not _accepts(fn, bound or {}):
+        raise ConfigError(f"{name}: a reward is called as fn(prompts, completions, **columns) (with the dataset's "
+                          f"other columns by name); {getattr(fn, '__name__', 'it')}{inspect.signature(fn)} does not accept that")
+
+    @functools.wraps(fn)
+    def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        try:
+            out = fn(prompts=prompts, completions=completions, **columns)
+        except Exception as err:
+            raise RewardError(f"{name} raised {type(err).__name__}: {err} {_failing_row(fn, prompts, completions, columns)}") from None
+        try:
+            values = list(out.tolist() if hasattr(out, "tolist") else out)
+        except TypeError:
+            raise RewardError(f"{name} returned {type(out).__name__}; a reward returns a list with one number per "
+                              f"completion ({len(completions)} here)") from None
+        if len(values) != len(completions):
+            raise RewardError(f"{name} returned {len(values)} value(s) for {len(completions)} completion(s); a reward "
+                              "returns one number per completion")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise RewardError(f"{name} returned {type(v).__name__} {_short(v)} for row {i} (prompt {_short(prompts[i])}); "
+                                  "a reward returns a number per completion")
+            if not math.isfinite(v):
+                raise RewardError(f"{name} returned {v} for row {i} (prompt {_short(prompts[i])}, completion "
+                                  f"{_short(completions[i])}); rewards must be finite numbers")
+        return [float(v) for v in values]
+
+    return reward
+
+
+def _failing_row(fn: Callable, prompts: list[Any], completions: list[Any], columns: dict) -> str:
+    """Where a reward call failed: the first row that fails alone, else the whole batch."""
+    for i in range(len(completions)):
+        row = {k: v[i : i + 1] if isinstance(v, list) and len(v) == len(completions) else v for k, v in columns.items()}
+        try:
+            fn(prompts=prompts[i : i + 1], completions=completions[i : i + 1], **row)
+        except Exception:
+            return f"on row {i} (prompt {_short(prompts[i])}, completion {_short(completions[i])})"
+    return f"on a batch of {len(completions)} completions (each row alone passes)"
+
+
+def code_in(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(key, module:function) for every function a run config's reward specs name."""
+    found = []
+    for node, key in ((cfg.get("method"), "method.reward"), (cfg.get("eval"), "eval.reward"),
+                      (OmegaConf.select(cfg, "dataset.on_policy"), "dataset.on_policy.reward")):
+        if not isinstance(node, DictConfig):
+            continue
+        specs = [configured(node, key)] if key != "eval.reward" else [configured(node, key), *extra_specs(node)]
+        for spec in specs:
+            try:
+                terms = parse(spec, key)
+            except ConfigError:
+                continue  # not a reward at all: loading it fails with its own message
+            found += [(key, t.reward) for t in terms if _FUNCTION.match(t.reward) and t.reward not in BUILT_IN]
+    return found
+
+
+@contextlib.contextmanager
+def run_code(cfg: DictConfig, source: str, *, trusted: bool, given: Any = None):
+    """Inside, the functions `cfg` (read from `source`) names are imported only if `trusted`; those the
+    command line names (`given`, a config node of its own) are the user's and always allowed. Trusted
+    code is listed on stderr first."""
+    allowed = {name for _, name in code_in(OmegaConf.create(given or {}))} if given is not None else set()
+    named = [(key, name) for key, name in code_in(cfg) if name not in allowed]
+    if trusted and named:
+        print(f"tokalign: trust_run_code=true: {source} names code that will be imported: "
+              + ", ".join(f"{k}={n}" for k, n in named), file=sys.stderr)
+    token = _refused.set({} if trusted else {name: (key, source) for key, name in named})
+    try:
+        yield
+    finally:
+        _refused.reset(token)

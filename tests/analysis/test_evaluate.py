@@ -48,9 +48,9 @@ def test_eval_reward_names_a_function_or_falls_back_to_the_task():
         return OmegaConf.create({"eval": {"reward": reward}, "dataset": {"name": source, "path": None, "source": source}})
 
     assert _eval_reward(cfg(None, "toy_pref")) is gold_reward and _eval_reward(cfg("task", "hub")) is None
-    assert _eval_reward(cfg("tokalign.rewards.math_verify_reward", "hub")) is math_verify_reward
+    assert _eval_reward(cfg("tokalign.rewards.math_verify_reward", "hub")).__wrapped__ is math_verify_reward
     assert _eval_reward(cfg("math_verify", "hub")) is math_verify_reward
-    assert _eval_reward(cfg("tokalign.rewards:exact_match", "hub")) is exact_match
+    assert _eval_reward(cfg("tokalign.rewards:exact_match", "hub")).__wrapped__ is exact_match
     with pytest.raises(ConfigError, match="eval.reward"):
         _eval_reward(cfg("tokalign.rewards.nope", "hub"))
 

@@ -71,7 +71,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_run_directory_never_turns_on_remote_code(tmp_path, capsys):
-    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": True}}))
+    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": True}, "method": {"name": "dpo"}}))
     assert load_run_config(tmp_path).model.trust_remote_code is False
     assert "its model code runs here only with trust_remote_code=true" in capsys.readouterr().err
     assert load_run_config(tmp_path, trust_remote_code=True).model.trust_remote_code is True

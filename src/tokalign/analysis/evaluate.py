@@ -15,6 +15,10 @@ A command-line evaluation is validated like a training run (the same pass, the s
 errors). Each evaluation writes its metrics and the settings that produced them to `eval.json`
 (the latest) and to `evals/<time>-<settings hash>.json` (every one kept), and, when the run has
 a W&B run, logs them to it.
+
+The run directory is read as data (tokalign.artifacts.rundir.load_run_config): the reward functions its
+config names are imported only with `trust_run_code=true` (those on the command line are the
+user's own), its model must be finite safetensors, and nothing is written through a link out of it.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign import rewards
 from tokalign.app.registry import get_method
-from tokalign.artifacts.files import atomic_text, strict_json
-from tokalign.artifacts.rundir import load_run_config
+from tokalign.artifacts.files import atomic_text, refuse_links_out, strict_json
+from tokalign.artifacts.rundir import finished_model, load_run_config
 from tokalign.artifacts.tracking import resume_wandb, stage
 from tokalign.bases.contract import DataKind
 from tokalign.config import EvalConfig, option
@@ -155,9 +159,10 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
     data = load_split(cfg.dataset, DataKind.prompt, "eval", method=cfg.method.name)
     data = data.select(range(min(cfg.eval.num_prompts, len(data))))
     prompts = list(data["prompt"])
+    reward_fn = _eval_reward(cfg)  # before any sampling: a reward that cannot load fails at once
+    extra = [(spec, rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards")) for spec in rewards.extra_specs(cfg.eval)]
     sampler = _Sampler(cfg, run_dir, tokenizer)
     policy = sampler.sample("policy", prompts)
-    reward_fn = _eval_reward(cfg)
     answers = list(data["answer"]) if "answer" in data.column_names else None
     metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
     columns = ["prompt", "response"]
@@ -178,8 +183,7 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
         metrics.update(_scored("gold_reward", "win_rate", pol, ref))
         columns += ["gold_reward", "reference", "reference_gold_reward"]
         rows = [r + [g[0], rs[0], rr[0]] for r, g, rs, rr in zip(rows, pol, reference, ref)]
-    for spec in rewards.extra_specs(cfg.eval):
-        fn = rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards")
+    for spec, fn in extra:
         label = rewards.parse(spec, "eval.extra_rewards")[0].label
         name, win = ("rm_score", "rm_win_rate") if label == "reward_model" else (label, f"{label}_win_rate")
         if reference is None:
@@ -201,34 +205,36 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
 
 
 def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, rollout: DictConfig | None = None,
-                 trust_remote_code: bool = False) -> tuple[dict, list[str], list[list[Any]]]:
+                 trust_remote_code: bool = False, trust_run_code: bool = False) -> tuple[dict, list[str], list[list[Any]]]:
     """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json.
 
     `rollout` replaces the run's sampling engine (a run trained with vLLM evaluates on a CPU
-    machine with the default, transformers). `trust_remote_code` is this call's own: a run
-    directory's config never turns it on.
+    machine with the default, transformers). `trust_remote_code` and `trust_run_code` are this
+    call's own: a run directory's config never turns them on.
     """
     from tokalign.app.compose import validate
     from tokalign.modeling.models import load_tokenizer
 
     run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir, trust_remote_code=trust_remote_code)
+    cfg = load_run_config(run_dir, trust_remote_code=trust_remote_code, trust_run_code=trust_run_code)
+    refuse_links_out(run_dir, "run dir")
+    given = OmegaConf.create({"eval": overrides or {}})
     cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg.eval, overrides or {})
     if rollout is not None:
         cfg.rollout = rollout
     cfg = validate(cfg)  # the pass `train` runs: types, ranges, relations (eval.pass_k <= eval.num_samples)
-    model_dir = run_dir / "model"
-    if not (model_dir / "config.json").exists():
-        raise ConfigError(f"{model_dir} holds no finished model (was the run completed?)")
+    _check_questions(cfg, run_dir, overrides, trust_run_code)
+    model_dir = finished_model(run_dir)
     method = get_method(cfg.method.get("algorithm") or cfg.method.name)
-    if method.evaluate is not None:
-        metrics, columns, rows = method.evaluate(cfg, run_dir)
-    else:
-        tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
-        e = cfg.eval
-        with stage(f"evaluating {run_dir}: policy and reference on up to {e.num_prompts} held-out prompts, "
-                   f"{e.num_samples} sample(s) each"):
-            metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
+    with rewards.run_code(cfg, f"{run_dir / 'resolved.yaml'}", trusted=trust_run_code, given=given):
+        if method.evaluate is not None:
+            metrics, columns, rows = method.evaluate(cfg, run_dir)
+        else:
+            tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
+            e = cfg.eval
+            with stage(f"evaluating {run_dir}: policy and reference on up to {e.num_prompts} held-out prompts, "
+                       f"{e.num_samples} sample(s) each"):
+                metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
     record_evaluation(run_dir, metrics, settings(cfg))
     return metrics, columns, rows[: cfg.eval.num_table_rows]
 
@@ -265,3 +271,18 @@ def log_to_wandb(run_dir: Path, metrics: dict, columns: list[str], rows: list[li
     run.log({**metrics, "eval/samples": wandb.Table(columns=columns, data=rows)})
     run.summary.update(metrics)
     run.finish()
+
+
+def _check_questions(cfg: DictConfig, run_dir: Path, overrides: DictConfig | None, trusted: bool) -> None:
+    """A questions file the run's config names (not the command line) must lie inside the run directory."""
+    if trusted or (overrides is not None and "export_questions" in overrides) or not cfg.eval.export:
+        return
+    q = cfg.eval.export_questions
+    paths = list(q.values()) if isinstance(q, DictConfig) else [q] if q else []
+    inside = run_dir.resolve()
+    for path in paths:
+        full = Path(str(path)).expanduser().resolve()  # as export reads it
+        if not full.is_relative_to(inside):
+            raise ConfigError(f"eval.export_questions={path} in {run_dir / 'resolved.yaml'} reaches outside the run "
+                              "directory; name the questions file on the command line (eval.export_questions=...) "
+                              "or pass trust_run_code=true")

@@ -34,7 +34,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from tokalign.artifacts.files import atomic_text
 from tokalign.data.chat import prompt_text
+from tokalign.errors import ConfigError, DataError
 from tokalign.modeling.generation import generate
 
 EXPORTERS = ("alpaca_eval", "mt_bench", "arena_hard")
@@ -55,17 +57,17 @@ def model_id(cfg: DictConfig) -> str:
 
 
 def load_questions(path: str | Path) -> list[dict]:
-    """A JSON list or a JSONL file of question records."""
-    text = Path(path).expanduser().read_text()
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """A JSON list or a JSONL file of question records; a problem names the file and line."""
+    from tokalign.data.loading import read_json_rows
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"eval.export_questions={path} does not exist")
+    return read_json_rows(path, as_list=path.read_bytes().lstrip().startswith(b"["))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
+    return atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def markdown_metadata(text: str, tokenizer) -> dict:
@@ -115,10 +117,7 @@ def export_alpaca_eval(cfg, out: Path, answer, prompts, answers, questions) -> P
         records = [{"instruction": q["instruction"], **({"dataset": q["dataset"]} if "dataset" in q else {})} for q in questions]
         answers = answer([[{"role": "user", "content": r["instruction"]}] for r in records], cfg.eval.temperature, "export: alpaca_eval")
     rows = [{**r, "output": a, "generator": model_id(cfg)} for r, a in zip(records, answers)]
-    path = out / "alpaca_eval" / "model_outputs.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False))
-    return path
+    return atomic_text(out / "alpaca_eval" / "model_outputs.json", json.dumps(rows, indent=2, ensure_ascii=False))
 
 
 def _multi_turn(answer, questions: list[dict], turns_of, temperature_of, desc: str) -> list[list[str]]:
@@ -186,7 +185,7 @@ def export_run(cfg: DictConfig, run_dir: Path, tokenizer, prompts: list[Any], an
     names = [str(n) for n in cfg.eval.export]
     unknown = [n for n in names if n not in EXPORTERS]
     if unknown:
-        raise ValueError(f"eval.export: unknown exporter(s) {unknown}; available: {', '.join(EXPORTERS)}")
+        raise ConfigError(f"eval.export: unknown exporter(s) {unknown}; available: {', '.join(EXPORTERS)}")
     out = Path(run_dir) / "export"
     answer = _Answerer(cfg, Path(run_dir), tokenizer)
     written = {}

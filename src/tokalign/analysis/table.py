@@ -9,13 +9,21 @@ never averaged in. Rows group runs by config keys (dotted paths into resolved.ya
 choice such as `arm` read from the run's .hydra/hydra.yaml); cells are mean ± sample standard
 deviation (n − 1) over the group's runs, usually its seeds. W&B runs can be read instead of, or
 beside, local directories (`wandb=<entity>/<project>`, optionally `wandb_group=`).
+
+Run directories are read as data (plain YAML and JSON, nothing resolved or imported); a run
+whose files cannot be read (a damaged metrics.jsonl, a summary.json that is not an object) is
+listed under the table with the reason, and the others are tabulated. The output files are
+written atomically, never through a link planted in the output directory.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +32,11 @@ from typing import Any, Iterable
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.artifacts.tracking import read_metrics
+from tokalign.artifacts.files import atomic_bytes, atomic_text
+from tokalign.artifacts.rundir import read_config
+from tokalign.artifacts.tracking import read_metrics, unreadable_line
 from tokalign.config import option
-from tokalign.errors import ConfigError
+from tokalign.errors import ConfigError, StorageError, UserError
 
 MISSING = "-"
 
@@ -50,28 +60,52 @@ class RunRecord:
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """A JSON object, None when the file is absent; a UserError says what is wrong with one that is there."""
+    if not path.exists():
         return None
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path.name} is not readable JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path.name} is not a JSON object (found {type(value).__name__})")
+    return value
+
+
+def _choices(run_dir: Path) -> dict[str, str]:
+    """Hydra's group choices (`arm`, `method`, ...) from .hydra/hydra.yaml, read as plain YAML."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
+        node = data["hydra"]["runtime"]["choices"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    return {str(k): str(v) for k, v in node.items() if v is not None} if isinstance(node, dict) else {}
 
 
 def load_run(run_dir: Path) -> RunRecord:
-    cfg = OmegaConf.load(run_dir / "resolved.yaml")
-    choices = {}
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if hydra_yaml.exists():
-        node = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices", default=None)
-        choices = {str(k): str(v) for k, v in (node or {}).items() if v is not None}
-    rec = RunRecord(str(run_dir), cfg, choices, history=read_metrics(run_dir))
-    summary = _read_json(run_dir / "summary.json")
-    if summary is None:
-        steps = max((r.get("step", 0) for r in rec.history), default=None)
-        rec.problem = "incomplete: no summary.json" + (f" (last logged step {steps})" if steps is not None else " (nothing logged)")
-        return rec
-    evaluated = _read_json(run_dir / "eval.json") or {}
-    rec.eval_settings = evaluated.pop("settings", None) or _settings_of(cfg)
-    rec.final = {**summary, **evaluated}
+    """A run's record; one that cannot be read is a record with its problem, not an error."""
+    try:
+        cfg = read_config(run_dir / "resolved.yaml")
+    except UserError as err:
+        return RunRecord(str(run_dir), OmegaConf.create({}), problem=f"unreadable: {err}")
+    rec = RunRecord(str(run_dir), cfg, _choices(run_dir))
+    try:
+        bad = unreadable_line(run_dir)
+        if bad:
+            raise UserError(f"metrics.jsonl:{bad} is not UTF-8 text (a damaged file)")
+        rec.history = read_metrics(run_dir)
+        summary = _read_json(run_dir / "summary.json")
+        if summary is None:
+            steps = max((r.get("step", 0) for r in rec.history if isinstance(r.get("step"), int)), default=None)
+            rec.problem = "incomplete: no summary.json" + (f" (last logged step {steps})" if steps is not None else " (nothing logged)")
+            return rec
+        evaluated = _read_json(run_dir / "eval.json") or {}
+        rec.eval_settings = evaluated.pop("settings", None) or _settings_of(cfg)
+        rec.final = {**summary, **evaluated}
+    except (UserError, OSError) as err:
+        rec.problem = f"unreadable: {err}"
     return rec
 
 
@@ -163,13 +197,14 @@ class Table:
             lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
 
-    def write_csv(self, path: Path) -> None:
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow([*self.group_by, "n", "seeds", *(f"{m}_{s}" for m in self.metrics for s in ("mean", "std", "n"))])
-            for row in self.rows:
-                stats = [x for m in self.metrics for x in (row[m] if row[m] else ("", "", 0))]
-                w.writerow([*row["group"], row["n"], " ".join(map(str, row["seeds"])), *stats])
+    def csv(self) -> str:
+        f = io.StringIO(newline="")
+        w = csv.writer(f)
+        w.writerow([*self.group_by, "n", "seeds", *(f"{m}_{s}" for m in self.metrics for s in ("mean", "std", "n"))])
+        for row in self.rows:
+            stats = [x for m in self.metrics for x in (row[m] if row[m] else ("", "", 0))]
+            w.writerow([*row["group"], row["n"], " ".join(map(str, row["seeds"])), *stats])
+        return f.getvalue()
 
 
 def _cell(stat: tuple | None, n: int) -> str:
@@ -289,11 +324,16 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
                 ax.legend(fontsize="small", title=", ".join(group_by), title_fontsize="small")
         fig.tight_layout()
         for fmt in formats:
-            path = out / f"curve_{key.replace('/', '_')}.{fmt}"
-            fig.savefig(path, dpi=150)
-            written.append(path)
+            image = io.BytesIO()
+            fig.savefig(image, format=fmt, dpi=150)
+            written.append(atomic_bytes(out / f"curve_{_file_safe(key)}.{fmt}", image.getvalue()))
         plt.close(fig)
     return written
+
+
+def _file_safe(key: str) -> str:
+    """A metric key as part of a file name: no separator or `..` from a key a run logged can leave the directory."""
+    return re.sub(r"[^A-Za-z0-9@=+-]+", "_", key)
 
 
 def make_report(
@@ -320,10 +360,11 @@ def make_report(
     if differ:
         table.notes = ["Evaluated with different settings (mixed_eval=true):", ""] + [f"- {line}" for line in differ]
     out = Path(out or (Path(runs[0]) / "table" if runs else "table"))
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "table.md", "csv": out / "table.csv"}
-    files["markdown"].write_text(table.markdown(title))
-    table.write_csv(files["csv"])
+    if out.is_symlink():
+        raise StorageError(f"the table directory {out} is a symbolic link (to {os.readlink(out)}); tokalign writes no "
+                           "file through a link: pass out=<a directory>")
+    files = {"markdown": atomic_text(out / "table.md", table.markdown(title)),
+             "csv": atomic_text(out / "table.csv", table.csv())}
     curve_keys = default_curves(records) if curves is None else list(curves)
     for path in plot_curves(records, group_by, curve_keys, out):
         files[path.stem] = path

@@ -58,3 +58,35 @@ def _lines(node: DictConfig, schema: type | None, indent: int) -> list[str]:
 def annotated_config(cfg: DictConfig) -> str:
     shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return "\n".join(_lines(shown, RunConfig, 0))
+
+
+def _kind(hint: Any, plural: bool = False) -> str | None:
+    """How a type hint reads in a message: "an integer", "numbers", "one of a | b"."""
+    import enum
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union and type(None) in args:
+        inner = _kind(next(a for a in args if a is not type(None)), plural)
+        return None if inner is None else f"{inner} or null"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + " | ".join(str(m.value) for m in hint)
+    if typing.get_origin(hint) is list:
+        inner = _kind(args[0], plural=True) if args else None
+        return f"a list of {inner}" if inner and args[0] is not Any else "a list"
+    if typing.get_origin(hint) is dict:
+        return "a mapping {key: value}"
+    names = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+             str: ("text", "texts")}
+    return names[hint][plural] if hint in names else None
+
+
+def describe_type(hint: Any, field: dataclasses.Field) -> str | None:
+    """What a knob expects, with its default as an example when that helps: "a list of numbers, e.g. [0.9, 0.999]"."""
+    kind = _kind(hint)
+    if kind is None:
+        return None
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    example = json.dumps(default).replace(" ", "") if isinstance(default, (list, dict)) and default else ""
+    if 0 < len(example) <= 40:
+        kind += f", e.g. {example}"
+    return kind

@@ -98,6 +98,19 @@ def verify(path: str | os.PathLike) -> str | None:
     return None
 
 
+def non_finite(path: str | os.PathLike) -> str | None:
+    """Which saved weights (safetensors, under `path`) hold NaN or inf, if any."""
+    import torch
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).rglob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if not torch.isfinite(f.get_tensor(name)).all():
+                    return f"{file.name}: {name} is not finite"
+    return None
+
+
 def step_of(path: str | os.PathLike) -> int:
     return int(_STEP.match(Path(path).name).group(1))
 

@@ -1,9 +1,12 @@
 """Files and directories that are either complete or absent, and disk errors said plainly.
 
-Everything tokalign puts into a run directory or the cache is written into a temporary
-sibling and moved into place with one `os.replace`, so a killed process never leaves a
-half-written file where a reader looks. A full disk or a read-only path becomes a
-`StorageError` naming the path, not an error from deep inside a serializer.
+Everything tokalign puts into a run directory, a table directory or the cache is written into
+a temporary sibling (created exclusively) and moved into place with one `os.replace`, so a
+killed process never leaves a half-written file where a reader looks, and a symbolic link
+planted at that name is replaced, never written through. Appends and the lock refuse a link
+(O_NOFOLLOW), and `links_out` finds a link inside a directory that leads out of it. A full
+disk, a read-only path or a link becomes a `StorageError` naming the path, not an error from
+deep inside a serializer.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 from tokalign.errors import StorageError
 
 _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                   errno.EACCES: "permission denied", errno.EROFS: "read-only file system", errno.EPERM: "not permitted"}
+                   errno.EACCES: "permission denied", errno.EROFS: "read-only file system", errno.EPERM: "not permitted",
+                   errno.ELOOP: "it is a symbolic link, and tokalign writes no file through a link",
+                   errno.ENAMETOOLONG: "a file name there is longer than the file system allows"}
 
 
 def _storage_error(err: BaseException) -> str | None:
@@ -106,13 +111,18 @@ def atomic_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> 
     `replace=False` publishes it with a hard link instead, which fails if `path` exists: the
     first of several concurrent writers wins and the others keep its file.
     """
+    return atomic_bytes(path, text.encode(), replace=replace)
+
+
+def atomic_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> Path:
+    """`atomic_text` for bytes (a plot, a CSV written elsewhere first)."""
     path = Path(path)
     with storage_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             if replace:
                 os.replace(tmp, path)
             else:
@@ -121,6 +131,36 @@ def atomic_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> 
         finally:
             Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line to a log-like file, creating it; a symbolic link there is refused, not followed."""
+    with storage_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "a") as f:
+            f.write(line)
+
+
+def links_out(root: str | os.PathLike) -> Path | None:
+    """The first symbolic link under `root` whose target lies outside it (links within it are harmless)."""
+    root = Path(root)
+    if not root.is_dir() or root.is_symlink():
+        return None
+    real = root.resolve()
+    for parent, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            entry = Path(parent, name)
+            if entry.is_symlink() and not entry.resolve().is_relative_to(real):
+                return entry
+    return None
+
+
+def refuse_links_out(root: str | os.PathLike, what: str) -> None:
+    """A StorageError naming the first link under `root` that leads out of it, if any."""
+    link = links_out(root)
+    if link is not None:
+        raise StorageError(f"{what} {root}: {link} is a symbolic link to {os.readlink(link)}, outside it; tokalign "
+                           "writes nothing through a link out of its directory: remove the link")
 
 
 def clean_temporaries(root: str | os.PathLike, prefix: str) -> list[Path]:

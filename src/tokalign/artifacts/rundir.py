@@ -5,7 +5,10 @@ holds it (pid, host, time) for the message a second writer gets. The kernel drop
 when the last process holding its descriptor exits, however it exits, so a lock is never
 stale; a launch passes the descriptor to its workers' spawner, which keeps the directory
 claimed until the last worker is gone. `die_with_parent` arms Linux's parent-death signal.
-`load_run_config` reads a (possibly someone else's) run directory without running its code.
+`check_writable`, `check_unused` and `check_free` refuse a run directory before Hydra writes
+anything into it: a system directory, one holding an earlier run, one in use.
+`load_run_config` reads a (possibly someone else's) run directory as data: plain YAML values,
+no interpolation, its cache and output paths replaced by the reader's.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.artifacts.files import storage_errors
+from tokalign.artifacts.files import refuse_links_out, storage_errors
 from tokalign.errors import StorageError, UserError
 
 LOCK = ".tokalign.lock"
+# Where no run belongs, even for a user allowed to write there (root, or a symlink resolving there).
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
+RESULTS = ("summary.json", "model", "checkpoints", "metrics.jsonl")
 _PR_SET_PDEATHSIG = 1
 # Bound once here: `die_with_parent` runs between fork and exec, where loading symbols may deadlock.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
@@ -40,7 +46,8 @@ def claim(run_dir: str | os.PathLike) -> Iterator[int]:
     run_dir = Path(run_dir)
     with storage_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        refuse_links_out(run_dir, "run dir")
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,17 +89,58 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _shown(path: Path, limit: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
+
+
 def check_writable(run_dir: str | os.PathLike) -> None:
-    """The run directory exists (it is created) and takes files; a StorageError names it otherwise."""
+    """The run directory is not a system directory (also through a link), exists (it is created) and
+    takes files; a StorageError names it otherwise."""
     path = Path(run_dir).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise StorageError(f"cannot use {path} as a run directory: {existing} is a file")
     try:
+        real = path.resolve()
+        if str(real) == "/" or any(real.is_relative_to(d) for d in SYSTEM_DIRS):
+            via = "" if real == path else f" (it resolves to {real})"
+            raise StorageError(f"cannot use {_shown(path)} as a run directory{via}: a system directory; choose "
+                               "hydra.run.dir under your home or a scratch directory")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise StorageError(f"cannot use {_shown(path)} as a run directory: {_shown(existing)} is a file")
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
+    except StorageError:
+        raise
     except OSError as err:
-        raise StorageError(f"cannot use {path} as a run directory: {err.strerror}") from None
+        raise StorageError(f"cannot use {_shown(path)} as a run directory: {err.strerror}") from None
+
+
+def earlier_run(run_dir: str | os.PathLike) -> list[str]:
+    """What an earlier run left in `run_dir` (results a new run would mix with)."""
+    return [name for name in RESULTS if (Path(run_dir) / name).exists()]
+
+
+def check_unused(run_dir: str | os.PathLike) -> None:
+    """A fresh run (resume=never) refuses a directory holding an earlier run's results."""
+    earlier = earlier_run(run_dir)
+    if earlier:
+        raise UserError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
+                        "or choose another hydra.run.dir")
+
+
+def check_free(run_dir: str | os.PathLike) -> None:
+    """Refuse a run directory another process holds, without creating or changing anything in it."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return  # no lock yet (or a link, which claim() refuses)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose "
+                        "another hydra.run.dir") from None
+    finally:
+        os.close(fd)
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
@@ -105,14 +153,83 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), signum)
 
 
-def load_run_config(run_dir: str | os.PathLike, *, trust_remote_code: bool = False) -> DictConfig:
-    """A run's resolved config, with `model.trust_remote_code` set by the reader, never by the directory."""
+def read_config(path: str | os.PathLike) -> DictConfig:
+    """A YAML mapping of plain values (a run directory's): an interpolation (`${...}`), which would
+    read the environment or other files when used, is refused; so is anything but a mapping."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path} is not readable YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a YAML mapping of config keys")
+    key = _interpolation(data)
+    if key is not None:
+        raise UserError(f"{path}: {key} holds an interpolation (${{...}}); a run directory's config holds plain values")
+    return OmegaConf.create(data)
+
+
+def _interpolation(node, where: str = "") -> str | None:
+    """The first key whose value would be interpolated by OmegaConf."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{where}[{k}]" if isinstance(node, list) else f"{where}.{k}" if where else str(k)
+        if isinstance(v, str) and "${" in v:
+            return key
+        found = _interpolation(v, key)
+        if found:
+            return found
+    return None
+
+
+def reader_cache() -> str:
+    """This user's cache (TOKALIGN_CACHE or ~/.cache/tokalign): a run directory never picks where we write."""
+    return os.path.expanduser(os.environ.get("TOKALIGN_CACHE") or "~/.cache/tokalign")
+
+
+def load_run_config(run_dir: str | os.PathLike, *, trust_remote_code: bool = False,
+                    trust_run_code: bool = False) -> DictConfig:
+    """A run's resolved config read as data: `model.trust_remote_code` set by the reader, never by the
+    directory; `output_dir` is the directory read, and `cache_dir` the reader's own unless the reader
+    trusts the run (`trust_run_code`: the command line said so, or this process trained it)."""
     path = Path(run_dir) / "resolved.yaml"
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory (no resolved.yaml)")
-    cfg = OmegaConf.load(path)
+    cfg = read_config(path)
+    if not isinstance(cfg.get("model"), DictConfig) or not isinstance(cfg.get("method"), DictConfig):
+        raise UserError(f"{path} is not a tokalign run config (no model or method section)")
     if cfg.model.get("trust_remote_code") and not trust_remote_code:
         print(f"tokalign: {run_dir} was trained with model.trust_remote_code=true; its model code runs here only "
               "with trust_remote_code=true on this command line", file=sys.stderr)
     cfg.model.trust_remote_code = trust_remote_code
+    cfg.output_dir = str(run_dir)
+    if not trust_run_code:
+        cfg.cache_dir = reader_cache()
     return cfg
+
+
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
+
+
+def finished_model(run_dir: str | os.PathLike) -> Path:
+    """`<run_dir>/model` when it holds a finished model to read: safetensors weights (tokalign writes no
+    other kind; a pickle there is never loaded) that are all finite."""
+    from tokalign.artifacts.checkpoint import non_finite
+    from tokalign.errors import DivergenceError
+
+    model = Path(run_dir) / "model"
+    if not (model / "config.json").is_file():
+        raise UserError(f"{model} holds no finished model (was the run completed?)")
+    pickled = sorted(f.name for pattern in PICKLES for f in model.glob(pattern))
+    if pickled:
+        raise UserError(f"{model} holds pickled files ({', '.join(pickled)}), which can run code when loaded; "
+                        "tokalign writes safetensors and loads no pickle from a run directory")
+    if not any(model.glob("*.safetensors")):
+        raise UserError(f"{model} holds no safetensors weights")
+    problem = non_finite(model)
+    if problem:
+        raise DivergenceError(f"{model} holds non-finite weights ({problem}); it is not evaluated or continued: "
+                              "remove model/ and train.json, then resume=auto continues from the last sealed checkpoint")
+    return model

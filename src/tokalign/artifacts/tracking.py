@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tokalign.artifacts.files import atomic_text, finite, storage_errors, strict_json
+from tokalign.artifacts.files import append_line, atomic_text, finite, strict_json
 from tokalign.config import option
 
 LOG = logging.getLogger("tokalign")
@@ -205,8 +205,7 @@ class Tracker:
         if self.rank != 0:
             return
         row = finite(dict(metrics))
-        with storage_errors(self.metrics_path), self.metrics_path.open("a") as f:
-            f.write(strict_json({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+        append_line(self.metrics_path, strict_json({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
         self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
@@ -242,23 +241,38 @@ class Tracker:
 
 
 def resume_wandb(cfg: DictConfig, run_dir: Path):
-    """The run's own W&B run, resumed by the id it keeps (for a later `eval` or `inspect`), or None without one."""
+    """The run's own W&B run, resumed by the id it keeps (for a later `eval` or `inspect`), or None without one.
+
+    Online only when this user's own W&B settings say so: a run directory's config never sends anything."""
     id_file = Path(run_dir) / "wandb_id.txt"
     if option(cfg.logger.name) != "wandb" or not id_file.exists():
         return None
     import wandb
 
     return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=id_file.read_text().strip(),
-                      resume="allow", dir=str(run_dir), mode=wandb_mode(str(option(cfg.logger.mode))))
+                      resume="allow", dir=str(run_dir), mode=wandb_mode("auto"))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The rows of a run's metrics.jsonl; a line cut short (a kill, or a writer mid-line) is skipped."""
+    """The rows of a run's metrics.jsonl; a line cut short (a kill, or a writer mid-line) or damaged is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
+    for line in path.read_bytes().splitlines() if path.exists() else []:
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            row = json.loads(line)
+        except ValueError:  # UnicodeDecodeError included
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def unreadable_line(run_dir: str | os.PathLike) -> int | None:
+    """The number of the first line of metrics.jsonl that is not UTF-8 text (a damaged file), if any."""
+    path = Path(run_dir) / "metrics.jsonl"
+    for number, line in enumerate(path.read_bytes().splitlines() if path.exists() else [], 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return None

@@ -142,11 +142,13 @@ class SealCallback(TrainerCallback):
 
 
 class PreemptionCallback(TrainerCallback):
-    """SIGTERM stops at the next step; SIGUSR2 saves a checkpoint there first, then hands the
-    process over to the scheduler's handler (tokalign.cluster.preemption). Added after SealCallback."""
+    """SIGTERM or Ctrl-C stops at the next step (after sealing the checkpoint due at that step, if
+    one is); SIGUSR2 saves a checkpoint there first, then hands the process over to the
+    scheduler's handler (tokalign.cluster.preemption). Added after SealCallback."""
 
     def __init__(self):
         self.handing_over = False
+        self.stopping: preemption.Request | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         preemption.install()  # run_trainer uninstalls
@@ -154,18 +156,37 @@ class PreemptionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         request = preemption.poll()
         if request.stop:
-            last = latest_checkpoint(args.output_dir)
-            raise preemption.Stopped(
-                f"stopped by SIGTERM at step {state.global_step} (cancelled or out of time); "
-                + (f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
-            )
+            if control.should_save:  # due at this step: sealed first, then on_save stops
+                self.stopping = request
+                return
+            raise _stopped(args, state, request)
         if request.checkpoint:
             control.should_save = control.should_log = self.handing_over = True
 
     def on_save(self, args, state, control, **kwargs):
+        if self.stopping is not None:
+            raise _stopped(args, state, self.stopping)
         if self.handing_over:
             say(f"preempted: saved checkpoint-{state.global_step}, handing over for requeue")
             preemption.hand_over()
+
+
+def _stopped(args, state, request) -> preemption.Stopped:
+    last = latest_checkpoint(args.output_dir)
+    return request.stopped(f"at step {state.global_step}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
+
+
+def _check_final(model, state_dict, step: int, output_dir: str) -> None:
+    """The final weights are finite before they are written (a run shorter than logging_steps logs no loss)."""
+    import torch
+
+    tensors = state_dict.values() if state_dict is not None else (getattr(p, "ds_tensor", p) for p in model.parameters())
+    if all(torch.isfinite(t).all() for t in tensors if t.numel()):
+        return
+    last = latest_checkpoint(output_dir)
+    raise DivergenceError(f"the weights are non-finite after the last step ({step}); the final model was not saved. "
+                          "Lower trainer.learning_rate or check the data; "
+                          + (f"{last} is the last finite checkpoint" if last else "no checkpoint was sealed"))
 
 
 def run_trainer(run, trainer) -> dict[str, Any]:
@@ -185,6 +206,7 @@ def run_trainer(run, trainer) -> dict[str, Any]:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    _check_final(model, state_dict, trainer.state.global_step, str(run.dir / "checkpoints"))
     run.save_model(model, trainer.processing_class, state_dict=state_dict)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {

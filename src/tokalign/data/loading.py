@@ -10,6 +10,7 @@ Toy tasks are generated; hub and local data are renamed through `dataset.columns
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -73,8 +74,14 @@ def toy_rows(cfg: DictConfig, kind: str, split: str) -> list[dict]:
     return rows
 
 
-def read_json_rows(path: Path) -> list[dict]:
+def read_json_rows(path: Path, *, as_list: bool | None = None) -> list[dict]:
     """The objects of a .jsonl file (one per line) or a .json file (a list); every error names file and line."""
+    return [row for _, row in _numbered_rows(path, as_list)]
+
+
+def _numbered_rows(path: Path, as_list: bool | None = None) -> list[tuple[str, dict]]:
+    """(where, row) pairs: `file:line` for JSONL, `file: row N` for a JSON list."""
+    as_list = path.suffix == ".json" if as_list is None else as_list
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -83,26 +90,79 @@ def read_json_rows(path: Path) -> list[dict]:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); re-encode the file as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
-    if path.suffix == ".jsonl":
-        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    else:
-        numbered = [(1, text)]
+    numbered = [(1, text)] if as_list else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     rows = []
     for number, chunk in numbered:
         try:
             value = json.loads(chunk)
         except json.JSONDecodeError as err:
-            line = number if path.suffix == ".jsonl" else err.lineno
+            line = err.lineno if as_list else number
             raise DataError(f"{path}:{line}: broken JSON ({err.msg}, column {err.colno})") from None
-        items = value if isinstance(value, list) and path.suffix == ".json" else [value]
-        bad = next((item for item in items if not isinstance(item, dict)), None)
-        if bad is not None:
-            raise DataError(f"{path}:{number}: expected a JSON object per row, found {type(bad).__name__}")
-        rows += items
+        items = value if as_list and isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}: row {i + 1}" if as_list else f"{path}:{number}"
+            if not isinstance(item, dict):
+                raise DataError(f"{where}: expected a JSON object per row, found {type(item).__name__}")
+            rows.append((where, item))
     return rows
 
 
-def _load_files(cfg: DictConfig, split: str):
+def _kind_of(value: Any) -> str | None:
+    """How a field's value reads, for type messages (None: null, which any type allows)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def check_rows(numbered: list[tuple[str, dict]], fields: tuple[str, ...]) -> None:
+    """Every field has one type in every row (a table cannot hold both), and the fields a method reads
+    (`fields`, names in the files) are text or chat messages ({role, content}); a DataError names the
+    file, the line and the field."""
+    first: dict[str, tuple[str, str]] = {}
+    for where, row in numbered:
+        for key, value in row.items():
+            kind = _kind_of(value)
+            if kind is None:
+                continue
+            seen = first.setdefault(key, (kind, where))
+            if seen[0] != kind:
+                raise DataError(f"{where}: field {key!r} is {kind}, but {seen[0]} at {seen[1]}; a field must have one "
+                                "type in every row")
+            if key in fields:
+                _check_text(where, key, value)
+
+
+def _check_text(where: str, key: str, value: Any) -> None:
+    if isinstance(value, str):
+        return
+    if key == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field {key!r} is {_kind_of(value)} ({str(value)[:40]}); expected text or a list of "
+                        "chat messages")
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: field {key!r} message {i} is {_kind_of(message)}; chat messages are "
+                            "{role, content} objects")
+        missing = [k for k in ("role", "content") if k not in message]
+        if missing:
+            raise DataError(f"{where}: field {key!r} message {i} has no {' and no '.join(map(repr, missing))}; chat "
+                            "messages are {role, content} objects")
+        if not isinstance(message["role"], str) or not isinstance(message["content"], (str, list)):
+            raise DataError(f"{where}: field {key!r} message {i}: role must be text and content text")
+
+
+def _read_fields(cfg: DictConfig, kind: str | None) -> tuple[str, ...]:
+    """The names in the files of the columns `kind` reads."""
+    if kind is None:
+        return ()
+    mapping = OmegaConf.to_container(cfg.columns) if cfg.columns else {}
+    return tuple(mapping.get(c, c) for c in REQUIRED[kind] + OPTIONAL[kind] + ("prompt",))
+
+
+def _load_files(cfg: DictConfig, split: str, kind: str | None = None):
     """A file, or a directory whose files are named by split (train.jsonl, test.jsonl) or not at all."""
     import datasets
 
@@ -118,11 +178,16 @@ def _load_files(cfg: DictConfig, split: str):
     elif split != cfg.split:
         raise DataError(f"dataset.path={path}: no file named {split}.jsonl/.parquet for split {split!r}")
     if files[0].suffix != ".parquet":
-        return datasets.Dataset.from_list([row for f in files for row in read_json_rows(f)])
+        numbered = [pair for f in files for pair in _numbered_rows(f)]
+        check_rows(numbered, _read_fields(cfg, kind))
+        return datasets.Dataset.from_list([row for _, row in numbered])
     try:
-        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+        ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: cannot read it as Parquet ({err})") from None
+    fields = [c for c in _read_fields(cfg, kind) if c in ds.column_names]
+    check_rows([(f"{path}: row {i + 1}", row) for i, row in enumerate(ds.select_columns(fields))], tuple(fields))
+    return ds
 
 
 def _load_hub(cfg: DictConfig, split: str):
@@ -207,7 +272,7 @@ def _split(cfg: DictConfig, kind: str, split: str, method: str) -> tuple[Any, st
         return datasets.Dataset.from_list(_chat(toy_rows(cfg, kind, split))), ""
     if source == "local" and not cfg.path:
         raise DataError("dataset.source=local needs dataset.path=/file.jsonl (or .parquet, or a directory)")
-    load = _load_files if source == "local" else _load_hub
+    load = functools.partial(_load_files, kind=kind) if source == "local" else _load_hub
     note = ""
     if cfg.eval_split:
         ds = check_columns(load(cfg, cfg.split if split == "train" else cfg.eval_split), cfg, kind, method)

@@ -28,12 +28,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.files import atomic_text
-from tokalign.artifacts.rundir import claim, die_with_parent
+from tokalign.artifacts.rundir import check_unused, claim, die_with_parent
 from tokalign.artifacts.tracking import say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
-from tokalign.errors import DataError, LaunchError, ModelError, UserError
+from tokalign.errors import DataError, LaunchError, ModelError
 
 DEFAULT_MULTINODE_PORT = 29500
 
@@ -128,7 +128,7 @@ def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
         if request.checkpoint or rc == preemption.EXIT_PREEMPTED:
             preemption.hand_over()
         if request.stop:
-            raise preemption.Stopped(f"stopped by SIGTERM; resume=auto continues {run_dir} from its last sealed checkpoint")
+            raise request.stopped("", f"resume=auto continues {run_dir} from its last sealed checkpoint")
         return rc
     finally:
         preemption.uninstall()
@@ -187,12 +187,15 @@ def check_sources(cfg: DictConfig) -> None:
             raise LaunchError(f"{group}.hub_id={repo_id} " + problem.replace(".path=", f"{group}.path=<local copy>"))
 
 
-def launch(cfg: DictConfig) -> dict:
+def launch(cfg: DictConfig, hydra_files: dict[str, str] | None = None) -> dict:
     """Run a validated, resolved config with its launcher; returns the final metrics.
 
     With resume=auto a finished run (summary.json) is left as it is; with resume=never a
     directory holding an earlier run's results is refused rather than mixed with a new one.
     The model and dataset are checked first (check_sources), before anything is spawned.
+    Only then is anything written: Hydra's record of the run (`hydra_files`, written into
+    `<run_dir>/.hydra/` here rather than by Hydra, which would write before these checks), then
+    resolved.yaml.
     """
     check_sources(cfg)
     run_dir = Path(cfg.output_dir)
@@ -201,10 +204,10 @@ def launch(cfg: DictConfig) -> dict:
         if option(cfg.resume) == "auto" and summary.exists():
             say(f"{run_dir} already finished (summary.json); nothing to do")
             return json.loads(summary.read_text())
-        earlier = _previous_run(run_dir)
-        if option(cfg.resume) == "never" and earlier:
-            raise UserError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
-                            "or choose another hydra.run.dir")
+        if option(cfg.resume) == "never":
+            check_unused(run_dir)
+        for name, text in (hydra_files or {}).items():
+            atomic_text(run_dir / ".hydra" / name, text)
         config_path = write_resolved(cfg)
         if cfg.launcher.name == "local":
             from tokalign.runtime.run import run_training

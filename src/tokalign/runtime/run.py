@@ -20,13 +20,17 @@ from tokalign.app.registry import get_method
 from tokalign.artifacts.checkpoint import (
     complete_checkpoints,
     discard_incomplete,
+    non_finite,
     step_of,
     verify,
 )
 from tokalign.artifacts.files import atomic_text, storage_errors, strict_json
+from tokalign.artifacts.rundir import finished_model
 from tokalign.artifacts.tracking import Tracker, log_file, quiet_imports, say
 from tokalign.bases.contract import DataKind, Method
+from tokalign.cluster import preemption
 from tokalign.config import option
+from tokalign.errors import UserError
 
 TRAIN_METRICS = "train.json"
 
@@ -123,9 +127,10 @@ class Run:
         chosen = None
         if self.rank == 0:
             root = self.dir / "checkpoints"
-            discard_incomplete(root)
+            for path in discard_incomplete(root):
+                say(f"deleted {path}: not sealed (a save killed before it finished, or a temporary it left)")
             for path in reversed(complete_checkpoints(root)):
-                problem = verify(path) or _non_finite(path)
+                problem = verify(path) or non_finite(path)
                 if problem is None:
                     chosen = path
                     break
@@ -149,19 +154,6 @@ class Run:
         return self.dir / "model"
 
 
-def _non_finite(path: Path) -> str | None:
-    """Which saved weights (safetensors) hold NaN or inf, if any."""
-    import torch
-    from safetensors import safe_open
-
-    for file in sorted(path.rglob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                if not torch.isfinite(f.get_tensor(name)).all():
-                    return f"{file.name}: {name} is not finite"
-    return None
-
-
 def _broadcast(value):
     """Rank 0's value on every rank (unchanged in a single process)."""
     import torch.distributed as dist
@@ -176,7 +168,7 @@ def _broadcast(value):
 def _evaluate(cfg: DictConfig, run: Run, metrics: dict) -> dict:
     from tokalign.analysis.evaluate import evaluate_run
 
-    eval_metrics, columns, rows = evaluate_run(cfg.output_dir)
+    eval_metrics, columns, rows = evaluate_run(cfg.output_dir, trust_run_code=True)  # this run's own config
     step = int(metrics.get("train/steps") or 0)
     run.tracker.log(eval_metrics, step=step)
     run.tracker.log_table("eval/samples", columns, rows, step=step)
@@ -211,8 +203,11 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
     try:
         if run.resume and trained.exists() and (run_dir / "model" / "config.json").exists():
             if rank == 0:
+                finished_model(run_dir)  # a non-finite model/ is refused, not evaluated
                 say("the final model is already saved: running only what is missing (evaluation, summary)")
             metrics = json.loads(trained.read_text())
+            if not isinstance(metrics, dict):
+                raise UserError(f"{trained} is not a JSON object; remove it (and model/) to train again")
         else:
             with storage_errors(run_dir):
                 metrics = {**run.method.train(run), **run.data_metrics}
@@ -227,11 +222,14 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()  # evaluation loads whole models on rank 0 alone, not ZeRO-3 shards
-        if rank == 0 and cfg.eval.at_end:
-            metrics.update(_evaluate(cfg, run, metrics))
         if rank == 0:
-            atomic_text(run_dir / "summary.json", strict_json(metrics, indent=2, default=str))
-            run.tracker.summary(metrics)
+            with preemption.stop_at_once(f"during the final evaluation: the trained model is saved ({run_dir / 'model'}, "
+                                         f"{TRAIN_METRICS}) but no eval.json or summary.json; resume=auto runs only the "
+                                         "evaluation"):
+                if cfg.eval.at_end:
+                    metrics.update(_evaluate(cfg, run, metrics))
+                atomic_text(run_dir / "summary.json", strict_json(metrics, indent=2, default=str))
+                run.tracker.summary(metrics)
     finally:
         wandb_dir = run.tracker.wandb_dir
         run.tracker.finish()

@@ -173,7 +173,7 @@ def test_reward_spellings_resolve_to_the_same_functions():
     dataset = OmegaConf.create({"path": None, "source": "toy_math", "name": "toy_math"})
     assert rewards.reward_function("task", dataset, "method.reward") is rewards.exact_match
     assert rewards.reward_function("gold", dataset, "method.reward") is rewards.gold_reward
-    assert rewards.reward_function("tokalign.rewards:gold_reward", dataset, "method.reward") is rewards.gold_reward
+    assert rewards.reward_function("tokalign.rewards:gold_reward", dataset, "method.reward").__wrapped__ is rewards.gold_reward
 
 
 def test_logps_and_values_ignore_batch_mates_and_padding(tiny_model):

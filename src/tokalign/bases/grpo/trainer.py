@@ -5,13 +5,16 @@ advantages; the base trainer keeps everything (plain GRPO). With `rollout.engine
 carries TRL's vLLM tensors too (sampling log-probs, importance ratios), one row per sample like
 the rest. Usage is counted on all ranks:
 kept samples, loss-weighted ("trained") tokens, tokens run through the training forward, and
-sample usefulness (share of kept samples with a non-zero advantage).
+sample usefulness (share of kept samples with a non-zero advantage). A reward that is not finite
+(NaN, or None, which TRL would silently skip) stops the run as a diverged PPO rollout does.
 """
 
 from __future__ import annotations
 
 import torch
 from trl import GRPOTrainer
+
+from tokalign.errors import DivergenceError
 
 
 def loss_weights(output: dict) -> torch.Tensor:
@@ -30,6 +33,17 @@ class AccountingGRPOTrainer(GRPOTrainer):
         self.forward_tokens = 0
         self.trained_samples = 0
         self.accuracy_reward = accuracy_reward
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        bad = (~torch.isfinite(rewards_per_func)).nonzero()
+        if len(bad):  # gathered: every rank sees the same rows and stops together
+            row, func = bad[0].tolist()
+            raise DivergenceError(
+                f"reward {self.reward_func_names[func]} is {rewards_per_func[row, func].item()} for completion {row} of "
+                f"step {self.state.global_step + 1}; a GRPO run does not train on a non-finite reward, and nothing "
+                "was saved from this step. Check the reward function; resume=auto continues the last good checkpoint")
+        return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)

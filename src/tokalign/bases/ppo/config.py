@@ -124,7 +124,7 @@ class Config(MethodConfig):
     # Macro actions (termination=fixed, n=1: token-level PPO)
     termination: Termination = knob(Termination.fixed, help="fixed | randomized | parsing | ppl")
     n: int = knob(1, ge=1, help="fixed: tokens per macro action (1: token-level PPO; MA-RLHF: 5)")
-    lengths: list[int] = knob(help="randomized: segment lengths to draw from", ge=1, factory=lambda: [1, 2, 3, 5, 10])
+    lengths: list[int] = knob(help="randomized: segment lengths to draw from", ge=1, nonempty=True, factory=lambda: [1, 2, 3, 5, 10])
     length_sampling: LengthSampling = knob(LengthSampling.shuffle, help="randomized: shuffle = lengths × length_repeats "
                                            "shuffled, each used once, the rest one segment (their code) | iid draws")
     length_repeats: Optional[int] = knob(None, ge=1, help="randomized, shuffle: copies of lengths (their --repeat_times); "

@@ -241,11 +241,15 @@ def fit(run, **setup_args) -> dict:
                 say(f"preempted: saved checkpoint-{done}, handing over for requeue")
                 preemption.hand_over()
             if request.stop:
-                raise preemption.Stopped(f"stopped by SIGTERM at iteration {done} (cancelled or out of time); "
-                                         f"resume=auto continues from {latest_checkpoint(checkpoints)}")
+                last = latest_checkpoint(checkpoints)
+                raise request.stopped(f"at iteration {done}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
     finally:
         preemption.uninstall()
     progress.close()
+    if not all_finite(acc, tr.policy, tr.critic):  # a run shorter than save_steps was never checked
+        last = latest_checkpoint(checkpoints)
+        raise DivergenceError(f"the weights are non-finite after iteration {tr.steps}; the final model was not saved"
+                              + (f"; {last} is the last finite checkpoint" if last else ""))
     # Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes them whole.
     policy_state, critic_state = whole_state_dict(acc, tr.policy), whole_state_dict(acc, tr.critic)
     run.save_model(acc.unwrap_model(tr.policy), run.tokenizer, state_dict=policy_state)
