@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import FINISHED, copy_run, run_cli
 from tests.test_bad_input import _probe
-from tests.test_resume import _poison
+from tests.runtime.test_resume import _poison
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -67,7 +67,7 @@ def test_eval_is_validated_like_train(tmp_path, capsys, overrides, message):
 
     from tests.conftest import compose_config, run_cli
 
-    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml(compose_config("logger=none")))
+    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml(compose_config("logger=none"), resolve=True))
     with pytest.raises(SystemExit) as exit_:
         run_cli("eval", f"run_dir={tmp_path}", *overrides)
     err = capsys.readouterr().err
@@ -127,7 +127,7 @@ def test_a_command_line_evaluation_is_logged_to_the_runs_wandb_run(tmp_path, mon
         return Run()
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, Table=lambda columns, data: (columns, data)))
-    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": False}, "logger": {
+    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": False}, "method": {"name": "sft"}, "logger": {
         "name": "wandb", "project": "p", "entity": None, "mode": "offline"}}))
     log_to_wandb(tmp_path, {"eval/win_rate": 0.5}, ["prompt"], [["hi"]])
     assert logged == {}  # the run has no W&B run
