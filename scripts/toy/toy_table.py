@@ -31,15 +31,10 @@ from tokalign.analysis.table import find_run_dirs, load_run, replace_marked_bloc
 
 REPO = Path(__file__).resolve().parents[2]
 
-# paper -> (docs page, the training curves worth showing there)
-PAPERS = {
-    "tgdpo": ("tgdpo.md", ["train/loss"]),
-    "ma_rlhf": ("ma_rlhf.md", ["train/reward", "train/kl"]),
-    "d3s": ("d3s.md", ["train/accuracy"]),
-    "treg": ("treg.md", ["train/loss"]),
-    "rto": ("rto.md", ["train/reward"]),
-    "aligndistil": ("aligndistil.md", ["train/loss"]),
-}
+# every paper with a reproduce script; its page is docs/<paper>.md
+PAPERS = sorted(p.stem.removeprefix("reproduce_") for p in (REPO / "scripts" / "reproduce").glob("reproduce_*.sh"))
+# the training curves worth showing on a paper's page, where not the loss
+CURVES = {"ma_rlhf": ["train/reward", "train/kl"], "d3s": ["train/accuracy"], "rto": ["train/reward"]}
 CACHED = ("models", "dpo_models", "data", "token_logps")  # what runs build once and reuse from cache_dir
 
 
@@ -110,9 +105,9 @@ def make(paper: str, fresh: bool, overrides: list[str]) -> None:
     built = sorted(cache_entries() - cache_before)
     runs = [load_run(d) for d in find_run_dirs([root])]
     seeds = sorted({int(r.value("seed")) for r in runs if r.problem is None})
-    doc_name, curves = PAPERS[paper]
+    doc_name = f"{paper}.md"
     pictures = []
-    for key in curves:
+    for key in CURVES.get(paper, ["train/loss"]):
         png = root / "table" / f"curve_{key.replace('/', '_')}.png"
         if png.exists():
             target = REPO / "docs" / "img" / f"{paper}_toy_{key.replace('/', '_')}.png"
