@@ -32,11 +32,11 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not distributed"
 
 bench: install
-	@for f in scripts/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+	@for f in scripts/bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
-# Every paper's toy table (scripts/reproduce_<paper>.sh --toy), timed and written into its docs page.
+# Every paper's toy table (scripts/reproduce/reproduce_<paper>.sh --toy), timed and written into its docs page.
 toy-tables: install
-	$(PY) scripts/toy_table.py --all
+	$(PY) scripts/toy/toy_table.py --all
 
 # On one GPU (H100/H200, a few minutes, offline): DPO/TGDPO steps, HF vs vLLM rollouts, a PPO
 # iteration at Llama-3.2-1B shape; results in scripts/results/gpu_check.* and docs/gpu.md.

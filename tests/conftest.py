@@ -59,8 +59,16 @@ def compose_config(*overrides: str):
 
 
 def paper_overrides(*overrides: str) -> list[str]:
-    """What a user must add to a paper experiment that needs their own models (MA-RLHF: the reward model)."""
-    if not {"experiment=ma_rlhf", "experiment=rto"} & set(overrides):
+    """What a user must add to a paper experiment that needs their own models: a reward model where the
+    experiment leaves `method.reward` required (`???`: MA-RLHF's and RTO's, trained or converted first)."""
+    from omegaconf import OmegaConf
+
+    from tokalign.cli import conf_dir
+
+    files = [Path(conf_dir()) / "experiment" / f"{o.removeprefix('experiment=')}.yaml" for o in overrides
+             if o.startswith("experiment=")]
+    methods = [OmegaConf.load(f).get("method") for f in files]
+    if not any(m is not None and OmegaConf.is_missing(m, "reward") for m in methods):
         return []
     rm = Path(tempfile.gettempdir()) / "tokalign-test-rm"
     (rm / "model").mkdir(parents=True, exist_ok=True)

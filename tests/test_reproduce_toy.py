@@ -13,7 +13,7 @@ from tests.html_spans import parse
 @pytest.mark.slow
 def test_d3s_toy_row_trains_tabulates_and_renders(train, tmp_path, capsys):
     run_dir = train(
-        "experiment=d3s_toy", "+arm=d3s_full", "trainer.max_steps=2", "trainer.per_device_batch_size=16",
+        "experiment=d3s_toy", "+arm=d3s/full", "trainer.max_steps=2", "trainer.per_device_batch_size=16",
         "method.num_generations=4", "method.max_completion_length=8", "method.n_init=2", "method.n_final=3",
         "eval.num_samples=4", "eval.pass_k=[1,2]", "eval.max_new_tokens=8",
     )
@@ -24,7 +24,7 @@ def test_d3s_toy_row_trains_tabulates_and_renders(train, tmp_path, capsys):
 
     run_cli("table", f"runs={run_dir}", f"out={tmp_path / 'table'}")
     md = (tmp_path / "table" / "table.md").read_text()
-    assert md.splitlines()[0].startswith("| arm | n | eval/accuracy") and "| d3s_full | 1 |" in md
+    assert md.splitlines()[0].startswith("| arm | n | eval/accuracy") and "| d3s/full | 1 |" in md
 
     run_cli("inspect", f"run_dir={run_dir}", "num_examples=1", "progress=0")
     spans = parse((run_dir / "inspect.html").read_text())

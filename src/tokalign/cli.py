@@ -26,8 +26,7 @@ GROUPS = {
     "logger": "where metrics go besides <run_dir>/metrics.jsonl",
     "launcher": "how processes start: in this process, DDP, or DeepSpeed ZeRO (see docs/scale_out.md)",
     "experiment": "a paper's setting or its laptop twin (with -m: its table sweep)",
-    "arm": "one row of a paper table (experiment sweeps choose them)",
-    "sweep": "a per-method sweep for -m, e.g. -m +sweep=dpo",
+    "arm": "one row of a paper table, <paper>/<row> or baseline/<method> (experiment sweeps choose them)",
     "hydra/launcher": "where -m runs its jobs: basic (here, one after another), submitit_local, slurm",
 }
 
@@ -127,7 +126,16 @@ def _compose(overrides: list[str], groups: tuple[str, ...] = ()):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("config", overrides=["output_dir=.", *overrides], return_hydra_config=True)
         repository = GlobalHydra.instance().config_loader().repository  # listed uncached: no copy per group
-        return cfg, {g: repository.get_group_options(g) for g in groups}
+        return cfg, {g: _group_options(repository, g) for g in groups}
+
+
+def _group_options(repository, group: str) -> list[str]:
+    """A group's options, those of its folders as `folder/option` (arm/tgdpo/a05.yaml: tgdpo/a05)."""
+    from hydra.core.object_type import ObjectType
+
+    nested = [f"{sub}/{o}" for sub in repository.get_group_options(group, ObjectType.GROUP)
+              for o in _group_options(repository, f"{group}/{sub}")]
+    return sorted(repository.get_group_options(group) + nested)
 
 
 def _preflight(argv: list[str]) -> None:

@@ -103,13 +103,13 @@ def test_curves_are_paste_ready(tmp_path):
 
 
 def test_default_grouping_uses_the_sweep_arms(tmp_path):
-    for arm, w in (("tgdpo_dpo", 0.5), ("tgdpo_a1", 0.7)):
+    for arm, w in (("baseline/dpo", 0.5), ("tgdpo/a1", 0.7)):
         for seed in (0, 1):
-            fake_run(tmp_path, f"{arm}{seed}", {"name": "dpo" if arm == "tgdpo_dpo" else "tgdpo"}, seed, arm=arm,
+            fake_run(tmp_path, f"{arm.replace('/', '_')}{seed}", {"name": "dpo" if arm == "baseline/dpo" else "tgdpo"}, seed, arm=arm,
                      summary={"eval/win_rate": w + seed / 10})
     table, files = make_report([str(tmp_path)])
     assert table.group_by == ["arm"] and table.metrics == ["eval/win_rate"]
-    assert [(r["group"], round(r["eval/win_rate"][0], 6)) for r in table.rows] == [(("tgdpo_a1",), 0.75), (("tgdpo_dpo",), 0.55)]
+    assert [(r["group"], round(r["eval/win_rate"][0], 6)) for r in table.rows] == [(("baseline/dpo",), 0.55), (("tgdpo/a1",), 0.75)]
     assert files["markdown"] == tmp_path / "table" / "table.md"
 
 

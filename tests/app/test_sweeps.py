@@ -1,39 +1,15 @@
-"""Sweep configs compose onto real knobs; the SLURM launcher derives its request from the run's
-launcher and the partition and renders the expected sbatch script; a sweep runs end to end
-through submitit's local executor. The real scheduler: tests/slurm."""
+"""The SLURM launcher derives its request from the run's launcher and the partition and renders the
+expected sbatch script; a sweep runs end to end through submitit's local executor. The papers'
+sweeps (experiment files): tests/app/test_experiments.py. The real scheduler: tests/slurm."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.conftest import run_cli
-from tokalign.app.compose import register, validate
-from tokalign.cli import conf_dir
-
-SWEEPS = sorted(p.stem for p in (Path(conf_dir()) / "sweep").glob("*.yaml"))
-
-
-def _compose_with_hydra(*overrides: str):
-    register()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return compose("config", overrides=["output_dir=/tmp/tokalign-compose", *overrides], return_hydra_config=True)
-
-
-@pytest.mark.parametrize("sweep", SWEEPS)
-def test_every_sweep_composes_and_sweeps_existing_knobs(sweep):
-    cfg = _compose_with_hydra(f"+sweep={sweep}")
-    params = cfg.hydra.sweeper.params
-    assert cfg.method.name == sweep and len(params) >= 2
-    run_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    typed = validate(run_cfg)
-    for key, values in params.items():
-        assert OmegaConf.select(typed, key, throw_on_missing=False) is not None or key.endswith("beta"), key
-        assert len(str(values).split(",")) >= 2
 
 
 def _render(tmp_path, monkeypatch, sinfo: str, *overrides: str) -> list[dict]:
@@ -72,7 +48,7 @@ def _render(tmp_path, monkeypatch, sinfo: str, *overrides: str) -> list[dict]:
 
 def test_slurm_launcher_renders_one_task_per_node_with_gpus_where_the_partition_has_them(tmp_path, monkeypatch):
     (arr,) = _render(tmp_path, monkeypatch, "gpu|64|512000|gpu:h100:8(S:0-1)|4",
-                     "+sweep=dpo", "launcher=deepspeed", "launcher.zero_stage=3", "launcher.num_gpus=8",
+                     "method=dpo", "method.beta=0.05,0.1,0.5", "seed=0,1,2", "launcher=deepspeed", "launcher.zero_stage=3", "launcher.num_gpus=8",
                      "launcher.num_nodes=2", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
                      "hydra.launcher.timeout_min=90")
     text = arr["sbatch"]
@@ -109,7 +85,7 @@ def test_point_names_identify_a_point_by_its_overrides():
     a = point_name(["method=dpo", "seed=2", "method.beta=0.1", "resume=auto", "logger=none", "eval.at_end=False"])
     assert a == "method.beta=0.1,method=dpo,seed=2"  # sorted; resume/logger/eval do not make a point
     assert point_name(["seed=2", "method.beta=0.1", "method=dpo"]) == a  # order does not matter
-    assert point_name(["+sweep=dpo", "model.path=/data/m"], POINT_EXCLUDE) == "+sweep=dpo,model.path=%data%m"
+    assert point_name(["+arm=tgdpo/a1", "model.path=/data/m"], POINT_EXCLUDE) == "+arm=tgdpo%a1,model.path=%data%m"
     assert point_name([]) == "default"
     long = point_name([f"method.k{i}={i}" for i in range(40)])
     assert len(long) <= 120 and long != point_name([f"method.k{i}={i}" for i in range(41)])

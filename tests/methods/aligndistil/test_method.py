@@ -69,10 +69,10 @@ def test_every_row_of_the_paper_sweep_and_its_toy_twin_composes(experiment):
         OmegaConf.resolve(cfg)
         assert (cfg.model.source == "tiny") == experiment.endswith("_toy")
         variants[arm] = "dpo" if cfg.method.name == "dpo" else (str(cfg.method.variant), cfg.method.on_policy)
-    assert variants == {"aligndistil_dpo": "dpo", "aligndistil_off": ("aligndistil", False),
-                        "aligndistil_on": ("aligndistil", True), "aligndistil_contrast": ("contrast", False),
-                        "aligndistil_adaptive": ("adaptive", False)}
-    full = compose_config("experiment=aligndistil", "+arm=aligndistil_off")
+    assert variants == {"baseline/dpo": "dpo", "aligndistil/off": ("aligndistil", False),
+                        "aligndistil/on": ("aligndistil", True), "aligndistil/contrast": ("contrast", False),
+                        "aligndistil/adaptive": ("adaptive", False)}
+    full = compose_config("experiment=aligndistil", "+arm=aligndistil/off")
     assert (full.model.hub_id, full.method.beta0, full.trainer.learning_rate, full.trainer.max_length) == (
         "Qwen/Qwen2.5-1.5B-Instruct", 0.1, 1e-6, 2048)
     assert full.trainer.per_device_batch_size * full.trainer.gradient_accumulation_steps * full.launcher.num_gpus == 128

@@ -23,19 +23,18 @@ def _arms(experiment: str) -> list[str]:
 
 @pytest.mark.parametrize("experiment", ["rto", "rto_toy"])
 def test_both_rows_share_every_ppo_knob(experiment, tmp_path):
-    assert _arms(experiment) == ["rto_ppo", "rto_rto"]
+    assert _arms(experiment) == ["rto/sparse", "rto/dense"]
     reward = [f"method.reward=model:{tmp_path}"] if experiment == "rto" else []
     if reward:
         (tmp_path / "config.json").write_text("{}")
-    ppo, rto = (_compose(f"experiment={experiment}", f"+arm={arm}", *reward).method for arm in _arms(experiment))
-    assert (ppo.name, ppo.dpo_scale, rto.name, rto.dpo_scale) == ("ppo", 0.0, "rto", 0.05)
-    assert {k: v for k, v in ppo.items() if k not in ("name", "dpo_scale")} == {
-        k: v for k, v in rto.items() if k not in ("name", "dpo_scale")}
+    sparse, dense = (_compose(f"experiment={experiment}", f"+arm={arm}", *reward).method for arm in _arms(experiment))
+    assert (sparse.name, sparse.dpo_scale, dense.name, dense.dpo_scale) == ("rto", 0.0, "rto", 0.05)
+    assert {k: v for k, v in sparse.items() if k != "dpo_scale"} == {k: v for k, v in dense.items() if k != "dpo_scale"}
 
 
 def test_the_released_scripts_numbers(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    cfg = _compose("experiment=rto", "+arm=rto_rto", f"method.reward=model:{tmp_path}")
+    cfg = _compose("experiment=rto", "+arm=rto/dense", f"method.reward=model:{tmp_path}")
     m, t = cfg.method, cfg.trainer
     assert (cfg.model.hub_id, cfg.dataset.hub_id, cfg.dataset.columns.prompt) == (
         "OpenRLHF/Llama-3-8b-sft-mixture", "weqweasdas/ultra_train", "context_messages")
@@ -43,6 +42,6 @@ def test_the_released_scripts_numbers(tmp_path):
         0.05, 0.05, 0.01, 10.0, 5e-7, 9e-6)
     per_step = t.per_device_batch_size * t.gradient_accumulation_steps * cfg.launcher.num_gpus
     assert (per_step, per_step * m.num_mini_batches, m.max_new_tokens) == (128, 1024, 1024)
-    toy = _compose("experiment=rto_toy", "+arm=rto_rto")
+    toy = _compose("experiment=rto_toy", "+arm=rto/dense")
     assert toy.model.source == "tiny" and toy.launcher.name == "local" and not toy.method.dpo_model
     assert cfg.method.dpo_model == "RTO-RL/Llama3-8B-DPO"

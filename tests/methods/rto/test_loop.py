@@ -36,7 +36,7 @@ def test_rto_without_a_dense_reward_is_the_ppo_run(train, tiny_model):
 def test_rto_toy_builds_its_dpo_model_reruns_identically_and_shows_dense_rewards(train, tiny_model, tmp_path):
     from tokalign.analysis.inspect import inspect_run
 
-    args = ("experiment=rto_toy", "+arm=rto_rto", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
+    args = ("experiment=rto_toy", "+arm=rto/dense", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
             "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.per_device_batch_size=8", "method.max_new_tokens=12",
             "eval.max_new_tokens=12")
     built = train(*args)  # trains the DPO model on demand (3 DPO steps), then RTO

@@ -10,7 +10,7 @@ from tests.html_spans import parse
 from tokalign.artifacts.tracking import read_metrics
 from tokalign.errors import ConfigError
 
-ALPHAS = {"treg_a01": 0.1, "treg_a025": 0.25, "treg_a05": 0.5}
+ALPHAS = {"treg/a01": 0.1, "treg/a025": 0.25, "treg/a05": 0.5}
 SMALL = ("trainer.max_steps=4", "trainer.logging_steps=2", "dataset.num_train=48", "trainer.per_device_batch_size=8")
 
 
@@ -53,8 +53,8 @@ def test_every_row_of_the_paper_sweep_and_its_toy_twin_composes(experiment):
         assert (cfg.model.source == "tiny") == experiment.endswith("_toy")
         if arm in ALPHAS:
             assert cfg.method.alpha == ALPHAS[arm]
-    assert names == {"treg_dpo": "dpo", **{a: "treg" for a in arms if a != "treg_dpo"}}
-    full = compose_config("experiment=treg", "+arm=treg_static")
+    assert names == {"baseline/dpo": "dpo", **{a: "treg" for a in arms if a != "baseline/dpo"}}
+    full = compose_config("experiment=treg", "+arm=treg/static")
     assert (full.method.beta, full.trainer.learning_rate, full.launcher.zero_stage, str(full.method.weighting)) == (
         0.01, 3e-7, 3, "static")
     assert full.trainer.per_device_batch_size * full.trainer.gradient_accumulation_steps * full.launcher.num_gpus == 128

@@ -15,7 +15,7 @@ Defaults follow the MA-RLHF authors' code (ernie-research/MA-RLHF, DeepSpeed-Cha
 sampling temperature's), each response's loss a mean over its tokens, the scored last token a
 macro action of its own, `ppl` cuts before the rise. Two choices keep the paper's formulas and
 the usual PPO instead (`experiment=ma_rlhf` switches them to their code's): macro rewards are
-summed (`reward_aggregation`) and advantages whitened. docs/ma_ppo.md lists every convention,
+summed (`reward_aggregation`) and advantages whitened. docs/ma_rlhf.md lists every convention,
 its option and where tokalign departs from their code.
 """
 
