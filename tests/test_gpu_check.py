@@ -39,7 +39,7 @@ def test_flop_count_is_the_models_matmuls(gpu_check, shape):
 
 @pytest.mark.slow
 def test_tiny_gpu_check_runs_on_cpu(gpu_check, tmp_path, cache_dir):
-    assert gpu_check["main"](["--tiny", "--out", str(tmp_path)]) == 0
+    assert gpu_check["main"](["--tiny", "--budget", "3600", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     check_tiny_report(report, (tmp_path / "gpu_check.md").read_text())
 
