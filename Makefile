@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TOKALIGN_TEST_CACHE ?= $(CURDIR)/.cache/test
 
-.PHONY: install lint demo test test-fast bench toy-tables gpu-check clean
+.PHONY: install lint demo test test-fast bench toy-tables gpu-wheels gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -38,10 +38,16 @@ bench: install
 toy-tables: install
 	$(PY) scripts/toy/toy_table.py --all
 
-# On one GPU (H100/H200, a few minutes, offline): DPO/TGDPO steps, HF vs vLLM rollouts, a PPO
-# iteration at Llama-3.2-1B shape; results in scripts/results/gpu_check.* and docs/gpu.md.
-gpu-check: install
-	$(PY) scripts/gpu_check.py
+# The wheelhouse for a GPU machine with no network (scripts/gpu/wheelhouse.txt: what its image lacks,
+# pinned; CPython 3.12 manylinux x86-64), built into .whl and its total size printed (at most 60 MiB).
+gpu-wheels: install
+	$(PY) scripts/gpu/wheelhouse.py build --dest .whl
+
+# On one GPU (H100/H200, at most 7 minutes of measuring, offline), with .whl sent along when the
+# machine has no network: DPO/TGDPO/T-REG steps, generate, PPO/MA-PPO, GRPO/D3S, DeepSpeed's ZeRO
+# estimate; results in $$OUT or scripts/results/gpu_check.{json,md} and docs/gpu.md. See docs/gpu.md.
+gpu-check:
+	scripts/gpu/gpu_check.sh
 
 clean:
 	rm -rf outputs multirun .cache

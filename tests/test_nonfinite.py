@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import FINISHED, copy_run, run_cli
-from tests.test_bad_input import _probe
 from tests.runtime.test_resume import _poison
+from tests.test_bad_input import _probe
 
 
 @pytest.mark.parametrize("overrides,message", [
