@@ -41,7 +41,7 @@ def test_multirun_names_runs_by_point_groups_them_and_ends_with_a_table(tmp_path
     assert all((tmp_path / d / "model" / "config.json").exists() for d in dirs)
     assert {OmegaConf.load(tmp_path / d / "resolved.yaml").logger.group for d in dirs} == {tmp_path.name}
     out = capsys.readouterr().out
-    assert f"Sweep summary ({tmp_path})" in out and (tmp_path / "table" / "table.md").exists()
+    assert f"Sweep table ({tmp_path})" in out and (tmp_path / "table" / "table.md").exists()
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_every_long_wait_says_what_it_does_and_shows_progress(train, tiny_model,
                     "trainer.max_steps=2", "eval.kl=false", f"cache_dir={cache}")
     out, err = capsys.readouterr()
     said = [line for line in out.splitlines() if line.startswith("tokalign: ")]
-    for what in ("sampling on-policy pairs: 4 responses to each of", "building the DPO model of method.guidance_model",
+    for what in ("sampling on-policy pairs: 4 responses to each of", "building the DPO model of method.dpo_model",
                  "precomputing per-token values", "evaluating"):
         start = next((i for i, line in enumerate(said) if what in line and line.endswith("...")), None)
         assert start is not None, f"no line before: {what}\n{out}"

@@ -142,12 +142,18 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 
 def links_out(root: str | os.PathLike) -> Path | None:
-    """The first symbolic link under `root` whose target lies outside it (links within it are harmless)."""
+    """The first symbolic link under `root` whose target lies outside it (links within it are harmless).
+
+    `wandb/` is W&B's own (its logs link to the user's W&B cache): tokalign writes nothing there."""
     root = Path(root)
     if not root.is_dir() or root.is_symlink():
         return None
     real = root.resolve()
     for parent, dirs, files in os.walk(root):
+        if Path(parent) == root and "wandb" in dirs:
+            dirs.remove("wandb")
+            if Path(root, "wandb").is_symlink() and not Path(root, "wandb").resolve().is_relative_to(real):
+                return Path(root, "wandb")
         for name in sorted(dirs + files):
             entry = Path(parent, name)
             if entry.is_symlink() and not entry.resolve().is_relative_to(real):
