@@ -48,7 +48,7 @@ def test_rto_toy_builds_its_dpo_model_reruns_identically_and_shows_dense_rewards
     assert all(abs(r["train/rto/dpo_reward"]) <= 0.05 and 0 <= r["train/rto/dpo_clipfrac"] <= 1 for r in rows)
     assert "eval/gold_reward" in json.loads((reused / "summary.json").read_text())
 
-    spans = parse(inspect_run(reused, num_examples=2).read_text())
+    spans = parse(inspect_run(reused, num_examples=2, trust_run_code=True).read_text())  # its own cache_dir
     dense = [float(s["data-dpo_reward"]) for s in spans]
     assert spans and all({"data-advantage", "data-reward", "data-value"} <= set(s) for s in spans)
     assert all(abs(d) <= 0.05 for d in dense) and any(d != 0 for d in dense)
