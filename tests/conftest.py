@@ -65,8 +65,11 @@ def paper_overrides(*overrides: str) -> list[str]:
 
     from tokalign.cli import conf_dir
 
-    files = [Path(conf_dir()) / "experiment" / f"{o.removeprefix('experiment=')}.yaml" for o in overrides
-             if o.startswith("experiment=")]
+    files = [
+        Path(conf_dir()) / "experiment" / f"{o.removeprefix('experiment=')}.yaml"
+        for o in overrides
+        if o.startswith("experiment=")
+    ]
     methods = [OmegaConf.load(f).get("method") for f in files]
     if not any(m is not None and OmegaConf.is_missing(m, "reward") for m in methods):
         return []
@@ -136,7 +139,16 @@ def perturbed_model(tiny_model, tmp_path_factory):
     model.save_pretrained(path)
     load_tokenizer(tiny_model).save_pretrained(path)
     return str(path)
-FINISHED = ["logger=none", "method=sft", "trainer.max_steps=1", "dataset.num_train=16", "eval.num_prompts=2", "eval.kl=false"]
+
+
+FINISHED = [
+    "logger=none",
+    "method=sft",
+    "trainer.max_steps=1",
+    "dataset.num_train=16",
+    "eval.num_prompts=2",
+    "eval.kl=false",
+]
 
 
 @pytest.fixture(scope="session")

@@ -84,13 +84,19 @@ def _data_probes(root: Path) -> list[tuple[list[str], str]]:
         ([f"dataset.path={broken}"], "broken.jsonl:3: broken JSON"),
         ([f"dataset.path={latin}"], "latin.jsonl:2: not UTF-8 text"),
         ([f"dataset.path={root / 'missing.jsonl'}"], "missing.jsonl does not exist"),
-        ([f"dataset.path={_jsonl(root / 'cols.jsonl', [{'question': 'q', 'good': 'a', 'bad': 'b'}] * 4)}"],
-         "missing column(s)"),
+        (
+            [f"dataset.path={_jsonl(root / 'cols.jsonl', [{'question': 'q', 'good': 'a', 'bad': 'b'}] * 4)}"],
+            "missing column(s)",
+        ),
         ([f"dataset.path={_jsonl(root / 'one.jsonl', [PAIR])}"], "has 1 row(s): too few to train and evaluate"),
-        ([f"dataset.path={_jsonl(root / 'same.jsonl', [{**PAIR, 'rejected': PAIR['chosen']}] * 8)}"],
-         "no usable training row is left: dropped 7 (chosen == rejected)"),
-        ([f"dataset.path={_jsonl(root / 'long.jsonl', [{**PAIR, 'prompt': 'word ' * 300}] * 8)}"],
-         "prompt >= trainer.max_length=128 tokens"),
+        (
+            [f"dataset.path={_jsonl(root / 'same.jsonl', [{**PAIR, 'rejected': PAIR['chosen']}] * 8)}"],
+            "no usable training row is left: dropped 7 (chosen == rejected)",
+        ),
+        (
+            [f"dataset.path={_jsonl(root / 'long.jsonl', [{**PAIR, 'prompt': 'word ' * 300}] * 8)}"],
+            "prompt >= trainer.max_length=128 tokens",
+        ),
     ]
 
 
@@ -100,7 +106,10 @@ def _model_probes(root: Path, tiny_model: str) -> list[tuple[list[str], str]]:
     nonsense, no_tokenizer, no_weights = root / "nonsense", root / "no_tokenizer", root / "no_weights"
     nonsense.mkdir()
     (nonsense / "config.json").write_text("{this is not json")
-    for path, drop in ((no_tokenizer, ("tokenizer.json", "tokenizer_config.json")), (no_weights, ("model.safetensors",))):
+    for path, drop in (
+        (no_tokenizer, ("tokenizer.json", "tokenizer_config.json")),
+        (no_weights, ("model.safetensors",)),
+    ):
         shutil.copytree(tiny_model, path)
         for name in drop:
             (path / name).unlink()
@@ -125,17 +134,22 @@ def test_run_directory_problems_fail_in_one_line(tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     assert "is a file" in _probe(capsys, "train", f"hydra.run.dir={a_file / 'run'}")
-    assert "cannot use /proc/tokalign-run as a run directory" in _probe(capsys, "train", "hydra.run.dir=/proc/tokalign-run")
+    assert "cannot use /proc/tokalign-run as a run directory" in _probe(
+        capsys, "train", "hydra.run.dir=/proc/tokalign-run"
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["eval", "run_dir=/nonexistent/run"], "/nonexistent/run is not a run directory (no resolved.yaml)"),
-    (["eval"], "tokalign eval needs run_dir=..."),
-    (["eval", "bogus=1"], "unknown argument(s) bogus"),
-    (["inspect", "outputs/x"], "expected key=value arguments"),
-    (["table"], "tokalign table needs runs="),
-    (["frobnicate"], "unknown command 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["eval", "run_dir=/nonexistent/run"], "/nonexistent/run is not a run directory (no resolved.yaml)"),
+        (["eval"], "tokalign eval needs run_dir=..."),
+        (["eval", "bogus=1"], "unknown argument(s) bogus"),
+        (["inspect", "outputs/x"], "expected key=value arguments"),
+        (["table"], "tokalign table needs runs="),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
 def test_other_commands_fail_in_one_line(capsys, args, message):
     assert message in _probe(capsys, *args)
 

@@ -24,13 +24,16 @@ class Outer:
     inner: Inner = knob(help="nested", factory=Inner)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"steps": -1}, "x.steps=-1 is out of range: expected >= 0"),
-    ({"ks": [1, 0]}, r"x.ks=\[1, 0\] is out of range: expected >= 1"),
-    ({"inner": {"rate": 0.0}}, "x.inner.rate=0.0 is out of range: expected > 0 and <= 1"),
-    ({"inner": {"rat": 0.3}}, "x.inner.rat is not a knob here; did you mean rate"),
-    ({"stepz": 1}, "x.stepz is not a knob here; did you mean steps"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"steps": -1}, "x.steps=-1 is out of range: expected >= 0"),
+        ({"ks": [1, 0]}, r"x.ks=\[1, 0\] is out of range: expected >= 1"),
+        ({"inner": {"rate": 0.0}}, "x.inner.rate=0.0 is out of range: expected > 0 and <= 1"),
+        ({"inner": {"rat": 0.3}}, "x.inner.rat is not a knob here; did you mean rate"),
+        ({"stepz": 1}, "x.stepz is not a knob here; did you mean steps"),
+    ],
+)
 def test_bounds_and_unknown_keys(change, message):
     node = OmegaConf.merge(OmegaConf.to_container(OmegaConf.structured(Outer)), change)
     with pytest.raises(ConfigError, match=message):

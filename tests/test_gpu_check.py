@@ -25,15 +25,23 @@ def test_flop_count_is_the_models_matmuls(gpu_check, shape):
     from transformers import LlamaConfig
 
     s = gpu_check[shape]
-    config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
-                         num_hidden_layers=1, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads)
+    config = LlamaConfig(
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=1,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+    )
     with torch.device("meta"):
         from transformers import LlamaForCausalLM
 
         layer = LlamaForCausalLM(config).model.layers[0]
     weights = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
     sequences, length, logit_positions = 3, 10, 4
-    per_sequence = length * (2 * s.layers * weights + 4 * s.layers * s.hidden * length) + logit_positions * 2 * s.hidden * s.vocab
+    per_sequence = (
+        length * (2 * s.layers * weights + 4 * s.layers * s.hidden * length) + logit_positions * 2 * s.hidden * s.vocab
+    )
     assert gpu_check["forward_flops"](s, sequences, length, logit_positions) == sequences * per_sequence
 
 
@@ -48,11 +56,24 @@ def check_tiny_report(report: dict, table: str) -> None:
     """Every section of a --tiny run ran, but vLLM's (one line), and every ratio has its figure."""
     sections = report["sections"]
     assert report["finished"] and list(sections) == [
-        "zero_estimate", "dpo", "tgdpo", "treg", "generate_hf", "ppo", "ma_ppo", "grpo", "d3s", "vllm"]
+        "zero_estimate",
+        "dpo",
+        "tgdpo",
+        "treg",
+        "generate_hf",
+        "ppo",
+        "ma_ppo",
+        "grpo",
+        "d3s",
+        "vllm",
+    ]
     for name, sec in sections.items():
         assert sec["status"] == ("skipped" if name == "vllm" else "ok"), (name, sec)
     assert sections["vllm"]["reason"].startswith("not available: ")
-    assert sections["dpo"]["policy_tokens_per_s"] > 0 and sections["tgdpo"]["tflops_per_step"] > sections["dpo"]["tflops_per_step"]
+    assert (
+        sections["dpo"]["policy_tokens_per_s"] > 0
+        and sections["tgdpo"]["tflops_per_step"] > sections["dpo"]["tflops_per_step"]
+    )
     assert sections["ppo"]["rollout_s"] > 0 and sections["ma_ppo"]["update_s"] > 0
     assert set(sections["generate_hf"]["batches"]) == {"1", "2", "4"}
     assert sum(sections["d3s"]["kept_samples"]) < sum(sections["grpo"]["kept_samples"])  # D³S trains on fewer samples

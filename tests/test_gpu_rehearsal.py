@@ -33,8 +33,11 @@ pytestmark = pytest.mark.slow
 def image_python(cache_dir: Path) -> Path:
     """The interpreter of a virtual environment holding image.txt, torch replaced by this one's."""
     here_torch = f"torch=={torch.__version__.split('+')[0]}"
-    lines = [here_torch if line.startswith("torch==") else line
-             for line in (GPU / "image.txt").read_text().splitlines() if "==" in line]
+    lines = [
+        here_torch if line.startswith("torch==") else line
+        for line in (GPU / "image.txt").read_text().splitlines()
+        if "==" in line
+    ]
     lines.append(f"pip=={version('pip')}")  # the image has a pip: gpu_check.sh installs with it
     key = hashlib.sha256(f"{sys.version_info[:2]}\n{chr(10).join(lines)}".encode()).hexdigest()[:12]
     env = cache_dir / f"gpu-image-{key}"
@@ -44,15 +47,33 @@ def image_python(cache_dir: Path) -> Path:
     shutil.rmtree(env, ignore_errors=True)
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(env)], check=True)
     (env / "image.txt").write_text("\n".join(lines) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-compile",
-                    "--disable-pip-version-check", "-r", str(env / "image.txt")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "-r",
+            str(env / "image.txt"),
+        ],
+        check=True,
+    )
     (env / ".ready").touch()
     return python
 
 
 def build_wheelhouse(dest: Path, python_version: str) -> str:
-    done = subprocess.run([sys.executable, str(GPU / "wheelhouse.py"), "build", "--dest", str(dest),
-                           "--python-version", python_version], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(GPU / "wheelhouse.py"), "build", "--dest", str(dest), "--python-version", python_version],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout.splitlines()[-1]
 
@@ -65,11 +86,16 @@ def test_gpu_check_sh_runs_to_the_end_in_the_images_environment(tmp_path, cache_
     if here != "3.12":
         build_wheelhouse(wheels, here)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env |= {"PYTHON": str(image_python(cache_dir)), "WHEELS": str(wheels), "OUT": str(tmp_path / "out"),
-            "TOKALIGN_CACHE": str(cache_dir)}
+    env |= {
+        "PYTHON": str(image_python(cache_dir)),
+        "WHEELS": str(wheels),
+        "OUT": str(tmp_path / "out"),
+        "TOKALIGN_CACHE": str(cache_dir),
+    }
     # a loaded machine may take the toy run past the GPU run's 420 s: it must still run every section
-    done = subprocess.run([str(GPU / "gpu_check.sh"), "--tiny", "--budget", "3600"], env=env, capture_output=True,
-                          text=True, timeout=1800)
+    done = subprocess.run(
+        [str(GPU / "gpu_check.sh"), "--tiny", "--budget", "3600"], env=env, capture_output=True, text=True, timeout=1800
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert "pip check" not in output, output  # the wheelhouse completes the image: no requirement unmet

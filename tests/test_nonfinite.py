@@ -13,23 +13,28 @@ from tests.runtime.test_resume import _poison
 from tests.test_bad_input import _probe
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["method.beta=inf"], "method.beta=inf is not a finite number"),
-    (["method.beta=1e999"], "method.beta=inf is not a finite number"),
-    (["trainer.learning_rate=nan"], "trainer.learning_rate=nan is not a finite number"),
-    (["method=tgdpo", "method.alpha=-inf"], "method.alpha=-inf is not a finite number"),
-    (["method=grpo", "method.epsilon_high=inf"], "method.epsilon_high=inf"),  # an Optional knob
-    (["trainer.adam_betas=[0.9,nan]"], "trainer.adam_betas[1]=nan"),
-    (["trainer.lr_scheduler_kwargs={min_lr_rate:nan}"], "trainer.lr_scheduler_kwargs.min_lr_rate=nan"),
-    (["method=grpo", "method.reward=[{reward:gold,weight:inf}]"], "method.reward[0].weight=inf"),
-    (["rollout.server_timeout=inf"], "rollout.server_timeout=inf"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method.beta=inf"], "method.beta=inf is not a finite number"),
+        (["method.beta=1e999"], "method.beta=inf is not a finite number"),
+        (["trainer.learning_rate=nan"], "trainer.learning_rate=nan is not a finite number"),
+        (["method=tgdpo", "method.alpha=-inf"], "method.alpha=-inf is not a finite number"),
+        (["method=grpo", "method.epsilon_high=inf"], "method.epsilon_high=inf"),  # an Optional knob
+        (["trainer.adam_betas=[0.9,nan]"], "trainer.adam_betas[1]=nan"),
+        (["trainer.lr_scheduler_kwargs={min_lr_rate:nan}"], "trainer.lr_scheduler_kwargs.min_lr_rate=nan"),
+        (["method=grpo", "method.reward=[{reward:gold,weight:inf}]"], "method.reward[0].weight=inf"),
+        (["rollout.server_timeout=inf"], "rollout.server_timeout=inf"),
+    ],
+)
 def test_float_knobs_refuse_inf_and_nan(tmp_path, capsys, overrides, message):
     line = _probe(capsys, "train", f"hydra.run.dir={tmp_path / 'run'}", *overrides)
     assert message in line and not (tmp_path / "run").exists()
 
 
-def test_a_run_shorter_than_its_logging_interval_does_not_save_a_diverged_model(tmp_path, monkeypatch, capsys, cache_dir):
+def test_a_run_shorter_than_its_logging_interval_does_not_save_a_diverged_model(
+    tmp_path, monkeypatch, capsys, cache_dir
+):
     _poison(monkeypatch, at_step=1, weights=True)  # the second optimizer step fills a weight with NaN
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:

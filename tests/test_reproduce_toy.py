@@ -13,9 +13,17 @@ from tests.html_spans import parse
 @pytest.mark.slow
 def test_d3s_toy_row_trains_tabulates_and_renders(train, tmp_path, capsys):
     run_dir = train(
-        "experiment=d3s_toy", "+arm=d3s/full", "trainer.max_steps=2", "trainer.per_device_batch_size=16",
-        "method.num_generations=4", "method.max_completion_length=8", "method.n_init=2", "method.n_final=3",
-        "eval.num_samples=4", "eval.pass_k=[1,2]", "eval.max_new_tokens=8",
+        "experiment=d3s_toy",
+        "+arm=d3s/full",
+        "trainer.max_steps=2",
+        "trainer.per_device_batch_size=16",
+        "method.num_generations=4",
+        "method.max_completion_length=8",
+        "method.n_init=2",
+        "method.n_final=3",
+        "eval.num_samples=4",
+        "eval.pass_k=[1,2]",
+        "eval.max_new_tokens=8",
     )
     metrics = json.loads((run_dir / "eval.json").read_text())
     assert {"eval/accuracy", "eval/pass@1", "eval/pass@2", "eval/pass@4"} <= set(metrics)

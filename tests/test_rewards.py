@@ -20,7 +20,8 @@ def test_names_functions_and_weighted_lists():
     assert rewards.functions("task", TOY_MATH, "r") == ([rewards.exact_match], [1.0])
     assert rewards.functions("gold", TOY_MATH, "r")[0] == [rewards.gold_reward]
     funcs, weights = rewards.functions(
-        ["exact_match", {"reward": f"{__name__}:scaled_reward", "weight": 0.5, "scale": 3.0}], TOY_MATH, "r")
+        ["exact_match", {"reward": f"{__name__}:scaled_reward", "weight": 0.5, "scale": 3.0}], TOY_MATH, "r"
+    )
     assert funcs[0] is rewards.exact_match and weights == [1.0, 0.5]
     assert funcs[1](["p"], [[{"content": "ab"}]]) == [6.0] and funcs[1].__name__ == "scaled_reward"
     combined = rewards.reward_function(["gold", {"reward": f"{__name__}.scaled_reward", "weight": 2.0}], TOY_MATH, "r")
@@ -29,11 +30,14 @@ def test_names_functions_and_weighted_lists():
     assert combined(["What about the lake?"], [[{"content": text}]]) == [expected]
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("gold_rewrd", "is not a reward"),
-    ("model:", "is not a reward"),
-    ([{"weight": 1.0}], "is not a reward"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("gold_rewrd", "is not a reward"),
+        ("model:", "is not a reward"),
+        ([{"weight": 1.0}], "is not a reward"),
+    ],
+)
 def test_misspellings_are_caught_without_importing_anything(spec, message):
     with pytest.raises(ConfigError, match=message):
         rewards.parse(spec, "method.reward")
@@ -50,11 +54,15 @@ def test_unimportable_function_is_a_config_error():
 
 
 def test_earlier_spellings_are_translated_with_a_warning(tmp_path):
-    grpo = OmegaConf.create({"reward": "task", "rewards": [{"_target_": "tokalign.rewards.exact_match", "weight": 2.0}]})
+    grpo = OmegaConf.create(
+        {"reward": "task", "rewards": [{"_target_": "tokalign.rewards.exact_match", "weight": 2.0}]}
+    )
     with pytest.warns(FutureWarning, match="method.rewards"):
         spec = rewards.configured(grpo, "method.reward")
     fns, weights = rewards.functions(spec, TOY_MATH, "method.reward")
-    assert [f.__wrapped__ for f in fns] == [rewards.exact_match] and weights == [2.0]  # imported: called through a guard
+    assert [f.__wrapped__ for f in fns] == [rewards.exact_match] and weights == [
+        2.0
+    ]  # imported: called through a guard
     model = tmp_path / "rm"
     (model / "model").mkdir(parents=True)
     (model / "model" / "config.json").write_text("{}")
@@ -63,7 +71,9 @@ def test_earlier_spellings_are_translated_with_a_warning(tmp_path):
         assert rewards.configured(ppo, "method.reward") == f"model:{model}"
     assert rewards.reward_model_path(f"model:{model}") == str(model / "model")
     with pytest.warns(FutureWarning, match="eval.reward_model"):
-        assert rewards.extra_specs(OmegaConf.create({"extra_rewards": [], "reward_model": str(model)})) == [f"model:{model}"]
+        assert rewards.extra_specs(OmegaConf.create({"extra_rewards": [], "reward_model": str(model)})) == [
+            f"model:{model}"
+        ]
 
 
 def test_verifiable_rewards_are_known():

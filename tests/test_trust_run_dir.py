@@ -13,13 +13,13 @@ import yaml
 from tests.conftest import copy_run, run_cli
 from tests.test_bad_input import _probe
 
-MARKER_MODULE = '''
+MARKER_MODULE = """
 from pathlib import Path
 Path(__file__).with_name("ran").write_text("code from the run directory ran")
 
 def reward(prompts, completions, **_):
     return [1.0] * len(completions)
-'''
+"""
 
 
 def length_reward(prompts, completions, **_):
@@ -45,12 +45,15 @@ def _hostile(finished_run: Path, tmp_path: Path, monkeypatch, **changes) -> Path
     return run
 
 
-@pytest.mark.parametrize("key,value", [
-    ("eval.reward", "evil_marker:reward"),
-    ("eval.reward", "os:system"),
-    ("eval.extra_rewards", ["pty:spawn"]),
-    ("eval.reward", [{"reward": "gold", "weight": 0.5}, {"reward": "evil_marker.reward", "weight": 0.5}]),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("eval.reward", "evil_marker:reward"),
+        ("eval.reward", "os:system"),
+        ("eval.extra_rewards", ["pty:spawn"]),
+        ("eval.reward", [{"reward": "gold", "weight": 0.5}, {"reward": "evil_marker.reward", "weight": 0.5}]),
+    ],
+)
 def test_eval_imports_no_function_the_run_dir_names(finished_run, tmp_path, monkeypatch, capsys, key, value):
     run = _hostile(finished_run, tmp_path, monkeypatch, **{key: value})
     line = _probe(capsys, "eval", f"run_dir={run}")
@@ -68,8 +71,12 @@ def test_trust_run_code_imports_it_and_shows_it_first(finished_run, tmp_path, mo
 
 def test_the_users_own_reward_runs_and_the_configs_paths_stay_unused(finished_run, tmp_path, monkeypatch, capsys):
     elsewhere = tmp_path / "elsewhere"
-    run = _hostile(finished_run, tmp_path, monkeypatch, **{"eval.reward": "os:system", "cache_dir": str(elsewhere),
-                                                          "run_name": "../../../escape"})
+    run = _hostile(
+        finished_run,
+        tmp_path,
+        monkeypatch,
+        **{"eval.reward": "os:system", "cache_dir": str(elsewhere), "run_name": "../../../escape"},
+    )
     run_cli("eval", f"run_dir={run}", f"eval.reward={__name__}:length_reward", "eval.export=[mt_bench]")
     capsys.readouterr()
     assert (run / "eval.json").exists() and not (run / "ran").exists()
@@ -79,8 +86,12 @@ def test_the_users_own_reward_runs_and_the_configs_paths_stay_unused(finished_ru
 
 
 def test_inspect_imports_no_function_the_run_dir_names(finished_run, tmp_path, monkeypatch, capsys):
-    run = _hostile(finished_run, tmp_path, monkeypatch, method={"name": "grpo", "algorithm": "grpo",
-                                                                "reward": "evil_marker:reward"})
+    run = _hostile(
+        finished_run,
+        tmp_path,
+        monkeypatch,
+        method={"name": "grpo", "algorithm": "grpo", "reward": "evil_marker:reward"},
+    )
     line = _probe(capsys, "inspect", f"run_dir={run}")
     assert "method.reward=evil_marker:reward is code named by" in line
     assert not (run / "ran").exists() and not (run / "inspect.html").exists()
@@ -106,7 +117,9 @@ def test_a_pickle_in_the_model_is_never_loaded(finished_run, tmp_path, monkeypat
 def test_paths_and_templates_of_the_config_do_not_reach_out(finished_run, tmp_path, monkeypatch, capsys):
     outside = tmp_path / "questions.jsonl"
     outside.write_text('{"instruction": "secret"}\n')
-    run = _hostile(finished_run, tmp_path, monkeypatch, **{"eval.export": ["alpaca_eval"], "eval.export_questions": str(outside)})
+    run = _hostile(
+        finished_run, tmp_path, monkeypatch, **{"eval.export": ["alpaca_eval"], "eval.export_questions": str(outside)}
+    )
     assert "reaches outside the run directory" in _probe(capsys, "eval", f"run_dir={run}")
     run = _hostile(finished_run, tmp_path / "b", monkeypatch, run_name="${oc.env:HOME}")
     assert "run_name holds an interpolation" in _probe(capsys, "eval", f"run_dir={run}")

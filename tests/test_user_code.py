@@ -38,14 +38,20 @@ def _guarded(fn):
     return rewards.checked(fn, "method.reward=mod:fn")
 
 
-@pytest.mark.parametrize("fn,message", [
-    (fails_on_long, "method.reward=mod:fn raised ZeroDivisionError: float division by zero on row 2 (prompt 'p2', completion 'ccc')"),
-    (lambda prompts, completions, **_: [1.0], "returned 1 value(s) for 3 completion(s)"),
-    (lambda prompts, completions, **_: 0.5, "returned float; a reward returns a list"),
-    (lambda prompts, completions, **_: ["good", "bad", "ugly"], "returned str 'good' for row 0"),
-    (lambda prompts, completions, **_: [1.0, None, 2.0], "returned NoneType None for row 1"),
-    (nan_reward, "returned nan for row 0 (prompt 'p0', completion 'a'); rewards must be finite numbers"),
-])
+@pytest.mark.parametrize(
+    "fn,message",
+    [
+        (
+            fails_on_long,
+            "method.reward=mod:fn raised ZeroDivisionError: float division by zero on row 2 (prompt 'p2', completion 'ccc')",
+        ),
+        (lambda prompts, completions, **_: [1.0], "returned 1 value(s) for 3 completion(s)"),
+        (lambda prompts, completions, **_: 0.5, "returned float; a reward returns a list"),
+        (lambda prompts, completions, **_: ["good", "bad", "ugly"], "returned str 'good' for row 0"),
+        (lambda prompts, completions, **_: [1.0, None, 2.0], "returned NoneType None for row 1"),
+        (nan_reward, "returned nan for row 0 (prompt 'p0', completion 'a'); rewards must be finite numbers"),
+    ],
+)
 def test_a_reward_that_fails_names_itself_and_the_row(fn, message):
     with pytest.raises(RewardError) as err:
         _guarded(fn)(PROMPTS, COMPLETIONS)
@@ -58,8 +64,15 @@ def test_a_reward_with_the_wrong_signature_is_refused_when_loaded():
     assert _guarded(lambda prompts, completions, **_: [0.0] * len(completions))(PROMPTS, COMPLETIONS) == [0.0] * 3
 
 
-GRPO = ["logger=none", "method=grpo", "trainer.max_steps=1", "trainer.per_device_batch_size=4", "method.num_generations=4",
-        "method.max_completion_length=8", "dataset.num_train=16"]
+GRPO = [
+    "logger=none",
+    "method=grpo",
+    "trainer.max_steps=1",
+    "trainer.per_device_batch_size=4",
+    "method.num_generations=4",
+    "method.max_completion_length=8",
+    "dataset.num_train=16",
+]
 
 
 def test_a_nan_reward_stops_a_grpo_run_in_one_line(tmp_path, capsys, cache_dir):
@@ -71,7 +84,9 @@ def test_a_nan_reward_stops_a_grpo_run_in_one_line(tmp_path, capsys, cache_dir):
 def test_grpo_refuses_any_non_finite_reward_it_is_given(tmp_path, capsys, cache_dir, monkeypatch):
     monkeypatch.setattr(rewards, "checked", lambda fn, name, bound=None: fn)  # as a reward model's NaN arrives
     line = _probe(capsys, "train", f"hydra.run.dir={tmp_path / 'b'}", *GRPO, f"method.reward={__name__}:nan_reward")
-    assert "reward nan_reward is nan for completion 0 of step 1; a GRPO run does not train on a non-finite reward" in line
+    assert (
+        "reward nan_reward is nan for completion 0 of step 1; a GRPO run does not train on a non-finite reward" in line
+    )
     assert not (tmp_path / "b" / "model").exists()
 
 
@@ -85,11 +100,19 @@ def _data_type_probes(root: Path) -> list[tuple[str, str]]:
     chat = {"prompt": [{"content": "hi"}], "chosen": PAIR["chosen"], "rejected": PAIR["rejected"]}
     return [
         (_jsonl(root / "number.jsonl", [PAIR, {**PAIR, "chosen": 42}]), "number.jsonl:2: field 'chosen' is a number"),
-        (_jsonl(root / "numbers.jsonl", [{**PAIR, "prompt": 7}] * 4), "numbers.jsonl:1: field 'prompt' is a number (7)"),
+        (
+            _jsonl(root / "numbers.jsonl", [{**PAIR, "prompt": 7}] * 4),
+            "numbers.jsonl:1: field 'prompt' is a number (7)",
+        ),
         (_jsonl(root / "role.jsonl", [chat] * 4), "role.jsonl:1: field 'prompt' message 0 has no 'role'"),
-        (_jsonl(root / "mixed.jsonl", [PAIR, PAIR, {**PAIR, "prompt": [{"role": "user", "content": "x"}]}]),
-         "mixed.jsonl:3: field 'prompt' is a list, but text at"),
-        (_jsonl(root / "extra.jsonl", [{**PAIR, "meta": 1}, {**PAIR, "meta": "one"}]), "extra.jsonl:2: field 'meta' is text"),
+        (
+            _jsonl(root / "mixed.jsonl", [PAIR, PAIR, {**PAIR, "prompt": [{"role": "user", "content": "x"}]}]),
+            "mixed.jsonl:3: field 'prompt' is a list, but text at",
+        ),
+        (
+            _jsonl(root / "extra.jsonl", [{**PAIR, "meta": 1}, {**PAIR, "meta": "one"}]),
+            "extra.jsonl:2: field 'meta' is text",
+        ),
         (_jsonl(root / "message.jsonl", [{**PAIR, "prompt": ["hello"]}] * 4), "field 'prompt' message 0 is text"),
     ]
 
@@ -103,9 +126,17 @@ def test_every_data_type_problem_names_file_line_and_field(tmp_path, capsys):
 
 
 def _cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", *overrides],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, ready, limit: float = 300) -> None:
@@ -117,8 +148,16 @@ def _wait_for(proc: subprocess.Popen, ready, limit: float = 300) -> None:
 
 def test_ctrl_c_stops_at_a_step_boundary_seals_what_is_due_and_prints_the_resume_line(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    proc = _cli(run_dir, "logger=none", "method=sft", "trainer.max_steps=2000", "trainer.save_steps=2",
-                "trainer.logging_steps=1", "trainer.per_device_batch_size=2", "dataset.num_train=64")
+    proc = _cli(
+        run_dir,
+        "logger=none",
+        "method=sft",
+        "trainer.max_steps=2000",
+        "trainer.save_steps=2",
+        "trainer.logging_steps=1",
+        "trainer.per_device_batch_size=2",
+        "dataset.num_train=64",
+    )
     _wait_for(proc, lambda: any(r.get("step", 0) >= 1 for r in read_metrics(run_dir)))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -150,7 +189,9 @@ def test_a_second_ctrl_c_stops_at_once():
 
 def test_sigterm_during_the_final_evaluation_says_what_it_did(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    proc = _cli(run_dir, *FINISHED, "eval.num_prompts=64", "eval.batch_size=1", "eval.max_new_tokens=120", "eval.kl=true")
+    proc = _cli(
+        run_dir, *FINISHED, "eval.num_prompts=64", "eval.batch_size=1", "eval.max_new_tokens=120", "eval.kl=true"
+    )
     _wait_for(proc, lambda: (run_dir / "train.json").exists())
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
@@ -175,24 +216,33 @@ def test_table_reports_an_unreadable_run_and_tabulates_the_rest(finished_run, tm
     assert f"`{sweep / 'broken'}`: unreadable:" in out and f"`{good}`" not in out
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["seed=-1"], "seed=-1 is out of range: expected >= 0"),
-    (["dataset.seed=-5"], "dataset.seed=-5 is out of range"),
-    (["trainer.eval_steps=10"], "trainer.eval_steps=10 evaluates the loss on held-out data during training, but method=dpo"),
-    (["eval.pass_k=[]"], "eval.pass_k=[] is empty"),
-    (["trainer.adam_betas=[]"], "trainer.adam_betas=[] is empty"),
-    (["method=ma_ppo", "method.lengths=[]"], "method.lengths=[] is empty"),
-    (["model.lora.target_modules=[]"], "model.lora.target_modules=[] is empty"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["seed=-1"], "seed=-1 is out of range: expected >= 0"),
+        (["dataset.seed=-5"], "dataset.seed=-5 is out of range"),
+        (
+            ["trainer.eval_steps=10"],
+            "trainer.eval_steps=10 evaluates the loss on held-out data during training, but method=dpo",
+        ),
+        (["eval.pass_k=[]"], "eval.pass_k=[] is empty"),
+        (["trainer.adam_betas=[]"], "trainer.adam_betas=[] is empty"),
+        (["method=ma_ppo", "method.lengths=[]"], "method.lengths=[] is empty"),
+        (["model.lora.target_modules=[]"], "model.lora.target_modules=[] is empty"),
+    ],
+)
 def test_odd_values_are_one_line(tmp_path, capsys, overrides, message):
     assert message in _probe(capsys, "train", f"hydra.run.dir={tmp_path / 'run'}", *overrides)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["num_examples=many"], "num_examples=many is not an integer"),
-    (["progress=2"], "progress=2 is out of range"),
-    (["trust_run_code=maybe"], "trust_run_code=maybe is not true or false"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["num_examples=many"], "num_examples=many is not an integer"),
+        (["progress=2"], "progress=2 is out of range"),
+        (["trust_run_code=maybe"], "trust_run_code=maybe is not true or false"),
+    ],
+)
 def test_inspect_arguments_are_checked(tmp_path, capsys, args, message):
     assert message in _probe(capsys, "inspect", f"run_dir={tmp_path}", *args)

@@ -57,18 +57,38 @@ def child(variant: str, *, size: str, steps: int, batch: int, vocab: int, chunk:
     tokenizer = load_tokenizer(path)
     torch.manual_seed(0)
     base = benchlib.rss_bytes()
-    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, max_length=128,
-                  learning_rate=1e-5, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-                  logging_steps=steps, seed=0, disable_tqdm=True)
+    common = dict(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        max_length=128,
+        learning_rate=1e-5,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps,
+        seed=0,
+        disable_tqdm=True,
+    )
     started = time.perf_counter()
     if variant == "dpo":
-        trainer = DPOTrainer(model=load_causal_lm(path), ref_model=load_causal_lm(path), args=DPOConfig(**common),
-                             train_dataset=data, processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=load_causal_lm(path),
+            ref_model=load_causal_lm(path),
+            args=DPOConfig(**common),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
     else:
         trainer = AlignDistilTrainer(
-            model=load_causal_lm(path), args=SFTConfig(**common, completion_only_loss=True),
-            train_dataset=chosen_completions(data), processing_class=tokenizer, dpo_model=_perturbed(path, 1),
-            base_model=_perturbed(path, 2), chunk_size=chunk if variant == "aligndistil" else None,
+            model=load_causal_lm(path),
+            args=SFTConfig(**common, completion_only_loss=True),
+            train_dataset=chosen_completions(data),
+            processing_class=tokenizer,
+            dpo_model=_perturbed(path, 1),
+            base_model=_perturbed(path, 2),
+            chunk_size=chunk if variant == "aligndistil" else None,
         )
     return benchlib.measure(trainer, base, started, variant=variant, vocab=vocab)
 
@@ -83,5 +103,6 @@ def results(*, vocab: int, **_) -> Path:
 
 
 if __name__ == "__main__":
-    benchlib.main(__file__, VARIANTS, child, results, baselines=("dpo",), options=options,
-                  description=__doc__.split("\n")[0])
+    benchlib.main(
+        __file__, VARIANTS, child, results, baselines=("dpo",), options=options, description=__doc__.split("\n")[0]
+    )

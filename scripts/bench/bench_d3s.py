@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=6, help="measured steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loss-type", default="dapo")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (1 avoids oversubscription on a shared CPU)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (1 avoids oversubscription on a shared CPU)"
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if a.threads:
@@ -69,18 +71,34 @@ def main(argv: list[str] | None = None) -> dict:
     cache = os.environ.get("TOKALIGN_CACHE", os.path.expanduser("~/.cache/tokalign"))
     path = load_model_path(a.model, cache)
     G = a.group_size
-    problems = [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
-                for r in toy_rows(a.prompts * (a.steps + a.warmup), seed=0)]
+    problems = [
+        {"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+        for r in toy_rows(a.prompts * (a.steps + a.warmup), seed=0)
+    ]
     data = datasets.Dataset.from_list(problems)
 
     def make(cls, **kwargs):
         args = GRPOConfig(
-            output_dir="/tmp/bench_d3s", per_device_train_batch_size=G * a.prompts, num_generations=G,
-            max_completion_length=a.max_completion_length, steps_per_generation=1, max_steps=a.steps + a.warmup,
-            loss_type=a.loss_type, report_to="none", seed=0, use_cpu=True, disable_tqdm=True,
+            output_dir="/tmp/bench_d3s",
+            per_device_train_batch_size=G * a.prompts,
+            num_generations=G,
+            max_completion_length=a.max_completion_length,
+            steps_per_generation=1,
+            max_steps=a.steps + a.warmup,
+            loss_type=a.loss_type,
+            report_to="none",
+            seed=0,
+            use_cpu=True,
+            disable_tqdm=True,
         )
-        t = cls(model=load_causal_lm(path), reward_funcs=[exact_match], args=args, train_dataset=data,
-                processing_class=load_tokenizer(path), **kwargs)
+        t = cls(
+            model=load_causal_lm(path),
+            reward_funcs=[exact_match],
+            args=args,
+            train_dataset=data,
+            processing_class=load_tokenizer(path),
+            **kwargs,
+        )
         t.model.train()
         t.current_gradient_accumulation_steps = 1
         return t
@@ -107,14 +125,29 @@ def main(argv: list[str] | None = None) -> dict:
         order = [("grpo", grpo, batch), ("d3s", d3s, selected)]
         times = {name: train_phase(t, b) for name, t, b in (order if step % 2 else order[::-1])}
         if step >= a.warmup:
-            rows.append(dict(gen=gen, grpo=times["grpo"], d3s=times["d3s"], select=select,
-                             grpo_rows=batch["completion_ids"].size(0), d3s_rows=selected["completion_ids"].size(0),
-                             grpo_tokens=int(batch["num_items_in_batch"]), d3s_tokens=d3s_tokens))
+            rows.append(
+                dict(
+                    gen=gen,
+                    grpo=times["grpo"],
+                    d3s=times["d3s"],
+                    select=select,
+                    grpo_rows=batch["completion_ids"].size(0),
+                    d3s_rows=selected["completion_ids"].size(0),
+                    grpo_tokens=int(batch["num_items_in_batch"]),
+                    d3s_tokens=d3s_tokens,
+                )
+            )
 
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     result = {
-        "model": a.model, "group_size": G, "prompts": a.prompts, "n": a.n, "k": a.k, "loss_type": a.loss_type,
-        "steps": len(rows), "median": med,
+        "model": a.model,
+        "group_size": G,
+        "prompts": a.prompts,
+        "n": a.n,
+        "k": a.k,
+        "loss_type": a.loss_type,
+        "steps": len(rows),
+        "median": med,
         "train_phase_ratio": med["d3s"] / med["grpo"],
         "train_phase_with_selection_ratio": (med["d3s"] + med["select"]) / med["grpo"],
         "whole_step_ratio": (med["gen"] + med["select"] + med["d3s"]) / (med["gen"] + med["grpo"]),
@@ -122,7 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": {"start": load_start[0], "end": os.getloadavg()[0], "cpus": os.cpu_count()},
     }
-    print(f"D³S vs GRPO, model={a.model}, G={G}, {a.prompts} prompts/step, N/G={a.n / G:.2f}, K={a.k}, median of {len(rows)} steps")
+    print(
+        f"D³S vs GRPO, model={a.model}, G={G}, {a.prompts} prompts/step, N/G={a.n / G:.2f}, K={a.k}, median of {len(rows)} steps"
+    )
     print(f"{'phase':34s} {'grpo':>10s} {'d3s':>10s} {'ratio':>7s}")
     table = [
         ("training (loss + backward) s", med["grpo"], med["d3s"]),
@@ -134,7 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name, g, d in table:
         print(f"{name:34s} {g:10.4g} {d:10.4g} {d / g:7.3f}")
     print(f"load average (1 min) {load_start[0]:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    out = Path(a.out) if a.out else ROOT / "scripts" / "results" / f"bench_d3s{'' if a.model == 'tiny' else '_' + a.model}.json"
+    out = (
+        Path(a.out)
+        if a.out
+        else ROOT / "scripts" / "results" / f"bench_d3s{'' if a.model == 'tiny' else '_' + a.model}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result

@@ -81,12 +81,22 @@ def compose_overrides(items: list[str]):
 
 
 def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: int):
-    return compose_overrides([
-        f"method={method}", f"model.path={policy}", f"method.reward=model:{rm}",
-        "method.top_k=0", f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
-        f"trainer.max_steps={steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
-        f"output_dir={out}", f"trainer.max_length={args.length + 64}",
-    ])
+    return compose_overrides(
+        [
+            f"method={method}",
+            f"model.path={policy}",
+            f"method.reward=model:{rm}",
+            "method.top_k=0",
+            f"method.max_new_tokens={args.length}",
+            f"trainer.per_device_batch_size={args.batch}",
+            f"trainer.max_steps={steps}",
+            "trainer.logging_steps=1",
+            "logger=none",
+            "eval.at_end=false",
+            f"output_dir={out}",
+            f"trainer.max_length={args.length + 64}",
+        ]
+    )
 
 
 def alternate(trainers: dict, steps: int) -> dict[str, list[dict]]:
@@ -132,8 +142,22 @@ def tokalign_run(out: Path, policy: Path, rm: Path, args) -> list[float]:
 
 
 def trl_run(python: str, out: Path, policy: Path, rm: Path, args) -> list[float]:
-    cmd = [python, str(Path(__file__).parent / "trl_ppo_baseline.py"), "--policy", str(policy), "--reward-model", str(rm),
-           "--batch", str(args.batch), "--length", str(args.length), "--steps", str(args.steps), "--out", str(out)]
+    cmd = [
+        python,
+        str(Path(__file__).parent / "trl_ppo_baseline.py"),
+        "--policy",
+        str(policy),
+        "--reward-model",
+        str(rm),
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+        "--steps",
+        str(args.steps),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
     if proc.returncode != 0:
         raise RuntimeError(f"TRL 1.12 PPO failed:\n{proc.stderr[-3000:]}")
@@ -154,7 +178,10 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
     old, ref = -torch.rand(shape, generator=g), -torch.rand(shape, generator=g)
     values, scores = torch.randn(shape, generator=g), torch.randn(args.batch, generator=g)
     out = {}
-    for name, cfg in (("ppo", ppo.Config(max_new_tokens=args.length)), ("ma_ppo", ppo.Config(name="ma_ppo", n=5, max_new_tokens=args.length))):
+    for name, cfg in (
+        ("ppo", ppo.Config(max_new_tokens=args.length)),
+        ("ma_ppo", ppo.Config(name="ma_ppo", n=5, max_new_tokens=args.length)),
+    ):
         times = []
         for _ in range(reps):
             tick = time.perf_counter()
@@ -169,8 +196,11 @@ def bookkeeping_seconds(args, reps: int = 50) -> dict[str, float]:
 def main() -> None:
     default_trl = "/tmp/trl112/bin/python"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--trl-python", default=os.environ.get("TRL112_PYTHON", default_trl if Path(default_trl).exists() else ""),
-                   help="python of an environment with trl==1.12.0 ('' skips the TRL comparison)")
+    p.add_argument(
+        "--trl-python",
+        default=os.environ.get("TRL112_PYTHON", default_trl if Path(default_trl).exists() else ""),
+        help="python of an environment with trl==1.12.0 ('' skips the TRL comparison)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="PPO iterations per run (the first is a warm-up)")
     p.add_argument("--batch", type=int, default=16, help="prompts per rollout")
@@ -199,9 +229,16 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items() if v}
     book = bookkeeping_seconds(args)
     result = {
-        "setup": {"model": "tiny", "batch": args.batch, "response_tokens": args.length, "rounds": args.rounds,
-                  "iterations_per_run": args.steps - 1, "ppo_epochs": 1, "mini_batches": 1,
-                  "threads": os.environ["OMP_NUM_THREADS"]},
+        "setup": {
+            "model": "tiny",
+            "batch": args.batch,
+            "response_tokens": args.length,
+            "rounds": args.rounds,
+            "iterations_per_run": args.steps - 1,
+            "ppo_epochs": 1,
+            "mini_batches": 1,
+            "threads": os.environ["OMP_NUM_THREADS"],
+        },
         "median_s_per_iteration": med,
         "iterations": times,
         "ma_ppo_over_ppo": med["ma_ppo"] / med["ppo"],
@@ -210,8 +247,10 @@ def main() -> None:
         "bookkeeping_extra_share": (book["ma_ppo"] - book["ppo"]) / med["ppo"],
     }
     if "trl_ppo_run" in med:
-        per_round = [statistics.median(a) / statistics.median(b)
-                     for a, b in zip(vs_trl["tokalign_ppo_run"], vs_trl["trl_ppo_run"])]
+        per_round = [
+            statistics.median(a) / statistics.median(b)
+            for a, b in zip(vs_trl["tokalign_ppo_run"], vs_trl["trl_ppo_run"])
+        ]
         result["tokalign_ppo_over_trl_ppo"] = med["tokalign_ppo_run"] / med["trl_ppo_run"]
         result["tokalign_ppo_over_trl_ppo_per_round"] = per_round
     if trl_error:

@@ -41,10 +41,25 @@ SETUPS = {
 
 
 def run(run_dir: Path, policy: Path, rm: Path, procs: int, launcher: list[str], args) -> tuple[list[float], float]:
-    cmd = [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none", "method=ppo",
-           f"model.path={policy}", f"method.reward=model:{rm}", "method.top_k=0", f"method.max_new_tokens={args.length}",
-           f"trainer.max_length={args.length + 64}", f"trainer.max_steps={args.steps}", "trainer.logging_steps=1",
-           f"trainer.per_device_batch_size={args.batch // procs}", "eval.at_end=false", *launcher]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokalign.cli",
+        "train",
+        f"hydra.run.dir={run_dir}",
+        "logger=none",
+        "method=ppo",
+        f"model.path={policy}",
+        f"method.reward=model:{rm}",
+        "method.top_k=0",
+        f"method.max_new_tokens={args.length}",
+        f"trainer.max_length={args.length + 64}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.logging_steps=1",
+        f"trainer.per_device_batch_size={args.batch // procs}",
+        "eval.at_end=false",
+        *launcher,
+    ]
     rss = peak_rss_mb(cmd)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["train/rollout_s"] + r["train/update_s"] for r in rows if "train/rollout_s" in r]
@@ -74,8 +89,14 @@ def main() -> None:
                 memory[name].append(rss)
     med = {name: statistics.median(v) for name, v in seconds.items()}
     result = {
-        "setup": {"model": "tiny", "global_batch": args.batch, "response_tokens": args.length, "reps": args.reps,
-                  "iterations_per_run": args.steps - 1, "threads_per_process": 1},
+        "setup": {
+            "model": "tiny",
+            "global_batch": args.batch,
+            "response_tokens": args.length,
+            "reps": args.reps,
+            "iterations_per_run": args.steps - 1,
+            "threads_per_process": 1,
+        },
         "median_s_per_iteration": med,
         "over_one_process": {name: med[name] / med["1 process"] for name in SETUPS},
         "peak_rss_mb_largest_process": {name: statistics.median(v) for name, v in memory.items()},
@@ -83,8 +104,10 @@ def main() -> None:
     }
     print(f"{'':22s}{'median s/iter':>14s}{'vs 1 process':>14s}{'peak RSS MB':>13s}")
     for name in SETUPS:
-        print(f"{name:22s}{med[name]:14.3f}{result['over_one_process'][name]:14.2f}"
-              f"{result['peak_rss_mb_largest_process'][name]:13.0f}")
+        print(
+            f"{name:22s}{med[name]:14.3f}{result['over_one_process'][name]:14.2f}"
+            f"{result['peak_rss_mb_largest_process'][name]:13.0f}"
+        )
     out = ROOT / "scripts" / "results" / "bench_ppo_zero.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

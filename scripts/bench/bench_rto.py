@@ -56,10 +56,18 @@ def prepare_dpo_model(work: Path, policy: Path, noise: float) -> Path:
 def overrides(method: str, out: Path, policy: Path, rm: Path, dpo: Path, args, steps: int) -> list[str]:
     extra = [f"method.dpo_model={dpo}"] if method == "rto" else SHARED
     return [
-        f"method={method}", f"model.path={policy}", f"method.reward=model:{rm}", *extra,
-        f"method.max_new_tokens={args.length}", f"trainer.per_device_batch_size={args.batch}",
-        f"trainer.max_steps={steps}", "trainer.logging_steps=1", "logger=none", "eval.at_end=false",
-        f"output_dir={out}", f"trainer.max_length={args.length + 64}",
+        f"method={method}",
+        f"model.path={policy}",
+        f"method.reward=model:{rm}",
+        *extra,
+        f"method.max_new_tokens={args.length}",
+        f"trainer.per_device_batch_size={args.batch}",
+        f"trainer.max_steps={steps}",
+        "trainer.logging_steps=1",
+        "logger=none",
+        "eval.at_end=false",
+        f"output_dir={out}",
+        f"trainer.max_length={args.length + 64}",
     ]
 
 
@@ -93,8 +101,10 @@ def memory_run(items: list[str]) -> None:
 # Runs `argv` and prints the largest resident set among it and its descendants. A small process of
 # its own: a child's peak RSS counts the pages it shares with its parent at fork, so measuring from
 # the benchmark itself (hundreds of MB) would add the benchmark's size to every figure.
-_MEASURE = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+_MEASURE = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+)
 
 
 def peak_rss_mb(cmd: list[str]) -> float:
@@ -135,9 +145,17 @@ def main() -> None:
     med = {m: statistics.median(v) for m, v in times.items()}
     part = {m: {k: statistics.median(r[k] for r in v) for k in ("rollout_s", "update_s")} for m, v in rows.items()}
     result = {
-        "setup": {"model": "tiny", "batch": args.batch, "response_tokens": args.length, "rounds": args.rounds,
-                  "iterations": len(times["ppo"]), "ppo_epochs": 1, "mini_batches": 1, "dpo_noise": args.noise,
-                  "threads": os.environ["OMP_NUM_THREADS"]},
+        "setup": {
+            "model": "tiny",
+            "batch": args.batch,
+            "response_tokens": args.length,
+            "rounds": args.rounds,
+            "iterations": len(times["ppo"]),
+            "ppo_epochs": 1,
+            "mini_batches": 1,
+            "dpo_noise": args.noise,
+            "threads": os.environ["OMP_NUM_THREADS"],
+        },
         "median_s_per_iteration": med,
         "median_parts_s": part,
         "rto_over_ppo": med["rto"] / med["ppo"],
@@ -150,8 +168,10 @@ def main() -> None:
     }
     print(f"{'':26s}{'median s/iter':>14s}{'rollout':>10s}{'update':>10s}{'peak RSS MB':>13s}")
     for m in ("ppo", "rto"):
-        print(f"{m:26s}{med[m]:14.3f}{part[m]['rollout_s']:10.3f}{part[m]['update_s']:10.3f}"
-              f"{result['peak_rss_mb'][m]:13.0f}")
+        print(
+            f"{m:26s}{med[m]:14.3f}{part[m]['rollout_s']:10.3f}{part[m]['update_s']:10.3f}"
+            f"{result['peak_rss_mb'][m]:13.0f}"
+        )
     print(f"{'rto / ppo':26s}{result['rto_over_ppo']:14.3f}   (target <= 1.15)")
     print(f"{'  median of paired ratios':26s}{result['rto_over_ppo_paired']:14.3f}")
     print(f"{'dense reward clip fraction':26s}{result['rto_dpo_clipfrac']:14.3f}")

@@ -34,9 +34,21 @@ def steps_per_s(run_dir: Path, steps: int) -> float:
 
 def run(root: Path, name: str, steps: int, batch: int, procs: int, launcher: list[str]) -> float:
     run_dir = root / name
-    cmd = [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none", "method=dpo",
-           f"trainer.max_steps={steps}", f"trainer.logging_steps={steps}", f"trainer.per_device_batch_size={batch // procs}",
-           "eval.at_end=false", f"launcher.num_gpus={procs}", *launcher]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokalign.cli",
+        "train",
+        f"hydra.run.dir={run_dir}",
+        "logger=none",
+        "method=dpo",
+        f"trainer.max_steps={steps}",
+        f"trainer.logging_steps={steps}",
+        f"trainer.per_device_batch_size={batch // procs}",
+        "eval.at_end=false",
+        f"launcher.num_gpus={procs}",
+        *launcher,
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
     return steps_per_s(run_dir, steps)
 
@@ -55,18 +67,29 @@ def main() -> None:
         for rep in range(args.reps):  # interleaved, so load drifts hit every arm alike
             for name, launcher in LAUNCHERS.items():
                 for procs in (1, 2):
-                    results[name][procs].append(run(Path(tmp), f"{name}-{procs}-{rep}", args.steps, args.batch, procs, launcher))
+                    results[name][procs].append(
+                        run(Path(tmp), f"{name}-{procs}-{rep}", args.steps, args.batch, procs, launcher)
+                    )
     table = {}
-    print(f"DPO, tiny model, global batch {args.batch}, {args.steps} steps, median of {args.reps} (cores: {os.cpu_count()})")
+    print(
+        f"DPO, tiny model, global batch {args.batch}, {args.steps} steps, median of {args.reps} (cores: {os.cpu_count()})"
+    )
     print(f"{'launcher':10} {'1 proc steps/s':>15} {'2 procs steps/s':>16} {'speed-up':>9}")
     for name, by_procs in results.items():
         one, two = statistics.median(by_procs[1]), statistics.median(by_procs[2])
-        table[name] = {"steps_per_s_1": round(one, 3), "steps_per_s_2": round(two, 3), "speedup": round(two / one, 3),
-                       "runs_1": by_procs[1], "runs_2": by_procs[2]}
+        table[name] = {
+            "steps_per_s_1": round(one, 3),
+            "steps_per_s_2": round(two, 3),
+            "speedup": round(two / one, 3),
+            "runs_1": by_procs[1],
+            "runs_2": by_procs[2],
+        }
         print(f"{name:10} {one:15.2f} {two:16.2f} {two / one:9.2f}")
     out = Path(__file__).resolve().parents[1] / "results" / "bench_scaling.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "results": table}, indent=2))
+    out.write_text(
+        json.dumps({"when": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "results": table}, indent=2)
+    )
     print(f"wrote {out}")
 
 

@@ -45,9 +45,19 @@ def child(variant: str, *, size: str, steps: int, batch: int, cache: str) -> dic
     base = benchlib.rss_bytes()
     precompute = variant in ("dpo_precompute", "tgdpo")
     args = DPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, max_length=128,
-        learning_rate=1e-5, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-        logging_steps=steps, precompute_ref_log_probs=precompute, seed=0, disable_tqdm=True,
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        max_length=128,
+        learning_rate=1e-5,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps,
+        precompute_ref_log_probs=precompute,
+        seed=0,
+        disable_tqdm=True,
     )
     cls = DPOTrainer if variant.startswith("dpo") else TGDPOTrainer
     precompute_s, original = [], cls._precompute_ref_logps
@@ -60,21 +70,37 @@ def child(variant: str, *, size: str, steps: int, batch: int, cache: str) -> dic
 
     cls._precompute_ref_logps = timed_precompute
     started = time.perf_counter()
-    common = dict(args=args, train_dataset=data, processing_class=tokenizer,
-                  ref_model=None if precompute else load_causal_lm(path))
+    common = dict(
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        ref_model=None if precompute else load_causal_lm(path),
+    )
     if variant.startswith("dpo"):
         trainer = DPOTrainer(model=load_causal_lm(path), **common)
     else:
-        trainer = TGDPOTrainer(model=load_causal_lm(path), guidance_model=load_causal_lm(path), alpha=0.5,
-                               token_cache_dir=cache, **common)
-    return benchlib.measure(trainer, base, started, variant=variant,
-                            precompute_s=sum(precompute_s) if precompute else None)
+        trainer = TGDPOTrainer(
+            model=load_causal_lm(path), guidance_model=load_causal_lm(path), alpha=0.5, token_cache_dir=cache, **common
+        )
+    return benchlib.measure(
+        trainer, base, started, variant=variant, precompute_s=sum(precompute_s) if precompute else None
+    )
 
 
 def options(p):
-    p.add_argument("--cache", default=tempfile.mkdtemp(prefix="bench-tgdpo-cache-"), help="token cache (fresh by default)")
+    p.add_argument(
+        "--cache", default=tempfile.mkdtemp(prefix="bench-tgdpo-cache-"), help="token cache (fresh by default)"
+    )
 
 
 if __name__ == "__main__":
-    benchlib.main(__file__, VARIANTS, child, RESULTS, baselines=("dpo", "dpo_precompute"), options=options,
-                  once=("precompute_s",), description=__doc__.split("\n")[0])
+    benchlib.main(
+        __file__,
+        VARIANTS,
+        child,
+        RESULTS,
+        baselines=("dpo", "dpo_precompute"),
+        options=options,
+        once=("precompute_s",),
+        description=__doc__.split("\n")[0],
+    )

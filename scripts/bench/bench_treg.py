@@ -44,13 +44,27 @@ def child(variant: str, *, size: str, steps: int, batch: int, cache: str) -> dic
     base = benchlib.rss_bytes()
     precompute = variant in ("dpo_precompute", "treg")
     args = DPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, max_length=128,
-        learning_rate=1e-5, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-        logging_steps=steps, precompute_ref_log_probs=precompute, seed=0, disable_tqdm=True,
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        max_length=128,
+        learning_rate=1e-5,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps,
+        precompute_ref_log_probs=precompute,
+        seed=0,
+        disable_tqdm=True,
     )
     started = time.perf_counter()
-    common = dict(args=args, train_dataset=data, processing_class=tokenizer,
-                  ref_model=None if precompute else load_causal_lm(path))
+    common = dict(
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        ref_model=None if precompute else load_causal_lm(path),
+    )
     if variant.startswith("dpo"):
         trainer = DPOTrainer(model=load_causal_lm(path), **common)
     else:
@@ -63,5 +77,12 @@ def options(p):
 
 
 if __name__ == "__main__":
-    benchlib.main(__file__, VARIANTS, child, RESULTS, baselines=("dpo", "dpo_precompute"), options=options,
-                  description=__doc__.split("\n")[0])
+    benchlib.main(
+        __file__,
+        VARIANTS,
+        child,
+        RESULTS,
+        baselines=("dpo", "dpo_precompute"),
+        options=options,
+        description=__doc__.split("\n")[0],
+    )

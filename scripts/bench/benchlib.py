@@ -108,7 +108,7 @@ def measure(trainer, base_rss: int, started: float, **extra) -> dict:
     trainer.train()
     peak = rss.stop()
     return {
-        "step_s": [b - a for a, b in zip(timer.ends, timer.ends[1:])][WARMUP - 1:],
+        "step_s": [b - a for a, b in zip(timer.ends, timer.ends[1:])][WARMUP - 1 :],
         "setup_s": setup_s,
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": peak / 2**20,
@@ -119,9 +119,17 @@ def measure(trainer, base_rss: int, started: float, **extra) -> dict:
     }
 
 
-def main(script: str, variants: tuple[str, ...], child: Callable[..., dict], results: Path | Callable[..., Path], *,
-         baselines: tuple[str, ...], options: Callable[[argparse.ArgumentParser], None] | None = None,
-         once: tuple[str, ...] = (), description: str = "") -> None:
+def main(
+    script: str,
+    variants: tuple[str, ...],
+    child: Callable[..., dict],
+    results: Path | Callable[..., Path],
+    *,
+    baselines: tuple[str, ...],
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+    once: tuple[str, ...] = (),
+    description: str = "",
+) -> None:
     """`once`: keys of a child's result that time one-off work (None where a variant has none),
     summarised like setup: the first round (cold cache) and the median of the later ones."""
     p = argparse.ArgumentParser(description=description)
@@ -144,11 +152,13 @@ def main(script: str, variants: tuple[str, ...], child: Callable[..., dict], res
     flags += [f"--{k}" for k, v in settings.items() if v is True]
     for r in range(a.rounds):
         for v in variants:
-            out = subprocess.run([sys.executable, script, "--child", v, *flags], capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [sys.executable, script, "--child", v, *flags], capture_output=True, text=True, env=env
+            )
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{v} failed:\n{out.stderr[-3000:]}")
-            runs[v].append(json.loads(line[len("RESULT "):]))
+            runs[v].append(json.loads(line[len("RESULT ") :]))
             print(f"round {r} {v}: median step {statistics.median(runs[v][-1]['step_s']) * 1e3:.1f} ms", flush=True)
 
     keys = ("median_step_ms", "peak_rss_mb", "peak_rss_above_base_mb", "cuda_peak_mb")
@@ -165,24 +175,39 @@ def main(script: str, variants: tuple[str, ...], child: Callable[..., dict], res
         }
         for k in once:
             summary[v][f"{k}_first"] = rs[0][k]
-            summary[v][f"{k}_later"] = (statistics.median(x[k] for x in rs[1:])
-                                        if len(rs) > 1 and rs[0][k] is not None else None)
+            summary[v][f"{k}_later"] = (
+                statistics.median(x[k] for x in rs[1:]) if len(rs) > 1 and rs[0][k] is not None else None
+            )
     for v in variants:
         for base in baselines:
             for k in keys:
                 if summary[v][k] is not None and summary[base][k]:
                     summary[v][f"{k}/{base}"] = summary[v][k] / summary[base][k]
 
-    cols = ("median_step_ms", *(f"median_step_ms/{b}" for b in baselines), "peak_rss_mb", "peak_rss_above_base_mb",
-            *(f"peak_rss_above_base_mb/{b}" for b in baselines), "setup_s_first", "setup_s_later",
-            *(f"{k}_{when}" for k in once for when in ("first", "later")))
+    cols = (
+        "median_step_ms",
+        *(f"median_step_ms/{b}" for b in baselines),
+        "peak_rss_mb",
+        "peak_rss_above_base_mb",
+        *(f"peak_rss_above_base_mb/{b}" for b in baselines),
+        "setup_s_first",
+        "setup_s_later",
+        *(f"{k}_{when}" for k in once for when in ("first", "later")),
+    )
     print("\n| variant | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for v in variants:
         cells = [summary[v].get(c) for c in cols]
         print(f"| {v} | " + " | ".join("-" if c is None else f"{c:.3g}" for c in cells) + " |")
     first = runs[variants[0]][0]
-    meta = {**settings, "rounds": a.rounds, "timed_steps_per_run": a.steps - WARMUP, "params_m": first["params_m"],
-            "cpu_count": os.cpu_count(), "torch_threads": first["torch_threads"], "load_avg": os.getloadavg()}
+    meta = {
+        **settings,
+        "rounds": a.rounds,
+        "timed_steps_per_run": a.steps - WARMUP,
+        "params_m": first["params_m"],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": first["torch_threads"],
+        "load_avg": os.getloadavg(),
+    }
     results = results(**settings) if callable(results) else results
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))

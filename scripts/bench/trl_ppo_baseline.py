@@ -51,8 +51,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.policy, padding_side="left")
     rng = random.Random(0)
     prompts = [rng.choice(TEMPLATES).format(rng.choice(TOPICS)) for _ in range(args.batch * args.steps)]
-    ids = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
-           for q in prompts]
+    ids = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+        for q in prompts
+    ]
     ids = [x["input_ids"] if isinstance(x, dict) or hasattr(x, "keys") else x for x in ids]
     data = datasets.Dataset.from_dict({"input_ids": ids})
 
@@ -63,11 +65,26 @@ def main() -> None:
 
     out = Path(args.out)
     config = PPOConfig(
-        output_dir=str(out), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        num_mini_batches=1, num_ppo_epochs=1, local_rollout_forward_batch_size=args.batch,
-        total_episodes=args.batch * args.steps, response_length=args.length, temperature=0.8, kl_coef=0.05,
-        learning_rate=args.lr, lr_scheduler_type="cosine", num_sample_generations=0, report_to="none",
-        save_strategy="no", logging_steps=1, seed=0, stop_token=None, disable_tqdm=True, bf16=False,
+        output_dir=str(out),
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        num_ppo_epochs=1,
+        local_rollout_forward_batch_size=args.batch,
+        total_episodes=args.batch * args.steps,
+        response_length=args.length,
+        temperature=0.8,
+        kl_coef=0.05,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        stop_token=None,
+        disable_tqdm=True,
+        bf16=False,
     )
     ticks: list[float] = []
 
@@ -79,9 +96,14 @@ def main() -> None:
             ticks.append(time.perf_counter())
 
     trainer = PPOTrainer(
-        args=config, processing_class=tokenizer, model=AutoModelForCausalLM.from_pretrained(args.policy),
-        ref_model=AutoModelForCausalLM.from_pretrained(args.policy), reward_model=rm(), value_model=rm(),
-        train_dataset=data, callbacks=[Timer()],
+        args=config,
+        processing_class=tokenizer,
+        model=AutoModelForCausalLM.from_pretrained(args.policy),
+        ref_model=AutoModelForCausalLM.from_pretrained(args.policy),
+        reward_model=rm(),
+        value_model=rm(),
+        train_dataset=data,
+        callbacks=[Timer()],
     )
     trainer.train()
     out.mkdir(parents=True, exist_ok=True)

@@ -84,13 +84,50 @@ class Shape:
     warmup: int
 
 
-LLAMA_1B = Shape(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, vocab=128256, pairs=8, prompt=256,
-                 response=256, generate_batches=(1, 16, 64), prompts=16, group=8, ppo_batch=16, steps=5, warmup=2)
-TINY = Shape(hidden=64, intermediate=192, layers=2, heads=4, kv_heads=4, vocab=512, pairs=2, prompt=12, response=8,
-             generate_batches=(1, 2, 4), prompts=2, group=4, ppo_batch=2, steps=2, warmup=1)
+LLAMA_1B = Shape(
+    hidden=2048,
+    intermediate=8192,
+    layers=16,
+    heads=32,
+    kv_heads=8,
+    vocab=128256,
+    pairs=8,
+    prompt=256,
+    response=256,
+    generate_batches=(1, 16, 64),
+    prompts=16,
+    group=8,
+    ppo_batch=16,
+    steps=5,
+    warmup=2,
+)
+TINY = Shape(
+    hidden=64,
+    intermediate=192,
+    layers=2,
+    heads=4,
+    kv_heads=4,
+    vocab=512,
+    pairs=2,
+    prompt=12,
+    response=8,
+    generate_batches=(1, 2, 4),
+    prompts=2,
+    group=4,
+    ppo_batch=2,
+    steps=2,
+    warmup=1,
+)
 # Llama-3-8B (Meta's config.json): what DeepSpeed's estimator is asked about, on one node of 8 GPUs.
-LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False)
+LLAMA3_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+)
 ZERO_GPUS = 8
 
 
@@ -154,8 +191,12 @@ def build_tokenizer(vocab: int, cache_dir: str):
         if f"x{i}x" not in table:
             table[f"x{i}x"] = len(table)
         i += 1
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token=base.eos_token,
-                                  pad_token=base.pad_token, additional_special_tokens=["<|im_start|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)),
+        eos_token=base.eos_token,
+        pad_token=base.pad_token,
+        additional_special_tokens=["<|im_start|>"],
+    )
     tok.chat_template = base.chat_template
     return tok
 
@@ -165,9 +206,16 @@ def build_model(s: Shape, tokenizer, device: str, dtype: torch.dtype, path: Path
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate, num_hidden_layers=s.layers,
-        num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, max_position_embeddings=4096,
-        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=s.vocab,
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
@@ -197,13 +245,22 @@ def zero_estimate() -> dict:
     for offload in (False, True):
         cpu, gpu = estimate_zero2_model_states_mem_needs(total, ZERO_GPUS, 1, cpu_offload=offload)
         rows[f"zero2{'_offload_optimizer' if offload else ''}"] = {"gpu_gib": gpu / gib, "cpu_gib": cpu / gib}
-    for name, offload, params in (("zero3", False, False), ("zero3_offload_optimizer", True, False),
-                                  ("zero3_offload_all", True, True)):
-        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, ZERO_GPUS, 1, cpu_offload=offload,
-                                                            cpu_offload_params=params)
+    for name, offload, params in (
+        ("zero3", False, False),
+        ("zero3_offload_optimizer", True, False),
+        ("zero3_offload_all", True, True),
+    ):
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            total, largest, ZERO_GPUS, 1, cpu_offload=offload, cpu_offload_params=params
+        )
         rows[name] = {"gpu_gib": gpu / gib, "cpu_gib": cpu / gib}
-    return {"model": "Llama-3-8B", "gpus": ZERO_GPUS, "params": total, "largest_layer_params": largest,
-            "estimates": rows}
+    return {
+        "model": "Llama-3-8B",
+        "gpus": ZERO_GPUS,
+        "params": total,
+        "largest_layer_params": largest,
+        "estimates": rows,
+    }
 
 
 def preference_steps(model, s: Shape, device: str, dtype: torch.dtype, peak: float | None, kind: str) -> dict:
@@ -225,7 +282,7 @@ def preference_steps(model, s: Shape, device: str, dtype: torch.dtype, peak: flo
     autocast = torch.autocast("cuda", dtype=dtype) if device != "cpu" else contextlib.nullcontext()
 
     def logps(m):
-        return token_logps(response_logits(m, ids, attention, None, s.response), ids[:, -s.response:], 1.0)
+        return token_logps(response_logits(m, ids, attention, None, s.response), ids[:, -s.response :], 1.0)
 
     def step():
         with autocast:
@@ -236,8 +293,9 @@ def preference_steps(model, s: Shape, device: str, dtype: torch.dtype, peak: flo
             if kind == "tgdpo":
                 loss, _ = tgdpo_loss(*halves, guide[0][: s.pairs], guide[0][s.pairs :], mask, mask, beta=0.1, alpha=1.0)
             elif kind == "treg":
-                loss, _ = treg_loss(*halves, token_rewards[: s.pairs], token_rewards[s.pairs :], mask, mask, beta=0.1,
-                                    alpha=0.5)
+                loss, _ = treg_loss(
+                    *halves, token_rewards[: s.pairs], token_rewards[s.pairs :], mask, mask, beta=0.1, alpha=0.5
+                )
             else:
                 loss, _ = dpo_loss(*halves, mask, mask, beta=0.1)
         loss.backward()
@@ -251,9 +309,14 @@ def preference_steps(model, s: Shape, device: str, dtype: torch.dtype, peak: flo
     frozen.clear()  # free the frozen copies before the next section
     opt = None
     return {
-        "step_s": seconds, "steps": len(times), "sequences_per_step": rows, "sequence_length": length,
-        "policy_tokens_per_s": rows * length / seconds, "tflops_per_step": flops / 1e12,
-        "achieved_tflops": flops / seconds / 1e12, "mfu": None if peak is None else flops / seconds / peak,
+        "step_s": seconds,
+        "steps": len(times),
+        "sequences_per_step": rows,
+        "sequence_length": length,
+        "policy_tokens_per_s": rows * length / seconds,
+        "tflops_per_step": flops / 1e12,
+        "achieved_tflops": flops / seconds / 1e12,
+        "mfu": None if peak is None else flops / seconds / peak,
         "peak_memory_gib": peak_memory_gib(device),
     }
 
@@ -263,12 +326,21 @@ def generate_hf(model, tokenizer, s: Shape, device: str) -> dict:
     from tokalign.bases.ppo.rollout import response_mask
 
     model.eval()
-    ids = torch.randint(3, 500, (max(s.generate_batches), s.prompt), generator=torch.Generator().manual_seed(1)).to(device)
+    ids = torch.randint(3, 500, (max(s.generate_batches), s.prompt), generator=torch.Generator().manual_seed(1)).to(
+        device
+    )
 
     def run(batch, new_tokens):
-        out = model.generate(input_ids=ids[:batch], attention_mask=torch.ones_like(ids[:batch]), do_sample=True,
-                             temperature=1.0, top_k=0, max_new_tokens=new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out = model.generate(
+            input_ids=ids[:batch],
+            attention_mask=torch.ones_like(ids[:batch]),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            max_new_tokens=new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         return int(response_mask(out[:, s.prompt :], tokenizer.eos_token_id).sum())
 
     run(1, 4)
@@ -280,8 +352,12 @@ def generate_hf(model, tokenizer, s: Shape, device: str) -> dict:
         sync(device)
         seconds = time.perf_counter() - start
         batches[str(batch)] = {"generated_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
-    return {"prompt": s.prompt, "max_new_tokens": s.response, "batches": batches,
-            "peak_memory_gib": peak_memory_gib(device)}
+    return {
+        "prompt": s.prompt,
+        "max_new_tokens": s.response,
+        "batches": batches,
+        "peak_memory_gib": peak_memory_gib(device),
+    }
 
 
 def generate_vllm(model_path: Path, s: Shape) -> dict:
@@ -293,8 +369,9 @@ def generate_vllm(model_path: Path, s: Shape) -> dict:
 
     rollout = OmegaConf.structured(RolloutConfig(engine="vllm", gpu_memory_utilization=0.5))
     start = time.perf_counter()
-    engine = VLLMEngine.start(str(model_path), rollout, colocated=False, seed=0, dtype="bfloat16",
-                              max_model_len=s.prompt + s.response)
+    engine = VLLMEngine.start(
+        str(model_path), rollout, colocated=False, seed=0, dtype="bfloat16", max_model_len=s.prompt + s.response
+    )
     startup = time.perf_counter() - start
     prompts = torch.randint(3, 500, (s.prompts, s.prompt), generator=torch.Generator().manual_seed(1)).tolist()
     try:
@@ -304,16 +381,29 @@ def generate_vllm(model_path: Path, s: Shape) -> dict:
         seconds = time.perf_counter() - start
     finally:
         engine.close()
-    return {"sequences": s.prompts * s.group, "generated_tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds, "engine_startup_s": startup}
+    return {
+        "sequences": s.prompts * s.group,
+        "generated_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "engine_startup_s": startup,
+    }
 
 
 def cli_run(name: str, args: list[str], work: Path, timeout: float) -> Path:
     """`tokalign train <args>` in its own process (as a user starts it); its run directory."""
     run_dir = work / name
     env = dict(os.environ, TOKALIGN_CACHE=str(work / "cache"), HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
-    cmd = [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none", "eval.at_end=false",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokalign.cli",
+        "train",
+        f"hydra.run.dir={run_dir}",
+        "logger=none",
+        "eval.at_end=false",
+        *args,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip() and "%|" not in line]
@@ -327,22 +417,38 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def precision(tiny: bool) -> list[str]:
-    return ["model.dtype=float32", "trainer.precision=fp32"] if tiny else ["model.dtype=bfloat16", "trainer.precision=bf16"]
+    return (
+        ["model.dtype=float32", "trainer.precision=fp32"]
+        if tiny
+        else ["model.dtype=bfloat16", "trainer.precision=bf16"]
+    )
 
 
 def ppo_iteration(model_path: Path, s: Shape, method: str, engine: str, work: Path, tiny: bool, timeout: float) -> dict:
     """One PPO (or MA-PPO) iteration through the CLI: rollout and update seconds and tokens/s from its metrics."""
     start = time.perf_counter()
-    run_dir = cli_run(f"{method}_{engine}", [
-        f"method={method}", f"model.path={model_path}", *precision(tiny), "trainer.max_steps=1",
-        f"trainer.per_device_batch_size={s.ppo_batch}", f"method.max_new_tokens={s.response}",
-        f"trainer.max_length={s.prompt + s.response + 64}", f"rollout.engine={engine}",
-    ], work, timeout)
+    run_dir = cli_run(
+        f"{method}_{engine}",
+        [
+            f"method={method}",
+            f"model.path={model_path}",
+            *precision(tiny),
+            "trainer.max_steps=1",
+            f"trainer.per_device_batch_size={s.ppo_batch}",
+            f"method.max_new_tokens={s.response}",
+            f"trainer.max_length={s.prompt + s.response + 64}",
+            f"rollout.engine={engine}",
+        ],
+        work,
+        timeout,
+    )
     wall = time.perf_counter() - start
     row = [r for r in metrics(run_dir) if "train/rollout_s" in r][-1]
     keys = ("rollout_s", "update_s", "rollout_tokens_per_s", "train_tokens_per_s", "response_length")
-    return {k: row[f"train/{k}"] for k in keys} | {"iteration_s": row["train/rollout_s"] + row["train/update_s"],
-                                                    "process_wall_s": wall}
+    return {k: row[f"train/{k}"] for k in keys} | {
+        "iteration_s": row["train/rollout_s"] + row["train/update_s"],
+        "process_wall_s": wall,
+    }
 
 
 def grpo_steps(model_path: Path, s: Shape, method: str, engine: str, work: Path, tiny: bool, timeout: float) -> dict:
@@ -350,28 +456,49 @@ def grpo_steps(model_path: Path, s: Shape, method: str, engine: str, work: Path,
     # D³S keeps N of G samples per group, moving from G/2 to 3G/4 (its defaults 4 → 6 at G = 8)
     keep = [f"method.n_init={s.group // 2}", f"method.n_final={s.group * 3 // 4}"] if method == "d3s_grpo" else []
     start = time.perf_counter()
-    run_dir = cli_run(f"{method}_{engine}", [
-        f"method={method}", "dataset=toy_math", f"model.path={model_path}", *precision(tiny),
-        "trainer.max_steps=2", "trainer.logging_steps=1", f"trainer.per_device_batch_size={s.prompts * s.group}",
-        f"method.num_generations={s.group}", f"method.max_completion_length={s.response}", f"rollout.engine={engine}",
-        *keep,
-    ], work, timeout)
+    run_dir = cli_run(
+        f"{method}_{engine}",
+        [
+            f"method={method}",
+            "dataset=toy_math",
+            f"model.path={model_path}",
+            *precision(tiny),
+            "trainer.max_steps=2",
+            "trainer.logging_steps=1",
+            f"trainer.per_device_batch_size={s.prompts * s.group}",
+            f"method.num_generations={s.group}",
+            f"method.max_completion_length={s.response}",
+            f"rollout.engine={engine}",
+            *keep,
+        ],
+        work,
+        timeout,
+    )
     steps = [r for r in metrics(run_dir) if "train/usage/kept_samples" in r]
-    return {"steps": len(steps), "step_s": steps[-1]["train/step_time"], "process_wall_s": time.perf_counter() - start,
-            "kept_samples": [r["train/usage/kept_samples"] for r in steps],
-            "kept_tokens": [r["train/usage/kept_tokens"] for r in steps]}
+    return {
+        "steps": len(steps),
+        "step_s": steps[-1]["train/step_time"],
+        "process_wall_s": time.perf_counter() - start,
+        "kept_samples": [r["train/usage/kept_samples"] for r in steps],
+        "kept_tokens": [r["train/usage/kept_tokens"] for r in steps],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Driver
 
 # (ratio, numerator section, denominator section, figure)
-RATIOS = [("tgdpo/dpo", "tgdpo", "dpo", "step_s"), ("treg/dpo", "treg", "dpo", "step_s"),
-          ("ma_ppo/ppo", "ma_ppo", "ppo", "iteration_s"), ("d3s/grpo", "d3s", "grpo", "step_s")]
+RATIOS = [
+    ("tgdpo/dpo", "tgdpo", "dpo", "step_s"),
+    ("treg/dpo", "treg", "dpo", "step_s"),
+    ("ma_ppo/ppo", "ma_ppo", "ppo", "iteration_s"),
+    ("d3s/grpo", "d3s", "grpo", "step_s"),
+]
 
 
 def ratios(sections: dict) -> dict:
     """Time ratios of each method to its baseline, from the same run (None where either failed)."""
+
     def figure(name, key):
         sec = sections.get(name, {})
         return sec.get(key) if sec.get("status") == "ok" else None
@@ -392,7 +519,10 @@ def run_section(results: dict, name: str, fn, *, skip: str | None = None) -> Non
             results[name] = {"status": "ok", **fn()}
         except Exception as err:  # noqa: BLE001 - every section reports, the others still run
             traceback.print_exc()
-            results[name] = {"status": "error", "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            results[name] = {
+                "status": "error",
+                "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            }
     results[name]["section_s"] = round(time.perf_counter() - start, 1)
     print(f"gpu-check: {name}: {results[name]['status']} ({results[name]['section_s']} s)", flush=True)
 
@@ -414,30 +544,44 @@ def figures(name: str, sec: dict) -> str:
     """One table cell: a section's figures."""
     memory = f", peak {fmt(sec['peak_memory_gib'])} GiB" if sec.get("peak_memory_gib") is not None else ""
     if name == "zero_estimate":
-        return f"{sec['model']} ({sec['params'] / 1e9:.2f} B params) on {sec['gpus']} GPUs, per GPU / per node's CPU: " + "; ".join(
-            f"{k} {v['gpu_gib']:.1f} / {v['cpu_gib']:.0f} GiB" for k, v in sec["estimates"].items())
+        return (
+            f"{sec['model']} ({sec['params'] / 1e9:.2f} B params) on {sec['gpus']} GPUs, per GPU / per node's CPU: "
+            + "; ".join(f"{k} {v['gpu_gib']:.1f} / {v['cpu_gib']:.0f} GiB" for k, v in sec["estimates"].items())
+        )
     if name in ("dpo", "tgdpo", "treg"):
-        return (f"{fmt(sec['step_s'])} s/step, {fmt(sec['policy_tokens_per_s'])} policy tokens/s, "
-                f"{fmt(sec['achieved_tflops'])} TFLOP/s, MFU {fmt(sec['mfu'])}{memory}")
+        return (
+            f"{fmt(sec['step_s'])} s/step, {fmt(sec['policy_tokens_per_s'])} policy tokens/s, "
+            f"{fmt(sec['achieved_tflops'])} TFLOP/s, MFU {fmt(sec['mfu'])}{memory}"
+        )
     if name == "generate_hf":
         return "; ".join(f"batch {b}: {fmt(r['tokens_per_s'])} tokens/s" for b, r in sec["batches"].items()) + memory
     if name == "generate_vllm":
-        return (f"{sec['generated_tokens']} tokens in {fmt(sec['seconds'])} s: {fmt(sec['tokens_per_s'])} tokens/s "
-                f"(engine start-up {fmt(sec['engine_startup_s'])} s)")
+        return (
+            f"{sec['generated_tokens']} tokens in {fmt(sec['seconds'])} s: {fmt(sec['tokens_per_s'])} tokens/s "
+            f"(engine start-up {fmt(sec['engine_startup_s'])} s)"
+        )
     if "rollout_s" in sec:
-        return (f"rollout {fmt(sec['rollout_s'])} s ({fmt(sec['rollout_tokens_per_s'])} tokens/s), update "
-                f"{fmt(sec['update_s'])} s ({fmt(sec['train_tokens_per_s'])} tokens/s), process {fmt(sec['process_wall_s'])} s")
-    return (f"step {fmt(sec['step_s'])} s, kept samples {sec['kept_samples']}, kept tokens {sec['kept_tokens']}, "
-            f"process {fmt(sec['process_wall_s'])} s")
+        return (
+            f"rollout {fmt(sec['rollout_s'])} s ({fmt(sec['rollout_tokens_per_s'])} tokens/s), update "
+            f"{fmt(sec['update_s'])} s ({fmt(sec['train_tokens_per_s'])} tokens/s), process {fmt(sec['process_wall_s'])} s"
+        )
+    return (
+        f"step {fmt(sec['step_s'])} s, kept samples {sec['kept_samples']}, kept tokens {sec['kept_tokens']}, "
+        f"process {fmt(sec['process_wall_s'])} s"
+    )
 
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"`scripts/gpu/gpu_check.py{' --tiny' if report['tiny'] else ''}` on {env['device']} "
-             f"(Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, TRL {env['trl']}, "
-             f"DeepSpeed {env['deepspeed']}, vLLM {env['vllm'] or 'absent'}), {report['total_s']:.0f} s"
-             f"{'' if report['finished'] else ' so far (cut off)'}.", "",
-             "| section | status | figures |", "|---|---|---|"]
+    lines = [
+        f"`scripts/gpu/gpu_check.py{' --tiny' if report['tiny'] else ''}` on {env['device']} "
+        f"(Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, TRL {env['trl']}, "
+        f"DeepSpeed {env['deepspeed']}, vLLM {env['vllm'] or 'absent'}), {report['total_s']:.0f} s"
+        f"{'' if report['finished'] else ' so far (cut off)'}.",
+        "",
+        "| section | status | figures |",
+        "|---|---|---|",
+    ]
     for name, sec in report["sections"].items():
         cell = figures(name, sec) if sec["status"] == "ok" else sec.get("reason", "")
         lines.append(f"| {name} | {sec['status']} | {cell} |")
@@ -461,9 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="toy shapes on CPU: keeps the check working")
     p.add_argument("--out", default=None, help="where gpu_check.json and gpu_check.md go (default scripts/results)")
-    p.add_argument("--doc", default=None, help="Markdown file whose gpu-check block gets the table (full run: docs/gpu.md)")
+    p.add_argument(
+        "--doc", default=None, help="Markdown file whose gpu-check block gets the table (full run: docs/gpu.md)"
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, if not in the table")
-    p.add_argument("--budget", type=float, default=420, help="seconds of measuring; sections not started by then are skipped")
+    p.add_argument(
+        "--budget", type=float, default=420, help="seconds of measuring; sections not started by then are skipped"
+    )
     p.add_argument("--timeout", type=int, default=240, help="seconds for each `tokalign train` section at most")
     a = p.parse_args(argv)
 
@@ -472,8 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     tiny = a.tiny
     device = "cpu" if tiny else "cuda"
     if not tiny and not torch.cuda.is_available():
-        print("gpu-check: no CUDA GPU here; `python scripts/gpu/gpu_check.py --tiny` runs the toy version on CPU",
-              file=sys.stderr)
+        print(
+            "gpu-check: no CUDA GPU here; `python scripts/gpu/gpu_check.py --tiny` runs the toy version on CPU",
+            file=sys.stderr,
+        )
         return 2
     s, dtype = (TINY, torch.float32) if tiny else (LLAMA_1B, torch.bfloat16)
     out = Path(a.out) if a.out else ROOT / "scripts" / "results"
@@ -484,18 +634,28 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + a.budget
     sections: dict = {}
     report = {
-        "tiny": tiny, "finished": False, "total_s": 0.0, "budget_s": a.budget, "sections": sections,
+        "tiny": tiny,
+        "finished": False,
+        "total_s": 0.0,
+        "budget_s": a.budget,
+        "sections": sections,
         "environment": {
-            "device": "CPU" if device == "cpu" else torch.cuda.get_device_name(), "peak_tflops": peak and peak / 1e12,
-            "python": platform.python_version(), "torch": torch.__version__,
+            "device": "CPU" if device == "cpu" else torch.cuda.get_device_name(),
+            "peak_tflops": peak and peak / 1e12,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
             **{name: _version(name) for name in ("transformers", "accelerate", "trl", "deepspeed", "vllm")},
         },
     }
 
     def section(name, fn, skip=None):
         left = deadline - time.perf_counter()
-        run_section(sections, name, lambda: fn(min(a.timeout, left)), skip=skip or (
-            None if left > 0 else f"budget of {a.budget:.0f} s spent"))
+        run_section(
+            sections,
+            name,
+            lambda: fn(min(a.timeout, left)),
+            skip=skip or (None if left > 0 else f"budget of {a.budget:.0f} s spent"),
+        )
         free(device)
         report["total_s"] = time.perf_counter() - started
         write(out, report)

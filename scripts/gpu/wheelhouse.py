@@ -31,8 +31,23 @@ LIMIT_MIB = 60
 STAMP = "SOURCE"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
 # What the check imports, in the order a failure is most telling; tokalign last (it imports the rest).
-MODULES = ("torch", "transformers", "accelerate", "peft", "tokenizers", "safetensors", "datasets", "trl",
-           "omegaconf", "hydra", "deepspeed", "wandb", "math_verify", "tokalign", "tokalign.cli")
+MODULES = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
+    "tokenizers",
+    "safetensors",
+    "datasets",
+    "trl",
+    "omegaconf",
+    "hydra",
+    "deepspeed",
+    "wandb",
+    "math_verify",
+    "tokalign",
+    "tokalign.cli",
+)
 
 
 def canonical(name: str) -> str:
@@ -57,8 +72,10 @@ def wheel_name(path: Path) -> str:
 def source_stamp() -> str:
     """A hash of what goes into tokalign's wheel: its sources, its configs, its metadata."""
     h = hashlib.sha256()
-    files = [ROOT / "pyproject.toml", *sorted(p for d in ("src", "conf") for p in (ROOT / d).rglob("*")
-                                              if p.is_file() and not _ignored(p))]
+    files = [
+        ROOT / "pyproject.toml",
+        *sorted(p for d in ("src", "conf") for p in (ROOT / d).rglob("*") if p.is_file() and not _ignored(p)),
+    ]
     for path in files:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -84,11 +101,32 @@ def build(dest: Path, python_version: str) -> int:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    pip("download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
-        "--implementation", "cp", *platforms, "-d", str(dest), *binary)
+    pip(
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        *platforms,
+        "-d",
+        str(dest),
+        *binary,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # sdist-only packages and tokalign: built here; pure Python, so any CPython takes them
-        pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp, *sdist, env=dict(os.environ, DS_BUILD_OPS="0"))
+        pip(
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp,
+            *sdist,
+            env=dict(os.environ, DS_BUILD_OPS="0"),
+        )
         pip("wheel", "-q", "--no-deps", "-w", tmp, str(ROOT))
         for wheel in Path(tmp).glob("*.whl"):
             if not wheel.name.endswith("-py3-none-any.whl"):
@@ -103,7 +141,9 @@ def build(dest: Path, python_version: str) -> int:
     total = sum(w.stat().st_size for w in wheels)
     for w in wheels:
         print(f"{w.stat().st_size / 2**20:7.2f} MiB  {w.name}")
-    print(f"wheelhouse: {len(wheels)} wheels, {total / 2**20:.1f} MiB in {dest} (CPython {python_version}, limit {LIMIT_MIB} MiB)")
+    print(
+        f"wheelhouse: {len(wheels)} wheels, {total / 2**20:.1f} MiB in {dest} (CPython {python_version}, limit {LIMIT_MIB} MiB)"
+    )
     return 0 if total <= LIMIT_MIB * 2**20 else 1
 
 
@@ -113,8 +153,10 @@ def select(dest: Path) -> int:
         print(f"gpu-check: no wheelhouse at {dest}: run `make gpu-wheels` and send .whl along", file=sys.stderr)
         return 2
     if (dest / STAMP).read_text().strip() != source_stamp():
-        print(f"gpu-check: {dest} was built from other tokalign sources than this tree's: run `make gpu-wheels` again",
-              file=sys.stderr)
+        print(
+            f"gpu-check: {dest} was built from other tokalign sources than this tree's: run `make gpu-wheels` again",
+            file=sys.stderr,
+        )
         return 2
     optional = {canonical(n) for n, _, flags in pins() if "if-absent" in flags}
     for wheel in sorted(dest.glob("*.whl")):

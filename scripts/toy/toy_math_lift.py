@@ -51,12 +51,23 @@ def policy_figures(cfg, model_path: str) -> dict:
     data = data.select(range(min(cfg.eval.num_prompts, len(data))))
     prompts, answers = list(data["prompt"]), list(data["answer"])
     e = cfg.eval
-    samples = generate(model, tok, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-                       num_samples=e.num_samples, batch_size=e.batch_size, seed=cfg.seed + 17)
+    samples = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=e.max_new_tokens,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        num_samples=e.num_samples,
+        batch_size=e.batch_size,
+        seed=cfg.seed + 17,
+    )
     given = [[extract_answer(x) for x in s] for s in samples]
     correct = [[g == a for g in gs] for gs, a in zip(given, answers)]
-    out = {f"pass@{k}": statistics.fmean(pass_at_k(len(c), sum(c), k) for c in correct)
-           for k in sorted({*map(int, e.pass_k), e.num_samples})}
+    out = {
+        f"pass@{k}": statistics.fmean(pass_at_k(len(c), sum(c), k) for c in correct)
+        for k in sorted({*map(int, e.pass_k), e.num_samples})
+    }
     answered = [g is not None for gs in given for g in gs]
     out["answered"] = statistics.fmean(answered)
     out["accuracy_when_answered"] = sum(map(sum, correct)) / max(1, sum(answered))
@@ -68,8 +79,17 @@ def train_run(seed: int, arm: str, run_dir: Path, overrides: list[str]) -> dict:
     """One GRPO run in its own process (its wall and CPU time are what a table row costs)."""
     started, cpu = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if not (run_dir / "eval.json").exists():
-        cmd = [sys.executable, "-c", "from tokalign.cli import main; main()", "train", "experiment=d3s_toy",
-               f"+arm={arm}", f"seed={seed}", f"hydra.run.dir={run_dir}", *overrides]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from tokalign.cli import main; main()",
+            "train",
+            "experiment=d3s_toy",
+            f"+arm={arm}",
+            f"seed={seed}",
+            f"hydra.run.dir={run_dir}",
+            *overrides,
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     metrics = json.loads((run_dir / "eval.json").read_text())
@@ -118,11 +138,20 @@ def main(argv: list[str] | None = None) -> None:
         "task": task_constants(),
         "tiny": dict(cfg0.model.tiny),
         "overrides": args.overrides,
-        "settings": {"lr": cfg0.trainer.learning_rate, "steps": cfg0.trainer.max_steps,
-                     "batch": cfg0.trainer.per_device_batch_size, "G": cfg0.method.num_generations,
-                     "max_completion_length": cfg0.method.max_completion_length, "loss_type": cfg0.method.loss_type,
-                     "eval": {"num_prompts": cfg0.eval.num_prompts, "num_samples": cfg0.eval.num_samples,
-                              "temperature": cfg0.eval.temperature, "max_new_tokens": cfg0.eval.max_new_tokens}},
+        "settings": {
+            "lr": cfg0.trainer.learning_rate,
+            "steps": cfg0.trainer.max_steps,
+            "batch": cfg0.trainer.per_device_batch_size,
+            "G": cfg0.method.num_generations,
+            "max_completion_length": cfg0.method.max_completion_length,
+            "loss_type": cfg0.method.loss_type,
+            "eval": {
+                "num_prompts": cfg0.eval.num_prompts,
+                "num_samples": cfg0.eval.num_samples,
+                "temperature": cfg0.eval.temperature,
+                "max_new_tokens": cfg0.eval.max_new_tokens,
+            },
+        },
         "seeds": {},
     }
     tag = time.strftime("%Y%m%d-%H%M%S")
@@ -130,8 +159,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(["experiment=d3s_toy", f"+arm={args.arm}", f"seed={seed}", *overrides])
         started, cpu = time.time(), time.process_time()
         path = resolve_model(cfg.model, cfg.cache_dir)
-        row = {"build_s": round(time.time() - started, 1), "build_cpu_s": round(time.process_time() - cpu, 1),
-               "start": policy_figures(cfg, path)}
+        row = {
+            "build_s": round(time.time() - started, 1),
+            "build_cpu_s": round(time.process_time() - cpu, 1),
+            "start": policy_figures(cfg, path),
+        }
         if not args.start_only:
             run_dir = Path(args.out_dir) / f"{tag}_{args.arm.replace('/', '_')}_s{seed}"
             row["run"] = train_run(seed, args.arm, run_dir, overrides)

@@ -64,8 +64,17 @@ def kl_to_reference(policy, reference, tok, prompts: list, num_samples: int, max
     tok.padding_side = side
     torch.manual_seed(seed)
     with torch.no_grad():
-        seqs = policy.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                               num_return_sequences=num_samples, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        seqs = policy.generate(
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         width = enc["input_ids"].shape[1]
         response = seqs[:, width:]
         is_eos = response == tok.eos_token_id
@@ -85,12 +94,23 @@ def train(seed: int, arm: str, run_dir: Path, overrides: list[str]) -> dict:
     """One run in its own process (its wall and CPU time are what a table row costs)."""
     started, cpu = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if not (run_dir / "eval.json").exists():
-        cmd = [sys.executable, "-c", "from tokalign.cli import main; main()", "train", "experiment=tgdpo_toy",
-               f"+arm={arm}", f"seed={seed}", f"hydra.run.dir={run_dir}", *overrides]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from tokalign.cli import main; main()",
+            "train",
+            "experiment=tgdpo_toy",
+            f"+arm={arm}",
+            f"seed={seed}",
+            f"hydra.run.dir={run_dir}",
+            *overrides,
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"process_s": round(time.time() - started, 1),
-            "process_cpu_s": round(used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime, 1)}
+    return {
+        "process_s": round(time.time() - started, 1),
+        "process_cpu_s": round(used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime, 1),
+    }
 
 
 def analyse(run_dir: Path, kl_samples: int) -> dict:
@@ -110,12 +130,26 @@ def analyse(run_dir: Path, kl_samples: int) -> dict:
     policy = load_causal_lm(str(run_dir / "model"))
     reference = load_causal_lm(resolve_model(cfg.model, cfg.cache_dir))
     e = cfg.eval
-    row = {"seed": cfg.seed, "eval.json": {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")}}
+    row = {
+        "seed": cfg.seed,
+        "eval.json": {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")},
+    }
     for name, model in (("policy", policy), ("reference", reference)):
-        samples = generate(model, tok, prompts, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-                           num_samples=e.num_samples, batch_size=e.batch_size, seed=cfg.seed + 17)
+        samples = generate(
+            model,
+            tok,
+            prompts,
+            max_new_tokens=e.max_new_tokens,
+            temperature=e.temperature,
+            top_p=e.top_p,
+            num_samples=e.num_samples,
+            batch_size=e.batch_size,
+            seed=cfg.seed + 17,
+        )
         row[name] = response_figures(prompts, [s[0] for s in samples])
-    row["kl_to_reference"] = kl_to_reference(policy, reference, tok, prompts, kl_samples, e.max_new_tokens, cfg.seed + 29)
+    row["kl_to_reference"] = kl_to_reference(
+        policy, reference, tok, prompts, kl_samples, e.max_new_tokens, cfg.seed + 29
+    )
     row["train_s"] = json.loads((run_dir / "summary.json").read_text()).get("train/wall_s")
     return row
 
@@ -124,7 +158,9 @@ def verdict(row: dict) -> dict:
     from tokalign.data.toy_pref import MIN_WORDS
 
     p = row["policy"]
-    collapsed = p["malformed"] > 0.1 * row["eval.json"]["num_prompts"] or p["mean_words"] < MIN_WORDS or p["distinct"] < 0.25
+    collapsed = (
+        p["malformed"] > 0.1 * row["eval.json"]["num_prompts"] or p["mean_words"] < MIN_WORDS or p["distinct"] < 0.25
+    )
     return {
         "above_reference": p["gold_reward"] > row["reference"]["gold_reward"],
         "no_word_salad": p["word_salad"] == 0,
@@ -140,7 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kl-samples", type=int, default=4, help="policy samples per prompt for the KL estimate")
     p.add_argument("--label", default="", help="what this measurement tries (stored with it)")
     p.add_argument("--out-dir", default=str(ROOT / "outputs" / "toy_pref_check"))
-    p.add_argument("--runs", nargs="+", help="analyse the finished runs under these dirs (e.g. a reproduce_tgdpo.sh --toy sweep) instead of training")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        help="analyse the finished runs under these dirs (e.g. a reproduce_tgdpo.sh --toy sweep) instead of training",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,11 +197,18 @@ def main(argv: list[str] | None = None) -> None:
         "gold_reward": {n: getattr(toy_pref, n) for n in ("SENTIMENT_CAP", "MIN_WORDS", "MAX_WORDS", "LENGTH_PENALTY")},
         "tiny": OmegaConf.to_container(cfg0.model.tiny),
         "overrides": args.overrides,
-        "settings": {"method": OmegaConf.to_container(cfg0.method), "lr": cfg0.trainer.learning_rate,
-                     "steps": cfg0.trainer.max_steps, "batch": cfg0.trainer.per_device_batch_size,
-                     "dataset": OmegaConf.to_container(cfg0.dataset, resolve=True),
-                     "eval": {"num_prompts": cfg0.eval.num_prompts, "temperature": cfg0.eval.temperature,
-                              "max_new_tokens": cfg0.eval.max_new_tokens}},
+        "settings": {
+            "method": OmegaConf.to_container(cfg0.method),
+            "lr": cfg0.trainer.learning_rate,
+            "steps": cfg0.trainer.max_steps,
+            "batch": cfg0.trainer.per_device_batch_size,
+            "dataset": OmegaConf.to_container(cfg0.dataset, resolve=True),
+            "eval": {
+                "num_prompts": cfg0.eval.num_prompts,
+                "temperature": cfg0.eval.temperature,
+                "max_new_tokens": cfg0.eval.max_new_tokens,
+            },
+        },
         "seeds": {},
     }
     tag = time.strftime("%Y%m%d-%H%M%S")

@@ -40,8 +40,13 @@ CACHED = ("models", "dpo_models", "data", "token_logps")  # what runs build once
 
 def cache_entries() -> set[str]:
     cache = Path(os.environ.get("TOKALIGN_CACHE", "~/.cache/tokalign")).expanduser()
-    return {f"{kind}/{p.name}" for kind in CACHED if (cache / kind).is_dir()
-            for p in (cache / kind).iterdir() if not p.name.endswith(".lock")}
+    return {
+        f"{kind}/{p.name}"
+        for kind in CACHED
+        if (cache / kind).is_dir()
+        for p in (cache / kind).iterdir()
+        if not p.name.endswith(".lock")
+    }
 
 
 def finished_runs(root: Path) -> int:
@@ -50,8 +55,11 @@ def finished_runs(root: Path) -> int:
 
 def commit() -> str:
     """HEAD, marked -dirty when the code or configs that make the numbers differ from it (docs do not count)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], check=False, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], check=False, capture_output=True, text=True
+        ).stdout.strip()
 
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "src", "conf", "scripts/reproduce")
     return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
@@ -63,8 +71,10 @@ def run_script(paper: str, root: Path, overrides: list[str]) -> float:
     cmd = ["bash", str(REPO / "scripts" / "reproduce" / f"reproduce_{paper}.sh"), "--toy", *overrides]
     root.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with open(f"{root}.log", "w") as log, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                                           stderr=subprocess.STDOUT, text=True) as proc:
+    with (
+        open(f"{root}.log", "w") as log,
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
@@ -87,10 +97,13 @@ def table_rows(csv_path: Path) -> list[dict]:
                     if key.endswith(f"_{stat}") and key.count("/"):
                         metric = key[: -len(stat) - 1]
                         row.setdefault("metrics", {}).setdefault(metric, {})[stat] = (
-                            (int(value) if stat == "n" else float(value)) if value != "" else None)
+                            (int(value) if stat == "n" else float(value)) if value != "" else None
+                        )
                         break
                 else:
-                    row[key] = [int(s) for s in value.split()] if key == "seeds" else int(value) if key == "n" else value
+                    row[key] = (
+                        [int(s) for s in value.split()] if key == "seeds" else int(value) if key == "n" else value
+                    )
             rows.append(row)
     return rows
 
@@ -115,10 +128,17 @@ def make(paper: str, fresh: bool, overrides: list[str]) -> None:
             shutil.copyfile(png, target)
             pictures.append((key, target))
     record = {
-        "paper": paper, "command": f"python scripts/toy/toy_table.py {paper}" + "".join(f" {o}" for o in overrides),
-        "overrides": overrides, "runs": len(runs), "reused_runs": reused, "seeds": seeds,
-        "wall_s": round(wall, 1), "load_1min": {"before": load_before, "after": load_after},
-        "cache_built": built, "commit": commit(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "paper": paper,
+        "command": f"python scripts/toy/toy_table.py {paper}" + "".join(f" {o}" for o in overrides),
+        "overrides": overrides,
+        "runs": len(runs),
+        "reused_runs": reused,
+        "seeds": seeds,
+        "wall_s": round(wall, 1),
+        "load_1min": {"before": load_before, "after": load_after},
+        "cache_built": built,
+        "commit": commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": table_rows(root / "table" / "table.csv"),
     }
     results = REPO / "scripts" / "results" / f"{paper}_toy.json"
@@ -127,13 +147,17 @@ def make(paper: str, fresh: bool, overrides: list[str]) -> None:
     table = (root / "table" / "table.md").read_text()
     table = "\n".join(line for line in table.splitlines() if not line.startswith("### ")).strip()
     fresh_runs = len(runs) - reused
-    how = ((f"{len(runs)} runs ({fresh_runs} trained here, {reused} reused)" if reused else f"{len(runs)} runs")
-           + f", seeds {', '.join(map(str, seeds))}; {wall:.0f} s wall on {os.cpu_count()} CPU cores "
-           + f"(1-min load {load_before:.1f} before, {load_after:.1f} after)"
-           + (f", including what it built into the cache on the way ({', '.join(built)})" if built else "")
-           + f"; commit {record['commit']}, {record['date'][:10]}.")
-    intro = (f"Made by `{record['command']}` (`scripts/reproduce/reproduce_{paper}.sh --toy`): {how} "
-             f"Mean ± std over seeds; numbers in `scripts/results/{paper}_toy.json`.")
+    how = (
+        (f"{len(runs)} runs ({fresh_runs} trained here, {reused} reused)" if reused else f"{len(runs)} runs")
+        + f", seeds {', '.join(map(str, seeds))}; {wall:.0f} s wall on {os.cpu_count()} CPU cores "
+        + f"(1-min load {load_before:.1f} before, {load_after:.1f} after)"
+        + (f", including what it built into the cache on the way ({', '.join(built)})" if built else "")
+        + f"; commit {record['commit']}, {record['date'][:10]}."
+    )
+    intro = (
+        f"Made by `{record['command']}` (`scripts/reproduce/reproduce_{paper}.sh --toy`): {how} "
+        f"Mean ± std over seeds; numbers in `scripts/results/{paper}_toy.json`."
+    )
     body = [intro, "", table]
     body += [f"\n![{key} per step, mean ± std over seeds](img/{target.name})" for key, target in pictures]
     replace_marked_block(REPO / "docs" / doc_name, "toy_table", "\n".join(body))
@@ -144,8 +168,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--all", action="store_true", help="every paper's table, one after the other")
     p.add_argument("--fresh", action="store_true", help="discard earlier runs first, so that every run is timed")
-    p.add_argument("args", nargs="*", metavar="[PAPER] [OVERRIDE ...]",
-                   help=f"the paper ({', '.join(PAPERS)}) unless --all, then Hydra overrides for every run")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="[PAPER] [OVERRIDE ...]",
+        help=f"the paper ({', '.join(PAPERS)}) unless --all, then Hydra overrides for every run",
+    )
     a = p.parse_args()
     papers, overrides = (list(PAPERS), a.args) if a.all else (a.args[:1], a.args[1:])
     if not a.all and (not papers or papers[0] not in PAPERS):

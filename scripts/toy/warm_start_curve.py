@@ -39,8 +39,16 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
     prompts, answers = [r["prompt"] for r in math_rows], [r["answer"] for r in math_rows]
 
     def sample(temperature: float, n: int) -> list[list[str]]:
-        return generate(model, tok, prompts, max_new_tokens=e.max_new_tokens, temperature=temperature,
-                        num_samples=n, batch_size=64, seed=cfg.seed + 17)
+        return generate(
+            model,
+            tok,
+            prompts,
+            max_new_tokens=e.max_new_tokens,
+            temperature=temperature,
+            num_samples=n,
+            batch_size=64,
+            seed=cfg.seed + 17,
+        )
 
     def correct(samples: list[list[str]]) -> list[list[float]]:
         return [exact_match([p] * len(s), s, answer=[a] * len(s)) for p, s, a in zip(prompts, samples, answers)]
@@ -49,7 +57,9 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
     sampled = correct(raw)
     answered = statistics.fmean(extract_answer(x) is not None for s in raw for x in s)
     greedy = sample(0.0, 1)
-    notes = generate(model, tok, pref_prompts, max_new_tokens=32, temperature=e.temperature, batch_size=64, seed=cfg.seed + 17)
+    notes = generate(
+        model, tok, pref_prompts, max_new_tokens=32, temperature=e.temperature, batch_size=64, seed=cfg.seed + 17
+    )
     return {
         "pass@1": statistics.fmean(pass_at_k(len(c), int(sum(c)), 1) for c in sampled),
         f"pass@{e.num_samples}": statistics.fmean(pass_at_k(len(c), int(sum(c)), e.num_samples) for c in sampled),
@@ -58,7 +68,8 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
         "greedy_accuracy": statistics.fmean(c[0] for c in correct(greedy)),
         # the completion restates the problem before answering: how often it copies it right
         "greedy_copies_problem": statistics.fmean(
-            s[0].startswith(prompt_text(p).removeprefix("What is ").rstrip("?") + " =") for p, s in zip(prompts, greedy)),
+            s[0].startswith(prompt_text(p).removeprefix("What is ").rstrip("?") + " =") for p, s in zip(prompts, greedy)
+        ),
         "greedy_examples": [f"{prompt_text(p)} -> {s[0]} ({a})" for p, s, a in list(zip(prompts, greedy, answers))[:6]],
         "pref_gold_reward": statistics.fmean(gold_reward(pref_prompts, [s[0] for s in notes])),
         "pref_malformed": sum(toy_pref.malformed(s[0]) for s in notes),
@@ -69,7 +80,9 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--every", type=int, default=250)
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a WARM_* constant of tokalign.modeling.models")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a WARM_* constant of tokalign.modeling.models"
+    )
     p.add_argument("--label", default="")
     p.add_argument("overrides", nargs="*", help="Hydra overrides (model.tiny.*, eval.*)")
     args = p.parse_args(argv)
@@ -88,14 +101,20 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose(["experiment=d3s_toy", *args.overrides])
     spec = OmegaConf.to_container(cfg.model.tiny, resolve=True)
     math_rows = list(load_split(cfg.dataset, "prompt", "grpo", "eval"))[: cfg.eval.num_prompts]
-    pref_prompts = [r["prompt"] for r in load_split(compose(["dataset=toy_pref"]).dataset, "prompt", "grpo", "eval")][:32]
+    pref_prompts = [r["prompt"] for r in load_split(compose(["dataset=toy_pref"]).dataset, "prompt", "grpo", "eval")][
+        :32
+    ]
     record = {
         "label": args.label,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "tiny": spec,
         "warm_start": {n: getattr(models, n) for n in dir(models) if n.startswith("WARM_")},
         "toy_math": {n: getattr(toy_math, n) for n in dir(toy_math) if n.isupper() and not n.startswith("_")},
-        "eval": {"num_prompts": len(math_rows), "num_samples": cfg.eval.num_samples, "temperature": cfg.eval.temperature},
+        "eval": {
+            "num_prompts": len(math_rows),
+            "num_samples": cfg.eval.num_samples,
+            "temperature": cfg.eval.temperature,
+        },
         "curve": [],
     }
     started = time.time()

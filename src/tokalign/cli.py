@@ -48,8 +48,13 @@ class Command:
 
     def usage(self) -> str:
         width = max((len(a.name) for a in self.args), default=0) + 2
-        lines = [f"usage: tokalign {self.name} " + " ".join(f"{a.name}=..." if a.required else f"[{a.name}=...]"
-                                                           for a in self.args), "", self.description, ""]
+        lines = [
+            f"usage: tokalign {self.name} "
+            + " ".join(f"{a.name}=..." if a.required else f"[{a.name}=...]" for a in self.args),
+            "",
+            self.description,
+            "",
+        ]
         if self.args:
             lines += ["arguments:"] + [f"  {a.name:<{width}}{a.help}" for a in self.args] + [""]
         if self.examples:
@@ -97,14 +102,17 @@ def _args(argv: list[str], command: Command) -> dict:
 
     bad = [a for a in argv if "=" not in a]
     if bad:
-        raise ConfigError(f"tokalign {command.name}: expected key=value arguments, got {' '.join(bad)} "
-                          f"(see tokalign {command.name} --help)")
+        raise ConfigError(
+            f"tokalign {command.name}: expected key=value arguments, got {' '.join(bad)} "
+            f"(see tokalign {command.name} --help)"
+        )
     args = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
     allowed = {a.name.split(".")[0] for a in command.args}
     unknown = sorted(set(args) - allowed)
     if unknown:
-        raise ConfigError(f"tokalign {command.name}: unknown argument(s) {', '.join(unknown)}; accepted: "
-                          f"{', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"tokalign {command.name}: unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
+        )
     missing = [a.name for a in command.args if a.required and a.name not in args]
     if missing:
         raise ConfigError(f"tokalign {command.name} needs {missing[0]}=... (see tokalign {command.name} --help)")
@@ -133,8 +141,11 @@ def _group_options(repository, group: str) -> list[str]:
     """A group's options, those of its folders as `folder/option` (arm/tgdpo/a05.yaml: tgdpo/a05)."""
     from hydra.core.object_type import ObjectType
 
-    nested = [f"{sub}/{o}" for sub in repository.get_group_options(group, ObjectType.GROUP)
-              for o in _group_options(repository, f"{group}/{sub}")]
+    nested = [
+        f"{sub}/{o}"
+        for sub in repository.get_group_options(group, ObjectType.GROUP)
+        for o in _group_options(repository, f"{group}/{sub}")
+    ]
     return sorted(repository.get_group_options(group) + nested)
 
 
@@ -218,8 +229,11 @@ def _expected(key: str, argv: list[str]) -> str | None:
     if parts[0] in ("method", "launcher"):
         try:
             cfg, _ = _compose(argv)
-            schema = (get_method(cfg.method.get("algorithm") or cfg.method.name).config if parts[0] == "method"
-                      else launcher_schema(cfg.launcher.name))
+            schema = (
+                get_method(cfg.method.get("algorithm") or cfg.method.name).config
+                if parts[0] == "method"
+                else launcher_schema(cfg.launcher.name)
+            )
         except Exception:
             return None
         parts = parts[1:]
@@ -242,18 +256,30 @@ def train_help(overrides: list[str]) -> str:
 
     cfg, options = _compose(overrides, tuple(GROUPS))
     methods = registry()
-    lines = ["usage: tokalign train [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]", "",
-             "Train a method on a model and dataset; a Hydra app (overrides, -m multiruns, sweeps, launcher plugins).",
-             "", "config groups (group=option):"]
+    lines = [
+        "usage: tokalign train [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]",
+        "",
+        "Train a method on a model and dataset; a Hydra app (overrides, -m multiruns, sweeps, launcher plugins).",
+        "",
+        "config groups (group=option):",
+    ]
     for group, what in GROUPS.items():
         lines.append(f"  {group:<15}{what}")
         if group == "method":
-            lines += [f"      {o:<14}{methods[o].description if o in methods else 'a preset of ' + _preset_base(o)}"
-                      for o in options[group]]
+            lines += [
+                f"      {o:<14}{methods[o].description if o in methods else 'a preset of ' + _preset_base(o)}"
+                for o in options[group]
+            ]
         else:
             lines.append("      " + ", ".join(options[group]))
-    lines += ["", "the composed config (defaults and your overrides), each knob with its meaning:", "",
-              annotated_config(cfg), "", "Reward spellings: README.md. Each method's maths and knobs: docs/methods.md."]
+    lines += [
+        "",
+        "the composed config (defaults and your overrides), each knob with its meaning:",
+        "",
+        annotated_config(cfg),
+        "",
+        "Reward spellings: README.md. Each method's maths and knobs: docs/methods.md.",
+    ]
     return "\n".join(lines)
 
 
@@ -300,9 +326,11 @@ def train(argv: list[str]) -> None:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
             cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # a sweep's runs are one W&B group
-        hydra_files = {"config.yaml": OmegaConf.to_yaml(cfg),
-                       "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
-                       "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
+        hydra_files = {
+            "config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+        }
         try:
             name_local_data(cfg, list(hydra_cfg.overrides.task))
             cfg = validate(cfg)
@@ -317,8 +345,11 @@ def train(argv: list[str]) -> None:
             _fail(err)
         except Exception:
             traceback.print_exc()
-            print("tokalign: internal error: the traceback above is a bug in tokalign or a library it calls; "
-                  "please report it with the command you ran", file=sys.stderr)
+            print(
+                "tokalign: internal error: the traceback above is a bug in tokalign or a library it calls; "
+                "please report it with the command you ran",
+                file=sys.stderr,
+            )
             sys.exit(1)
 
     sys.argv = ["tokalign train", *argv]
@@ -375,7 +406,9 @@ def _number(args: dict, name: str, default, kind: type, low: float, high: float 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise ConfigError(f"{name}={value} is not {'an integer' if kind is int else 'a number'}")
     if not math.isfinite(value) or value < low or (high is not None and value > high):
-        raise ConfigError(f"{name}={value} is out of range: expected >= {low}" + (f" and <= {high}" if high is not None else ""))
+        raise ConfigError(
+            f"{name}={value} is out of range: expected >= {low}" + (f" and <= {high}" if high is not None else "")
+        )
     return kind(value)
 
 
@@ -395,9 +428,15 @@ def table(argv: list[str]) -> None:
         from tokalign.analysis.table import make_report
 
         result, files = make_report(
-            _list(args.get("runs")) or [], out=args.get("out"), group_by=_list(args.get("group_by")),
-            metrics=_list(args.get("metrics")), curves=_list(args.get("curves")), wandb=args.get("wandb"),
-            wandb_group=args.get("wandb_group"), title=args.get("title"), mixed_eval=bool(args.get("mixed_eval")),
+            _list(args.get("runs")) or [],
+            out=args.get("out"),
+            group_by=_list(args.get("group_by")),
+            metrics=_list(args.get("metrics")),
+            curves=_list(args.get("curves")),
+            wandb=args.get("wandb"),
+            wandb_group=args.get("wandb_group"),
+            title=args.get("title"),
+            mixed_eval=bool(args.get("mixed_eval")),
         )
     except (*_user_errors(), FileNotFoundError) as err:
         _fail(err)
@@ -425,41 +464,71 @@ def inspect_tokens(argv: list[str]) -> None:
 
 
 TRUST = Arg("trust_remote_code", "run the model's own Python code (false; a run directory never turns it on)")
-TRUST_RUN = Arg("trust_run_code", "import the reward functions (module:function) the run's config names and use the paths "
-                                  "it names (false: a run directory is data; they are listed when true)")
+TRUST_RUN = Arg(
+    "trust_run_code",
+    "import the reward functions (module:function) the run's config names and use the paths "
+    "it names (false: a run directory is data; they are listed when true)",
+)
 COMMANDS = {
     "train": Command("train", "train a method on a model and dataset (a Hydra app; `tokalign train --help`)", train),
     "eval": Command(
-        "eval", "evaluate a finished run and write <run_dir>/eval.json", evaluate,
-        [Arg("run_dir", "a finished run directory", required=True),
-         Arg("eval.<knob>", "any evaluation knob, e.g. eval.num_prompts=64 eval.num_samples=4 eval.export=[alpaca_eval]"),
-         Arg("rollout.<knob>", "how to sample (default: as the run did), e.g. rollout.engine=hf for a vLLM run on a CPU machine"),
-         TRUST, TRUST_RUN],
-        ["tokalign eval run_dir=outputs/dpo/2026-11-27_12-00-00 eval.num_samples=4",
-         "tokalign eval run_dir=... eval.export=[alpaca_eval,mt_bench,arena_hard] eval.export_questions=q.jsonl"],
+        "eval",
+        "evaluate a finished run and write <run_dir>/eval.json",
+        evaluate,
+        [
+            Arg("run_dir", "a finished run directory", required=True),
+            Arg(
+                "eval.<knob>",
+                "any evaluation knob, e.g. eval.num_prompts=64 eval.num_samples=4 eval.export=[alpaca_eval]",
+            ),
+            Arg(
+                "rollout.<knob>",
+                "how to sample (default: as the run did), e.g. rollout.engine=hf for a vLLM run on a CPU machine",
+            ),
+            TRUST,
+            TRUST_RUN,
+        ],
+        [
+            "tokalign eval run_dir=outputs/dpo/2026-11-27_12-00-00 eval.num_samples=4",
+            "tokalign eval run_dir=... eval.export=[alpaca_eval,mt_bench,arena_hard] eval.export_questions=q.jsonl",
+        ],
     ),
     "table": Command(
-        "table", "tables (Markdown, CSV; mean ± std over seeds) and training curves from the runs of a sweep", table,
-        [Arg("runs", "a sweep directory, a run directory, or a list of them"),
-         Arg("out", "where to write table.md, table.csv and the plots (default <runs>/table)"),
-         Arg("group_by", "config keys or Hydra choices that make a row, e.g. [method.name,method.alpha]"),
-         Arg("metrics", "final metrics as columns (default: every eval/ metric)"),
-         Arg("curves", "training metrics to plot over steps (default: loss and reward-like keys)"),
-         Arg("wandb", "read runs from W&B instead: <entity>/<project>"),
-         Arg("wandb_group", "only the W&B runs of this group"),
-         Arg("title", "a title above the table"),
-         Arg("mixed_eval", "true: tabulate runs evaluated with different settings (refused by default; the table names them)")],
-        ["tokalign table runs=multirun/2026-11-27_12-00-00",
-         "tokalign table runs=multirun/... group_by=[method.name] metrics=[eval/win_rate] out=table/"],
+        "table",
+        "tables (Markdown, CSV; mean ± std over seeds) and training curves from the runs of a sweep",
+        table,
+        [
+            Arg("runs", "a sweep directory, a run directory, or a list of them"),
+            Arg("out", "where to write table.md, table.csv and the plots (default <runs>/table)"),
+            Arg("group_by", "config keys or Hydra choices that make a row, e.g. [method.name,method.alpha]"),
+            Arg("metrics", "final metrics as columns (default: every eval/ metric)"),
+            Arg("curves", "training metrics to plot over steps (default: loss and reward-like keys)"),
+            Arg("wandb", "read runs from W&B instead: <entity>/<project>"),
+            Arg("wandb_group", "only the W&B runs of this group"),
+            Arg("title", "a title above the table"),
+            Arg(
+                "mixed_eval",
+                "true: tabulate runs evaluated with different settings (refused by default; the table names them)",
+            ),
+        ],
+        [
+            "tokalign table runs=multirun/2026-11-27_12-00-00",
+            "tokalign table runs=multirun/... group_by=[method.name] metrics=[eval/win_rate] out=table/",
+        ],
     ),
     "inspect": Command(
-        "inspect", "an HTML page of sample responses, each token coloured by what the method used", inspect_tokens,
-        [Arg("run_dir", "a finished run directory", required=True),
-         Arg("out", "the page to write (default <run_dir>/inspect.html)"),
-         Arg("num_examples", "examples (pairs, rollouts or groups) to show (default 4)"),
-         Arg("max_new_tokens", "longest sampled response, for methods that sample"),
-         Arg("progress", "where in training to show a schedule such as D³S's (0-1, default 1)"),
-         TRUST, TRUST_RUN],
+        "inspect",
+        "an HTML page of sample responses, each token coloured by what the method used",
+        inspect_tokens,
+        [
+            Arg("run_dir", "a finished run directory", required=True),
+            Arg("out", "the page to write (default <run_dir>/inspect.html)"),
+            Arg("num_examples", "examples (pairs, rollouts or groups) to show (default 4)"),
+            Arg("max_new_tokens", "longest sampled response, for methods that sample"),
+            Arg("progress", "where in training to show a schedule such as D³S's (0-1, default 1)"),
+            TRUST,
+            TRUST_RUN,
+        ],
         ["tokalign inspect run_dir=outputs/tgdpo/2026-11-27_12-00-00 num_examples=8"],
     ),
 }
@@ -468,8 +537,11 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: tokalign <command> [arguments ...]", "", "commands:"]
     lines += [f"  {c.name:<9}{c.description}" for c in COMMANDS.values()]
-    lines += ["", "`tokalign <command> --help` describes a command's arguments; `-v` shows the libraries' own warnings too.",
-              "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/)."]
+    lines += [
+        "",
+        "`tokalign <command> --help` describes a command's arguments; `-v` shows the libraries' own warnings too.",
+        "Runs write to their own directory (resolved.yaml, metrics.jsonl, model/, eval.json, summary.json, wandb/).",
+    ]
     return "\n".join(lines)
 
 

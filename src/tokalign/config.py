@@ -27,8 +27,17 @@ SEED_MAX = 2**32 - 1  # what numpy's and torch's seeding accept
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
-def knob(default: Any = MISSING, *, help: str, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, factory: Any = None, nonempty: bool = False) -> Any:
+def knob(
+    default: Any = MISSING,
+    *,
+    help: str,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    factory: Any = None,
+    nonempty: bool = False,
+) -> Any:
     """A config field: its default, its allowed range (numbers, or every element of a list), whether a
     list needs at least one item, and its help."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
@@ -63,8 +72,9 @@ def check_bounds(schema: type, node: DictConfig, prefix: str) -> None:
     if unknown:
         path = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         close = difflib.get_close_matches(unknown[0], known, n=1)
-        raise ConfigError(f"{path} is not a knob here" + (f"; did you mean {close[0]}?" if close else
-                                                         f"; known: {', '.join(known)}"))
+        raise ConfigError(
+            f"{path} is not a knob here" + (f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}")
+        )
     for f in dataclasses.fields(schema):
         if f.name not in node:
             continue
@@ -93,7 +103,7 @@ def _non_finite(value: Any, path: str) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{path}={value}"
     if isinstance(value, (DictConfig, dict)):
-        return next((w for k, v in value.items() if (w := _non_finite(v, f"{path}.{k}")) is not None), None)
+        return next((w for k, v in value.items() if (w := _non_finite(v, f"{path}.{k!s}")) is not None), None)
     if isinstance(value, (ListConfig, list)):
         return next((w for i, v in enumerate(value) if (w := _non_finite(v, f"{path}[{i}]")) is not None), None)
     return None
@@ -218,10 +228,14 @@ class TinySpec:
     intermediate_size: int = knob(192, ge=8, help="MLP width")
     num_layers: int = knob(2, ge=1, help="transformer layers")
     num_heads: int = knob(4, ge=1, help="attention heads (must divide hidden_size)")
-    vocab_size: int = knob(576, ge=300, help="BPE vocabulary trained on the toy tasks (~522 needed: one token per toy word)")
+    vocab_size: int = knob(
+        576, ge=300, help="BPE vocabulary trained on the toy tasks (~522 needed: one token per toy word)"
+    )
     max_position_embeddings: int = knob(256, ge=16, help="longest sequence the model accepts")
     seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of the tokenizer, weights and warm start")
-    warmup_steps: int = knob(1000, ge=0, help="response-only training steps on toy data before it counts as the starting policy")
+    warmup_steps: int = knob(
+        1000, ge=0, help="response-only training steps on toy data before it counts as the starting policy"
+    )
 
 
 @dataclass
@@ -241,9 +255,13 @@ class ModelConfig:
     path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
     dtype: DType = knob(DType.float32, help="weights' dtype when loading")
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
-    learning_rate: float = knob(2e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default")
+    learning_rate: float = knob(
+        2e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default"
+    )
     max_length: int = knob(128, ge=2, help="prompt + response tokens for this model: trainer.max_length's default")
-    max_new_tokens: int = knob(48, ge=1, help="a response length that suits this model: the default of every generation length")
+    max_new_tokens: int = knob(
+        48, ge=1, help="a response length that suits this model: the default of every generation length"
+    )
     tiny: TinySpec = knob(help="the locally built model (source=tiny)", factory=TinySpec)
     lora: LoraSpec = knob(help="LoRA adapter", factory=LoraSpec)
 
@@ -271,11 +289,19 @@ class DatasetConfig:
     split: str = knob("train", help="training split")
     eval_split: Optional[str] = knob(None, help="evaluation split; null: hold out num_eval rows of the training split")
     columns: dict[str, str] = knob(help="canonical column -> column in the files", factory=_canonical_columns)
-    num_train: Optional[int] = knob(None, ge=1, help="training rows: generated (null: 2000), or the first rows of the split (null: all)")
-    num_eval: int = knob(64, ge=1, help="evaluation rows: generated (toy tasks), or at most this many held out of the training split")
-    eval_fraction: float = knob(0.1, gt=0, lt=1, help="without eval_split: share of the training split held out for evaluation")
+    num_train: Optional[int] = knob(
+        None, ge=1, help="training rows: generated (null: 2000), or the first rows of the split (null: all)"
+    )
+    num_eval: int = knob(
+        64, ge=1, help="evaluation rows: generated (toy tasks), or at most this many held out of the training split"
+    )
+    eval_fraction: float = knob(
+        0.1, gt=0, lt=1, help="without eval_split: share of the training split held out for evaluation"
+    )
     seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of generated data and on-policy sampling")
-    pairs: Pairs = knob(Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy")
+    pairs: Pairs = knob(
+        Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy"
+    )
     on_policy: OnPolicySpec = knob(help="on-policy pair building (pairs=on_policy)", factory=OnPolicySpec)
 
 
@@ -283,11 +309,18 @@ class DatasetConfig:
 class TrainerConfig:
     learning_rate: float = knob(II("model.learning_rate"), gt=0, help="peak learning rate (the actor's, for PPO)")
     lr_scheduler: LRScheduler = knob(LRScheduler.cosine, help="transformers learning-rate schedule")
-    lr_scheduler_kwargs: dict[str, Any] = knob(help="the schedule's own arguments, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr", factory=dict)
+    lr_scheduler_kwargs: dict[str, Any] = knob(
+        help="the schedule's own arguments, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr", factory=dict
+    )
     warmup_ratio: float = knob(0.05, ge=0, le=1, help="share of the steps spent warming up")
     weight_decay: float = knob(0.0, ge=0, help="AdamW weight decay")
-    adam_betas: list[float] = knob(help="AdamW's (beta1, beta2); OpenRLHF-style recipes use [0.9, 0.95]", ge=0, lt=1,
-                                   nonempty=True, factory=lambda: [0.9, 0.999])
+    adam_betas: list[float] = knob(
+        help="AdamW's (beta1, beta2); OpenRLHF-style recipes use [0.9, 0.95]",
+        ge=0,
+        lt=1,
+        nonempty=True,
+        factory=lambda: [0.9, 0.999],
+    )
     max_grad_norm: float = knob(1.0, ge=0, help="gradient clipping (0: none)")
     per_device_batch_size: int = knob(16, ge=1, help="examples per device per micro-step (GRPO: completions)")
     gradient_accumulation_steps: int = knob(1, ge=1, help="micro-steps per optimizer step")
@@ -323,8 +356,9 @@ class EvalConfig:
     batch_size: int = knob(32, ge=1, help="prompts per generation batch")
     num_samples: int = knob(1, ge=1, help="completions per prompt (pass@k uses k <= num_samples)")
     num_table_rows: int = knob(16, ge=0, help="sample generations logged as a table")
-    pass_k: list[int] = knob(help="verifiable tasks: pass@k for these k (each <= num_samples)", ge=1, nonempty=True,
-                             factory=lambda: [1])
+    pass_k: list[int] = knob(
+        help="verifiable tasks: pass@k for these k (each <= num_samples)", ge=1, nonempty=True, factory=lambda: [1]
+    )
     reward: Any = knob("task", help="the reward that scores samples (see `reward` spellings in the README)")
     extra_rewards: list[Any] = knob(help="more rewards reported beside it, e.g. [model:<reward run dir>]", factory=list)
     reward_model: Optional[str] = knob(None, help="deprecated: use extra_rewards=[model:<path>]")
@@ -337,11 +371,26 @@ class EvalConfig:
 class RolloutConfig:
     """How every method that samples generates: training rollouts, on-policy pairs, evaluation."""
 
-    engine: RolloutEngine = knob(RolloutEngine.hf, help="hf: transformers' generate | vllm: vLLM on the GPUs (pip install 'tokalign[vllm]')")
-    mode: VLLMMode = knob(VLLMMode.colocate, help="vllm during training: colocate (an engine in every training process) | server (GRPO family: a running `trl vllm-serve`)")
-    gpu_memory_utilization: float = knob(0.3, gt=0, le=1, help="share of a GPU's memory an engine takes (weights + KV cache); a colocated one shares the GPU with training")
-    tensor_parallel_size: int = knob(1, ge=1, help="GPUs one engine spans (colocated: must divide the training processes)")
-    enable_sleep_mode: bool = knob(False, help="colocate: release the engine's weights and KV cache while training (a wake-up and weight push per rollout)")
+    engine: RolloutEngine = knob(
+        RolloutEngine.hf, help="hf: transformers' generate | vllm: vLLM on the GPUs (pip install 'tokalign[vllm]')"
+    )
+    mode: VLLMMode = knob(
+        VLLMMode.colocate,
+        help="vllm during training: colocate (an engine in every training process) | server (GRPO family: a running `trl vllm-serve`)",
+    )
+    gpu_memory_utilization: float = knob(
+        0.3,
+        gt=0,
+        le=1,
+        help="share of a GPU's memory an engine takes (weights + KV cache); a colocated one shares the GPU with training",
+    )
+    tensor_parallel_size: int = knob(
+        1, ge=1, help="GPUs one engine spans (colocated: must divide the training processes)"
+    )
+    enable_sleep_mode: bool = knob(
+        False,
+        help="colocate: release the engine's weights and KV cache while training (a wake-up and weight push per rollout)",
+    )
     server_host: str = knob("0.0.0.0", help="server: host of `trl vllm-serve`")
     server_port: int = knob(8000, ge=1, le=65535, help="server: its port")
     server_timeout: float = knob(240.0, gt=0, help="server: seconds to wait for it to answer")
@@ -382,10 +431,14 @@ LAUNCHERS = {"local": LocalLauncher, "ddp": DDPLauncher, "deepspeed": DeepSpeedL
 @dataclass
 class RunConfig:
     seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of data order, sampling and initialisation")
-    run_name: str = knob("${method.name}-${model.name}-${dataset.name}-s${seed}", help="how W&B and tables name the run")
+    run_name: str = knob(
+        "${method.name}-${model.name}-${dataset.name}-s${seed}", help="how W&B and tables name the run"
+    )
     tags: list[str] = knob(help="W&B tags", factory=list)
     output_dir: str = knob("${hydra:runtime.output_dir}", help="the run directory")
-    cache_dir: str = knob("${oc.env:TOKALIGN_CACHE,'~/.cache/tokalign'}", help="built models, on-policy pairs, token caches")
+    cache_dir: str = knob(
+        "${oc.env:TOKALIGN_CACHE,'~/.cache/tokalign'}", help="built models, on-policy pairs, token caches"
+    )
     resume: Resume = knob(Resume.never, help="never: start fresh | auto: continue the latest sealed checkpoint")
     eval: EvalConfig = knob(help="evaluation of the final model", factory=EvalConfig)
     trainer: TrainerConfig = knob(help="optimisation knobs every method shares", factory=TrainerConfig)
@@ -393,7 +446,9 @@ class RunConfig:
     model: ModelConfig = knob(help="the policy (and reference) model", factory=ModelConfig)
     dataset: DatasetConfig = knob(help="training and evaluation data", factory=DatasetConfig)
     logger: LoggerConfig = knob(help="where metrics go besides metrics.jsonl", factory=LoggerConfig)
-    rollout: RolloutConfig = knob(help="the generation engine of rollouts, on-policy pairs and evaluation", factory=RolloutConfig)
+    rollout: RolloutConfig = knob(
+        help="the generation engine of rollouts, on-policy pairs and evaluation", factory=RolloutConfig
+    )
     launcher: Any = knob(None, help="how processes are started")
 
 
@@ -411,34 +466,58 @@ def world_size(launcher: DictConfig) -> int:
 def check_relations(cfg: DictConfig) -> None:
     """Relations between the root groups' knobs that their types and ranges cannot express."""
     e, tiny = cfg.eval, cfg.model.tiny
-    require(cfg.trainer.eval_steps == 0,
-            f"trainer.eval_steps={cfg.trainer.eval_steps} evaluates the loss on held-out data during training, but "
-            f"method={cfg.method.get('name', '?')} gives its trainer no evaluation data; set trainer.eval_steps=0 (the "
-            "final model is evaluated at the end: eval.at_end=true)")
+    require(
+        cfg.trainer.eval_steps == 0,
+        f"trainer.eval_steps={cfg.trainer.eval_steps} evaluates the loss on held-out data during training, but "
+        f"method={cfg.method.get('name', '?')} gives its trainer no evaluation data; set trainer.eval_steps=0 (the "
+        "final model is evaluated at the end: eval.at_end=true)",
+    )
     lora_modules = cfg.model.lora.target_modules
-    require(not isinstance(lora_modules, (ListConfig, list)) or len(lora_modules) > 0,
-            "model.lora.target_modules=[] is empty: name the modules to adapt, or all-linear")
+    require(
+        not isinstance(lora_modules, (ListConfig, list)) or len(lora_modules) > 0,
+        "model.lora.target_modules=[] is empty: name the modules to adapt, or all-linear",
+    )
     require(len(cfg.trainer.adam_betas) == 2, f"trainer.adam_betas={list(cfg.trainer.adam_betas)} needs two values")
     too_big = [k for k in e.pass_k if k > e.num_samples]
-    require(not too_big, f"eval.pass_k={list(e.pass_k)} asks for pass@{too_big[0] if too_big else ''} from "
-                         f"eval.num_samples={e.num_samples} samples per prompt; raise eval.num_samples or drop it")
-    require(tiny.hidden_size % tiny.num_heads == 0,
-            f"model.tiny.num_heads={tiny.num_heads} must divide model.tiny.hidden_size={tiny.hidden_size}")
+    require(
+        not too_big,
+        f"eval.pass_k={list(e.pass_k)} asks for pass@{too_big[0] if too_big else ''} from "
+        f"eval.num_samples={e.num_samples} samples per prompt; raise eval.num_samples or drop it",
+    )
+    require(
+        tiny.hidden_size % tiny.num_heads == 0,
+        f"model.tiny.num_heads={tiny.num_heads} must divide model.tiny.hidden_size={tiny.hidden_size}",
+    )
     la = cfg.launcher
     r = cfg.rollout
-    require(option(r.engine) == "hf" or option(r.mode) == "server" or world_size(la) % r.tensor_parallel_size == 0,
-            f"rollout.tensor_parallel_size={r.tensor_parallel_size} must divide the {world_size(la)} training process(es)")
+    require(
+        option(r.engine) == "hf" or option(r.mode) == "server" or world_size(la) % r.tensor_parallel_size == 0,
+        f"rollout.tensor_parallel_size={r.tensor_parallel_size} must divide the {world_size(la)} training process(es)",
+    )
     if la.name == "local":
         return
     runner = option(la.runner)
-    require(la.node_rank < la.num_nodes, f"launcher.node_rank={la.node_rank} must be < launcher.num_nodes={la.num_nodes}")
-    require(not (la.name == "ddp" and runner == "deepspeed"),
-            "launcher=ddp runs with runner=accelerate or runner=torchrun; use launcher=deepspeed for DeepSpeed")
+    require(
+        la.node_rank < la.num_nodes, f"launcher.node_rank={la.node_rank} must be < launcher.num_nodes={la.num_nodes}"
+    )
+    require(
+        not (la.name == "ddp" and runner == "deepspeed"),
+        "launcher=ddp runs with runner=accelerate or runner=torchrun; use launcher=deepspeed for DeepSpeed",
+    )
     if la.name == "deepspeed":
-        require(option(la.offload_param) == "none" or la.zero_stage == 3, "launcher.offload_param needs launcher.zero_stage=3")
-        require(option(la.offload_optimizer) == "none" or la.zero_stage >= 1,
-                "launcher.offload_optimizer needs launcher.zero_stage >= 1")
-        require(not la.hostfile or runner == "deepspeed",
-                "launcher.hostfile is read by the deepspeed runner: add launcher.runner=deepspeed")
-    require(la.num_nodes == 1 or bool(la.master_addr or la.nodelist or la.get("hostfile")),
-            "a multi-node run needs launcher.master_addr, launcher.nodelist (SLURM sets it) or launcher.hostfile")
+        require(
+            option(la.offload_param) == "none" or la.zero_stage == 3,
+            "launcher.offload_param needs launcher.zero_stage=3",
+        )
+        require(
+            option(la.offload_optimizer) == "none" or la.zero_stage >= 1,
+            "launcher.offload_optimizer needs launcher.zero_stage >= 1",
+        )
+        require(
+            not la.hostfile or runner == "deepspeed",
+            "launcher.hostfile is read by the deepspeed runner: add launcher.runner=deepspeed",
+        )
+    require(
+        la.num_nodes == 1 or bool(la.master_addr or la.nodelist or la.get("hostfile")),
+        "a multi-node run needs launcher.master_addr, launcher.nodelist (SLURM sets it) or launcher.hostfile",
+    )

@@ -87,13 +87,17 @@ class RewardModelScorer:
         import torch
 
         texts = [
-            self.tokenizer.apply_chat_template(as_messages(p) + [{"role": "assistant", "content": _text(c)}], tokenize=False)
+            self.tokenizer.apply_chat_template(
+                as_messages(p) + [{"role": "assistant", "content": _text(c)}], tokenize=False
+            )
             for p, c in zip(prompts, completions)
         ]
         scores: list[float] = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = self.tokenizer(
+                    texts[i : i + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                )
                 scores += self.model(**enc.to(self.model.device)).logits[:, 0].float().tolist()
         return scores
 
@@ -139,14 +143,23 @@ def parse(spec: Any, where: str) -> list[Term]:
             term = Term(name, weight, item)
         else:
             term = Term(item)
-        if (not isinstance(term.reward, str) or not isinstance(term.weight, (int, float)) or isinstance(term.weight, bool)
-                or not math.isfinite(term.weight)):
-            raise ConfigError(f"{where}: {item!r} is not a reward; expected a name, model:<path>, module:function, "
-                              "or {reward: ..., weight: ...}")
+        if (
+            not isinstance(term.reward, str)
+            or not isinstance(term.weight, (int, float))
+            or isinstance(term.weight, bool)
+            or not math.isfinite(term.weight)
+        ):
+            raise ConfigError(
+                f"{where}: {item!r} is not a reward; expected a name, model:<path>, module:function, "
+                "or {reward: ..., weight: ...}"
+            )
         name = term.reward
-        if not (name == "task" or name in BUILT_IN or (name.startswith("model:") and len(name) > 6) or _FUNCTION.match(name)):
-            raise ConfigError(f"{where}={name} is not a reward: expected task, {', '.join(BUILT_IN)}, model:<path> "
-                              "or module:function")
+        if not (
+            name == "task" or name in BUILT_IN or (name.startswith("model:") and len(name) > 6) or _FUNCTION.match(name)
+        ):
+            raise ConfigError(
+                f"{where}={name} is not a reward: expected task, {', '.join(BUILT_IN)}, model:<path> or module:function"
+            )
         terms.append(term)
     return terms
 
@@ -158,20 +171,24 @@ def _load(term: Term, dataset: DictConfig, where: str) -> Callable:
     if name == "task":
         task = task_of(dataset)
         if task not in TASK_REWARD:
-            raise ConfigError(f"{where}=task, but dataset {dataset.name!r} has no built-in reward: name one, e.g. "
-                              f"{where}=math_verify, {where}=model:<reward run dir> or {where}=my_module:my_reward")
+            raise ConfigError(
+                f"{where}=task, but dataset {dataset.name!r} has no built-in reward: name one, e.g. "
+                f"{where}=math_verify, {where}=model:<reward run dir> or {where}=my_module:my_reward"
+            )
         name = TASK_REWARD[task]
     if name in BUILT_IN:
         fn = BUILT_IN[name]
     elif name.startswith("model:"):
-        fn = RewardModelScorer(resolve_reward_model(name[len("model:"):]))
+        fn = RewardModelScorer(resolve_reward_model(name[len("model:") :]))
     else:
-        refused = _refused.get().get(name)
+        refused = (_refused.get() or {}).get(name)
         if refused is not None:
             key, source = refused
-            raise ConfigError(f"{key}={name} is code named by {source}; a run directory is data, so it is not imported: "
-                              f"pass trust_run_code=true if you trust who wrote it, or give your own reward on the "
-                              "command line (e.g. eval.reward=gold)")
+            raise ConfigError(
+                f"{key}={name} is code named by {source}; a run directory is data, so it is not imported: "
+                f"pass trust_run_code=true if you trust who wrote it, or give your own reward on the "
+                "command line (e.g. eval.reward=gold)"
+            )
         module, _, attr = name.rpartition(":") if ":" in name else name.rpartition(".")
         try:
             fn = getattr(importlib.import_module(module), attr)
@@ -222,12 +239,14 @@ def reward_model_path(spec: Any) -> str | None:
     """The reward model's directory when the spec is exactly one `model:` term."""
     terms = parse(spec, "reward")
     if len(terms) == 1 and terms[0].reward.startswith("model:"):
-        return resolve_reward_model(terms[0].reward[len("model:"):])
+        return resolve_reward_model(terms[0].reward[len("model:") :])
     return None
 
 
 def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"{old} is deprecated and will be removed in the next release; write {new}", FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; write {new}", FutureWarning, stacklevel=3
+    )
 
 
 def configured(node: DictConfig, where: str) -> Any:
@@ -236,8 +255,10 @@ def configured(node: DictConfig, where: str) -> Any:
     old_list = node.get("rewards")
     if old_list:  # GRPO's [{_target_: module.function, weight: w, ...}]
         items = OmegaConf.to_container(old_list, resolve=True)
-        spec = [{"reward": dict(i).pop("_target_", None), **{k: v for k, v in dict(i).items() if k != "_target_"}}
-                for i in items]
+        spec = [
+            {"reward": dict(i).pop("_target_", None), **{k: v for k, v in dict(i).items() if k != "_target_"}}
+            for i in items
+        ]
         _deprecated(f"{where}s=[{{_target_: ...}}]", f"{where}=[{{reward: module:function, weight: ...}}]")
     old_model = node.get("reward_model")
     if old_model:
@@ -260,7 +281,9 @@ def extra_specs(eval_cfg: DictConfig) -> list[Any]:
 # ---------------------------------------------------------------------------------------------
 # The user's code: called through a guard, and never imported from a run directory unasked.
 
-_refused: contextvars.ContextVar[dict[str, tuple[str, str]]] = contextvars.ContextVar("refused_rewards", default={})
+_refused: contextvars.ContextVar[dict[str, tuple[str, str]] | None] = contextvars.ContextVar(
+    "refused_rewards", default=None
+)
 
 
 def _accepts(fn: Callable, bound: dict) -> bool:
@@ -285,30 +308,42 @@ def checked(fn: Callable, name: str, bound: dict | None = None) -> Callable:
     if inspect.iscoroutinefunction(fn):
         return fn  # TRL awaits async rewards itself
     if not _accepts(fn, bound or {}):
-        raise ConfigError(f"{name}: a reward is called as fn(prompts, completions, **columns) (with the dataset's "
-                          f"other columns by name); {getattr(fn, '__name__', 'it')}{inspect.signature(fn)} does not accept that")
+        raise ConfigError(
+            f"{name}: a reward is called as fn(prompts, completions, **columns) (with the dataset's "
+            f"other columns by name); {getattr(fn, '__name__', 'it')}{inspect.signature(fn)} does not accept that"
+        )
 
     @functools.wraps(fn)
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         try:
             out = fn(prompts=prompts, completions=completions, **columns)
         except Exception as err:
-            raise RewardError(f"{name} raised {type(err).__name__}: {err} {_failing_row(fn, prompts, completions, columns)}") from None
+            raise RewardError(
+                f"{name} raised {type(err).__name__}: {err} {_failing_row(fn, prompts, completions, columns)}"
+            ) from None
         try:
             values = list(out.tolist() if hasattr(out, "tolist") else out)
         except TypeError:
-            raise RewardError(f"{name} returned {type(out).__name__}; a reward returns a list with one number per "
-                              f"completion ({len(completions)} here)") from None
+            raise RewardError(
+                f"{name} returned {type(out).__name__}; a reward returns a list with one number per "
+                f"completion ({len(completions)} here)"
+            ) from None
         if len(values) != len(completions):
-            raise RewardError(f"{name} returned {len(values)} value(s) for {len(completions)} completion(s); a reward "
-                              "returns one number per completion")
+            raise RewardError(
+                f"{name} returned {len(values)} value(s) for {len(completions)} completion(s); a reward "
+                "returns one number per completion"
+            )
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise RewardError(f"{name} returned {type(v).__name__} {_short(v)} for row {i} (prompt {_short(prompts[i])}); "
-                                  "a reward returns a number per completion")
+                raise RewardError(
+                    f"{name} returned {type(v).__name__} {_short(v)} for row {i} (prompt {_short(prompts[i])}); "
+                    "a reward returns a number per completion"
+                )
             if not math.isfinite(v):
-                raise RewardError(f"{name} returned {v} for row {i} (prompt {_short(prompts[i])}, completion "
-                                  f"{_short(completions[i])}); rewards must be finite numbers")
+                raise RewardError(
+                    f"{name} returned {v} for row {i} (prompt {_short(prompts[i])}, completion "
+                    f"{_short(completions[i])}); rewards must be finite numbers"
+                )
         return [float(v) for v in values]
 
     return reward
@@ -328,8 +363,11 @@ def _failing_row(fn: Callable, prompts: list[Any], completions: list[Any], colum
 def code_in(cfg: DictConfig) -> list[tuple[str, str]]:
     """(key, module:function) for every function a run config's reward specs name."""
     found = []
-    for node, key in ((cfg.get("method"), "method.reward"), (cfg.get("eval"), "eval.reward"),
-                      (OmegaConf.select(cfg, "dataset.on_policy"), "dataset.on_policy.reward")):
+    for node, key in (
+        (cfg.get("method"), "method.reward"),
+        (cfg.get("eval"), "eval.reward"),
+        (OmegaConf.select(cfg, "dataset.on_policy"), "dataset.on_policy.reward"),
+    ):
         if not isinstance(node, DictConfig):
             continue
         specs = [configured(node, key)] if key != "eval.reward" else [configured(node, key), *extra_specs(node)]
@@ -350,8 +388,11 @@ def run_code(cfg: DictConfig, source: str, *, trusted: bool, given: Any = None):
     allowed = {name for _, name in code_in(OmegaConf.create(given or {}))} if given is not None else set()
     named = [(key, name) for key, name in code_in(cfg) if name not in allowed]
     if trusted and named:
-        print(f"tokalign: trust_run_code=true: {source} names code that will be imported: "
-              + ", ".join(f"{k}={n}" for k, n in named), file=sys.stderr)
+        print(
+            f"tokalign: trust_run_code=true: {source} names code that will be imported: "
+            + ", ".join(f"{k}={n}" for k, n in named),
+            file=sys.stderr,
+        )
     token = _refused.set({} if trusted else {name: (key, source) for key, name in named})
     try:
         yield

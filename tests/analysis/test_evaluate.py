@@ -45,7 +45,9 @@ def test_per_prompt_scores_in_one_call():
 
 def test_eval_reward_names_a_function_or_falls_back_to_the_task():
     def cfg(reward, source):
-        return OmegaConf.create({"eval": {"reward": reward}, "dataset": {"name": source, "path": None, "source": source}})
+        return OmegaConf.create(
+            {"eval": {"reward": reward}, "dataset": {"name": source, "path": None, "source": source}}
+        )
 
     assert _eval_reward(cfg(None, "toy_pref")) is gold_reward and _eval_reward(cfg("task", "hub")) is None
     assert _eval_reward(cfg("tokalign.rewards.math_verify_reward", "hub")).__wrapped__ is math_verify_reward
@@ -55,12 +57,15 @@ def test_eval_reward_names_a_function_or_falls_back_to_the_task():
         _eval_reward(cfg("tokalign.rewards.nope", "hub"))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["eval.num_samples=0"], "eval.num_samples=0 is out of range: expected >= 1"),
-    (["eval.num_samples=2", "eval.pass_k=[1,4]"], "eval.pass_k=[1, 4] asks for pass@4 from eval.num_samples=2"),
-    (["eval.temperature=-1"], "eval.temperature=-1.0 is out of range: expected >= 0"),
-    (["eval.top_p=0"], "eval.top_p=0.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["eval.num_samples=0"], "eval.num_samples=0 is out of range: expected >= 1"),
+        (["eval.num_samples=2", "eval.pass_k=[1,4]"], "eval.pass_k=[1, 4] asks for pass@4 from eval.num_samples=2"),
+        (["eval.temperature=-1"], "eval.temperature=-1.0 is out of range: expected >= 0"),
+        (["eval.top_p=0"], "eval.top_p=0.0 is out of range"),
+    ],
+)
 def test_eval_is_validated_like_train(tmp_path, capsys, overrides, message):
     """The validation pass `train` runs, before any model is loaded: one line, exit status 2."""
     from omegaconf import OmegaConf
@@ -126,9 +131,18 @@ def test_a_command_line_evaluation_is_logged_to_the_runs_wandb_run(tmp_path, mon
         logged["init"] = kwargs
         return Run()
 
-    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, Table=lambda columns, data: (columns, data)))
-    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": False}, "method": {"name": "sft"}, "logger": {
-        "name": "wandb", "project": "p", "entity": None, "mode": "offline"}}))
+    monkeypatch.setitem(
+        sys.modules, "wandb", types.SimpleNamespace(init=init, Table=lambda columns, data: (columns, data))
+    )
+    (tmp_path / "resolved.yaml").write_text(
+        OmegaConf.to_yaml(
+            {
+                "model": {"trust_remote_code": False},
+                "method": {"name": "sft"},
+                "logger": {"name": "wandb", "project": "p", "entity": None, "mode": "offline"},
+            }
+        )
+    )
     log_to_wandb(tmp_path, {"eval/win_rate": 0.5}, ["prompt"], [["hi"]])
     assert logged == {}  # the run has no W&B run
     (tmp_path / "wandb_id.txt").write_text("abc123\n")

@@ -13,16 +13,29 @@ from tests.conftest import run_cli
 from tokalign.analysis.table import build_table, find_run_dirs, load_run, make_report
 
 
-def fake_run(root: Path, name: str, method: dict, seed: int, *, arm: str | None = None, summary: dict | None = None,
-             evals: dict | None = None, losses=(1.0, 0.5)) -> Path:
+def fake_run(
+    root: Path,
+    name: str,
+    method: dict,
+    seed: int,
+    *,
+    arm: str | None = None,
+    summary: dict | None = None,
+    evals: dict | None = None,
+    losses=(1.0, 0.5),
+) -> Path:
     d = root / name
     d.mkdir(parents=True)
     cfg = {"seed": seed, "run_name": name, "method": method, "model": {"name": "tiny"}, "dataset": {"name": "toy_pref"}}
     (d / "resolved.yaml").write_text(yaml.safe_dump(cfg))
-    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": 10 * (i + 1), "train/loss": v}) + "\n" for i, v in enumerate(losses)))
+    (d / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": 10 * (i + 1), "train/loss": v}) + "\n" for i, v in enumerate(losses))
+    )
     if arm:
         (d / ".hydra").mkdir()
-        (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"arm": arm, "method": method["name"]}}}}))
+        (d / ".hydra" / "hydra.yaml").write_text(
+            yaml.safe_dump({"hydra": {"runtime": {"choices": {"arm": arm, "method": method["name"]}}}})
+        )
     if summary is not None:
         (d / "summary.json").write_text(json.dumps(summary))
     if evals is not None:
@@ -35,10 +48,18 @@ def sweep(root: Path) -> Path:
     for (name, alpha), values in wins.items():
         method = {"name": name, "beta": 0.1, **({"alpha": alpha} if alpha is not None else {})}
         for seed, w in enumerate(values):
-            fake_run(root, f"{name}{alpha}_s{seed}", method, seed, summary={"eval/win_rate": 0.0, "train/steps": 20},
-                     evals={"eval/win_rate": w, "eval/gold_reward": 10 * w})
+            fake_run(
+                root,
+                f"{name}{alpha}_s{seed}",
+                method,
+                seed,
+                summary={"eval/win_rate": 0.0, "train/steps": 20},
+                evals={"eval/win_rate": w, "eval/gold_reward": 10 * w},
+            )
     fake_run(root, "tgdpo2.0_s2", {"name": "tgdpo", "beta": 0.1, "alpha": 2.0}, 2)  # killed: no summary.json
-    fake_run(root, "tgdpo0.5_s9", {"name": "tgdpo", "beta": 0.1, "alpha": 0.5}, 9, summary={"train/steps": 20})  # no eval
+    fake_run(
+        root, "tgdpo0.5_s9", {"name": "tgdpo", "beta": 0.1, "alpha": 0.5}, 9, summary={"train/steps": 20}
+    )  # no eval
     return root
 
 
@@ -84,7 +105,14 @@ def test_curves_are_paste_ready(tmp_path):
 
     for seed in (0, 1):
         fake_run(tmp_path / "runs", f"sft{seed}", {"name": "sft", "algorithm": "sft"}, seed, summary={}, losses=(2.0,))
-        fake_run(tmp_path / "runs", f"dpo{seed}", {"name": "dpo", "algorithm": "dpo"}, seed, summary={}, losses=(0.7, 0.6, 0.5))
+        fake_run(
+            tmp_path / "runs",
+            f"dpo{seed}",
+            {"name": "dpo", "algorithm": "dpo"},
+            seed,
+            summary={},
+            losses=(0.7, 0.6, 0.5),
+        )
     records = [load_run(d) for d in find_run_dirs([tmp_path / "runs"])]
     figures = []
     real_savefig = plt.Figure.savefig
@@ -105,11 +133,20 @@ def test_curves_are_paste_ready(tmp_path):
 def test_default_grouping_uses_the_sweep_arms(tmp_path):
     for arm, w in (("baseline/dpo", 0.5), ("tgdpo/a1", 0.7)):
         for seed in (0, 1):
-            fake_run(tmp_path, f"{arm.replace('/', '_')}{seed}", {"name": "dpo" if arm == "baseline/dpo" else "tgdpo"}, seed, arm=arm,
-                     summary={"eval/win_rate": w + seed / 10})
+            fake_run(
+                tmp_path,
+                f"{arm.replace('/', '_')}{seed}",
+                {"name": "dpo" if arm == "baseline/dpo" else "tgdpo"},
+                seed,
+                arm=arm,
+                summary={"eval/win_rate": w + seed / 10},
+            )
     table, files = make_report([str(tmp_path)])
     assert table.group_by == ["arm"] and table.metrics == ["eval/win_rate"]
-    assert [(r["group"], round(r["eval/win_rate"][0], 6)) for r in table.rows] == [(("baseline/dpo",), 0.55), (("tgdpo/a1",), 0.75)]
+    assert [(r["group"], round(r["eval/win_rate"][0], 6)) for r in table.rows] == [
+        (("baseline/dpo",), 0.55),
+        (("tgdpo/a1",), 0.75),
+    ]
     assert files["markdown"] == tmp_path / "table" / "table.md"
 
 
@@ -152,8 +189,14 @@ def test_replace_marked_block_rewrites_only_its_block(tmp_path):
 
 def _evaluated(root: Path, name: str, seed: int, num_samples: int) -> Path:
     settings = {"eval.num_samples": num_samples, "eval.temperature": 0.7}
-    return fake_run(root, name, {"name": "dpo", "beta": 0.1}, seed, summary={"train/steps": 2},
-                    evals={"eval/win_rate": 0.5 + seed / 10, "settings": settings})
+    return fake_run(
+        root,
+        name,
+        {"name": "dpo", "beta": 0.1},
+        seed,
+        summary={"train/steps": 2},
+        evals={"eval/win_rate": 0.5 + seed / 10, "settings": settings},
+    )
 
 
 def test_evaluations_with_different_settings_are_not_averaged_unless_told(tmp_path):
@@ -163,7 +206,9 @@ def test_evaluations_with_different_settings_are_not_averaged_unless_told(tmp_pa
 
     for seed, n in enumerate((1, 1, 4)):
         _evaluated(tmp_path, f"dpo_s{seed}", seed, n)
-    with pytest.raises(ConfigError, match=r"eval.num_samples: 1 \(.*dpo_s0, .*dpo_s1\); 4 \(.*dpo_s2\).*mixed_eval=true"):
+    with pytest.raises(
+        ConfigError, match=r"eval.num_samples: 1 \(.*dpo_s0, .*dpo_s1\); 4 \(.*dpo_s2\).*mixed_eval=true"
+    ):
         make_report([str(tmp_path)], out=tmp_path / "table")
     table, _ = make_report([str(tmp_path)], out=tmp_path / "table", mixed_eval=True)
     assert "Evaluated with different settings" in table.markdown() and "dpo_s2" in table.markdown()
@@ -178,7 +223,9 @@ def test_a_curve_of_fewer_than_three_points_is_drawn_as_points(tmp_path):
     from tokalign.analysis.table import plot_curves
 
     for seed in range(2):
-        fake_run(tmp_path, f"dpo_s{seed}", {"name": "dpo", "beta": 0.1}, seed, summary={"train/steps": 2}, losses=(0.7, 0.69))
+        fake_run(
+            tmp_path, f"dpo_s{seed}", {"name": "dpo", "beta": 0.1}, seed, summary={"train/steps": 2}, losses=(0.7, 0.69)
+        )
     records = [load_run(d) for d in find_run_dirs([tmp_path])]
     figures = []
     real_close = plt.close

@@ -25,8 +25,10 @@ def _options(group: str) -> list[str]:
         return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("method", "model", "dataset", "logger", "launcher", "experiment")
-                                          for o in _options(g)])
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("method", "model", "dataset", "logger", "launcher", "experiment") for o in _options(g)],
+)
 def test_every_option_composes_and_validates(group, option):
     cfg = _compose(f"{group}={option}", *paper_overrides(f"{group}={option}"))
     OmegaConf.resolve(cfg)
@@ -82,10 +84,20 @@ def test_presets_run_under_their_own_name():
 
 
 def test_overrides_reach_the_typed_config():
-    cfg = _compose("method.beta=0.05", "trainer.max_steps=20", "seed=3", "model.path=/some/dir",
-                   "dataset.path=/my/pairs.jsonl", "dataset.columns.prompt=question")
+    cfg = _compose(
+        "method.beta=0.05",
+        "trainer.max_steps=20",
+        "seed=3",
+        "model.path=/some/dir",
+        "dataset.path=/my/pairs.jsonl",
+        "dataset.columns.prompt=question",
+    )
     assert (cfg.method.beta, cfg.trainer.max_steps, cfg.seed, cfg.model.path) == (0.05, 20, 3, "/some/dir")
-    assert (cfg.dataset.path, cfg.dataset.columns.prompt, cfg.dataset.columns.chosen) == ("/my/pairs.jsonl", "question", "chosen")
+    assert (cfg.dataset.path, cfg.dataset.columns.prompt, cfg.dataset.columns.chosen) == (
+        "/my/pairs.jsonl",
+        "question",
+        "chosen",
+    )
 
 
 def test_hub_presets_name_real_checkpoints():
@@ -128,10 +140,12 @@ def test_a_local_file_names_its_dataset_unless_a_name_is_given():
     from tokalign.app.compose import name_local_data, validate
     from tokalign.cli import _compose
 
-    for overrides, name in ((["dataset.path=/data/pref_qgb.jsonl"], "pref_qgb"),
-                            (["dataset=hh_rlhf", "dataset.path=/data/hh_local/"], "hh_local"),
-                            (["dataset.path=/data/pref_qgb.jsonl", "dataset.name=mine"], "mine"),
-                            ([], "toy_pref")):
+    for overrides, name in (
+        (["dataset.path=/data/pref_qgb.jsonl"], "pref_qgb"),
+        (["dataset=hh_rlhf", "dataset.path=/data/hh_local/"], "hh_local"),
+        (["dataset.path=/data/pref_qgb.jsonl", "dataset.name=mine"], "mine"),
+        ([], "toy_pref"),
+    ):
         cfg, _ = _compose(overrides)
         name_local_data(cfg, overrides)
         with open_dict(cfg):

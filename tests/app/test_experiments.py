@@ -41,7 +41,9 @@ def test_every_row_of_the_sweep_composes(experiment):
         cfg = _compose(f"experiment={experiment}", f"+arm={arm}")
         assert cfg.method.algorithm in registry()
         assert cfg.run_name == f"{arm.replace('/', '_')}-{cfg.model.name}-{cfg.dataset.name}-s{cfg.seed}"
-    assert OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").resume == "auto"  # a multirun continues its points
+    assert (
+        OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").resume == "auto"
+    )  # a multirun continues its points
 
 
 @pytest.mark.parametrize("paper", PAPERS)
@@ -69,10 +71,20 @@ def test_every_arm_is_a_row_of_some_paper_and_says_something_of_its_own():
 def test_paper_hyperparameters():
     tg = _compose("experiment=tgdpo", "+arm=tgdpo/a2")
     assert (tg.model.hub_id, tg.method.beta, tg.method.alpha, tg.trainer.learning_rate) == (
-        "meta-llama/Meta-Llama-3-8B-Instruct", 0.1, 2.0, 7e-7)
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        0.1,
+        2.0,
+        7e-7,
+    )
     assert tg.trainer.per_device_batch_size * tg.trainer.gradient_accumulation_steps * tg.launcher.num_gpus == 128
     ma = _compose("experiment=ma_rlhf", "+arm=ma_rlhf/fixed5")
-    assert (ma.method.n, ma.method.gamma, ma.method.lam, ma.method.kl_coef, ma.method.score_clip) == (5, 1.0, 0.95, 0.05, 2.5)
+    assert (ma.method.n, ma.method.gamma, ma.method.lam, ma.method.kl_coef, ma.method.score_clip) == (
+        5,
+        1.0,
+        0.95,
+        0.05,
+        2.5,
+    )
     assert _compose("experiment=ma_rlhf", "+arm=baseline/ppo").method.n == 1
     d3s = _compose("experiment=d3s", "+arm=d3s/token")
     assert d3s.method.n_init == d3s.method.n_final == d3s.method.num_generations

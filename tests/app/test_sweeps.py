@@ -25,8 +25,12 @@ def _render(tmp_path, monkeypatch, sinfo: str, *overrides: str) -> list[dict]:
     rendered = []
 
     def capture(executor, fn, *args):  # nothing is submitted
-        rendered.append({"sbatch": executor._executor._make_submission_file_text("python -m submitit.core._submit", "uuid"),
-                         "jobs": len(args[0])})
+        rendered.append(
+            {
+                "sbatch": executor._executor._make_submission_file_text("python -m submitit.core._submit", "uuid"),
+                "jobs": len(args[0]),
+            }
+        )
         return [SimpleNamespace(job_id=f"{len(rendered)}_{i}") for i in range(len(args[0]))]
 
     def stop(*args):
@@ -47,33 +51,73 @@ def _render(tmp_path, monkeypatch, sinfo: str, *overrides: str) -> list[dict]:
 
 
 def test_slurm_launcher_renders_one_task_per_node_with_gpus_where_the_partition_has_them(tmp_path, monkeypatch):
-    (arr,) = _render(tmp_path, monkeypatch, "gpu|64|512000|gpu:h100:8(S:0-1)|4",
-                     "method=dpo", "method.beta=0.05,0.1,0.5", "seed=0,1,2", "launcher=deepspeed", "launcher.zero_stage=3", "launcher.num_gpus=8",
-                     "launcher.num_nodes=2", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
-                     "hydra.launcher.timeout_min=90")
+    (arr,) = _render(
+        tmp_path,
+        monkeypatch,
+        "gpu|64|512000|gpu:h100:8(S:0-1)|4",
+        "method=dpo",
+        "method.beta=0.05,0.1,0.5",
+        "seed=0,1,2",
+        "launcher=deepspeed",
+        "launcher.zero_stage=3",
+        "launcher.num_gpus=8",
+        "launcher.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=proj42",
+        "hydra.launcher.timeout_min=90",
+    )
     text = arr["sbatch"]
-    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
-                 "#SBATCH --partition=gpu", "#SBATCH --account=proj42", "#SBATCH --time=90",
-                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB",  # 8 workers x (1 thread, 8 GB)
-                 "#SBATCH --signal=USR2@120", "export OMP_NUM_THREADS=1", "srun --unbuffered"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj42",
+        "#SBATCH --time=90",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=64GB",  # 8 workers x (1 thread, 8 GB)
+        "#SBATCH --signal=USR2@120",
+        "export OMP_NUM_THREADS=1",
+        "srun --unbuffered",
+    ):
         assert line in text, line
     assert arr["jobs"] == 9  # beta x seed, one array
 
 
 def test_slurm_launcher_on_a_cpu_node_asks_no_gpus_and_at_most_the_node(tmp_path, monkeypatch):
-    (arr,) = _render(tmp_path, monkeypatch, "debug*|2|20528|(null)|1",
-                     "launcher=ddp", "launcher.num_gpus=4", "hydra.launcher.threads_per_worker=2", "seed=0,1")
+    (arr,) = _render(
+        tmp_path,
+        monkeypatch,
+        "debug*|2|20528|(null)|1",
+        "launcher=ddp",
+        "launcher.num_gpus=4",
+        "hydra.launcher.threads_per_worker=2",
+        "seed=0,1",
+    )
     text = arr["sbatch"]
     assert "--gpus-per-node" not in text and "#SBATCH --cpus-per-task=2" in text  # 4 x 2 threads, capped at 2
     assert "#SBATCH --mem=20GB" in text and "export OMP_NUM_THREADS=1" in text, text  # 4 x 8 GB, capped
-    (arr,) = _render(tmp_path / "explicit", monkeypatch, "debug*|2|20528|(null)|1",
-                     "hydra.launcher.cpus_per_task=16", "hydra.launcher.mem_gb=2", "hydra.launcher.gpus_per_node=1")
-    for line in ("#SBATCH --cpus-per-task=16", "#SBATCH --mem=2GB", "#SBATCH --gpus-per-node=1", "export OMP_NUM_THREADS=16"):
+    (arr,) = _render(
+        tmp_path / "explicit",
+        monkeypatch,
+        "debug*|2|20528|(null)|1",
+        "hydra.launcher.cpus_per_task=16",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.gpus_per_node=1",
+    )
+    for line in (
+        "#SBATCH --cpus-per-task=16",
+        "#SBATCH --mem=2GB",
+        "#SBATCH --gpus-per-node=1",
+        "export OMP_NUM_THREADS=16",
+    ):
         assert line in arr["sbatch"], line  # explicit values are never capped
 
 
 def test_points_needing_different_resources_go_in_separate_arrays(tmp_path, monkeypatch):
-    arrays = _render(tmp_path, monkeypatch, "debug*|2|20528|(null)|1", "launcher=ddp", "launcher.num_gpus=1,2", "seed=0,1")
+    arrays = _render(
+        tmp_path, monkeypatch, "debug*|2|20528|(null)|1", "launcher=ddp", "launcher.num_gpus=1,2", "seed=0,1"
+    )
     assert [a["jobs"] for a in arrays] == [2, 2]  # one array per request, two seeds each
     assert "#SBATCH --cpus-per-task=1" in arrays[0]["sbatch"] and "#SBATCH --mem=8GB" in arrays[0]["sbatch"]
     assert "#SBATCH --cpus-per-task=2" in arrays[1]["sbatch"] and "#SBATCH --mem=16GB" in arrays[1]["sbatch"]
@@ -113,12 +157,23 @@ def test_partition_limits_request_and_never_start_reasons():
 
 @pytest.mark.slow
 def test_two_point_sweep_through_submitit_local(tmp_path, cache_dir, tiny_model):
-    run_cli("train", "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path}", "logger=none",
-            "method=dpo", "method.beta=0.1,0.2", "trainer.max_steps=2", "trainer.per_device_batch_size=2",
-            "eval.at_end=false", "hydra.launcher.timeout_min=15")
+    run_cli(
+        "train",
+        "-m",
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={tmp_path}",
+        "logger=none",
+        "method=dpo",
+        "method.beta=0.1,0.2",
+        "trainer.max_steps=2",
+        "trainer.per_device_batch_size=2",
+        "eval.at_end=false",
+        "hydra.launcher.timeout_min=15",
+    )
     dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("method"))
-    assert [d.name for d in dirs] == [f"method.beta={b},method=dpo,trainer.max_steps=2,trainer.per_device_batch_size=2"
-                                      for b in (0.1, 0.2)]
+    assert [d.name for d in dirs] == [
+        f"method.beta={b},method=dpo,trainer.max_steps=2,trainer.per_device_batch_size=2" for b in (0.1, 0.2)
+    ]
     betas = [OmegaConf.load(d / "resolved.yaml").method.beta for d in dirs]
     assert betas == [0.1, 0.2] and all((d / "summary.json").exists() for d in dirs)
     assert list((tmp_path / ".submitit").iterdir())  # the jobs ran through submitit
@@ -133,7 +188,13 @@ def test_a_bad_point_stops_the_sweep_before_anything_is_submitted(tmp_path, monk
         (tmp_path / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     with pytest.raises(SystemExit) as exit_:
-        run_cli("train", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", "method=dpo",
-                "method.beta=0.1,-0.1")
+        run_cli(
+            "train",
+            "-m",
+            "hydra/launcher=slurm",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "method=dpo",
+            "method.beta=0.1,-0.1",
+        )
     assert "sweep point method.beta=-0.1,method=dpo: method.beta=-0.1 is out of range" in str(exit_.value)
     assert "nothing was submitted" in str(exit_.value)

@@ -46,6 +46,13 @@ def test_run_files_are_strict_json():
 
     from tokalign.artifacts.files import strict_json
 
-    text = strict_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": torch.tensor(float("-inf")), "d": None, "e": 2})
+    text = strict_json(
+        {"a": float("nan"), "b": [float("inf"), 1.5], "c": torch.tensor(float("-inf")), "d": None, "e": 2}
+    )
     assert json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in {text}")) == {
-        "a": None, "b": [None, 1.5], "c": None, "d": None, "e": 2}
+        "a": None,
+        "b": [None, 1.5],
+        "c": None,
+        "d": None,
+        "e": 2,
+    }

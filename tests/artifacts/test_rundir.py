@@ -44,13 +44,19 @@ def test_a_second_writer_is_refused_with_who_holds_it_and_a_killed_holder_frees_
 
 def test_die_with_parent_ends_a_child_when_its_parent_is_killed(tmp_path):
     marker = tmp_path / "child.pid"
-    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import subprocess, sys, time
         from tokalign.artifacts.rundir import die_with_parent
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=die_with_parent)
         open({str(marker)!r}, "w").write(str(child.pid))
         time.sleep(60)
-    """)])
+    """),
+        ]
+    )
     while not marker.exists() or not marker.read_text():
         time.sleep(0.05)
     child = int(marker.read_text())
@@ -71,7 +77,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_run_directory_never_turns_on_remote_code(tmp_path, capsys):
-    (tmp_path / "resolved.yaml").write_text(OmegaConf.to_yaml({"model": {"trust_remote_code": True}, "method": {"name": "dpo"}}))
+    (tmp_path / "resolved.yaml").write_text(
+        OmegaConf.to_yaml({"model": {"trust_remote_code": True}, "method": {"name": "dpo"}})
+    )
     assert load_run_config(tmp_path).model.trust_remote_code is False
     assert "its model code runs here only with trust_remote_code=true" in capsys.readouterr().err
     assert load_run_config(tmp_path, trust_remote_code=True).model.trust_remote_code is True

@@ -20,8 +20,11 @@ def test_grpo_choices_are_trls():
     from trl import GRPOConfig
 
     fields = {f.name: f.metadata.get("help", "") for f in GRPOConfig.__dataclass_fields__.values()}
-    for choices, field in ((GRPOLossType, "loss_type"), (ScaleRewards, "scale_rewards"),
-                           (ImportanceLevel, "importance_sampling_level")):
+    for choices, field in (
+        (GRPOLossType, "loss_type"),
+        (ScaleRewards, "scale_rewards"),
+        (ImportanceLevel, "importance_sampling_level"),
+    ):
         assert all(f"{c.value}'" in fields[field] for c in choices), (field, fields[field])
     import trl.trainer.grpo_trainer as grpo
 

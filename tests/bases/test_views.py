@@ -15,19 +15,37 @@ from tokalign.bases.views import TokenSeq, View, render_html
 
 
 def test_tokens_values_and_marks_render():
-    view = View("tgdpo · demo", "legend <b>", [
-        TokenSeq("example 1 · chosen", ["The", " lake", " <is>", "\n"], {"r_hat": [0.5, -1.0, 0.0, 2.0], "f": [1.25, 0.5, 1.0, 2.0]},
-                 "r_hat", starts=[True, False, True, False], kept=[True, True, False, True], note="pair loss 0.6"),
-        TokenSeq("example 1 · rejected", ["dull"], {"r_hat": [-0.25], "f": [1.125]}, "r_hat", dropped=True),
-    ])
+    view = View(
+        "tgdpo · demo",
+        "legend <b>",
+        [
+            TokenSeq(
+                "example 1 · chosen",
+                ["The", " lake", " <is>", "\n"],
+                {"r_hat": [0.5, -1.0, 0.0, 2.0], "f": [1.25, 0.5, 1.0, 2.0]},
+                "r_hat",
+                starts=[True, False, True, False],
+                kept=[True, True, False, True],
+                note="pair loss 0.6",
+            ),
+            TokenSeq("example 1 · rejected", ["dull"], {"r_hat": [-0.25], "f": [1.125]}, "r_hat", dropped=True),
+        ],
+    )
     page = render_html(view)
     spans = parse(page)
     assert [s["text"] for s in spans] == ["The", " lake", " <is>", "⏎\n", "dull"]
     assert [float(s["data-r_hat"]) for s in spans] == [0.5, -1.0, 0.0, 2.0, -0.25]
     assert [float(s["data-f"]) for s in spans] == [1.25, 0.5, 1.0, 2.0, 1.125]
     assert "r_hat=-1 f=0.5" == spans[1]["title"]
-    assert [("start" in s["class"], "unkept" in s["class"]) for s in spans[:4]] == [(True, False), (False, False), (True, True), (False, False)]
-    assert "rgba(0,150,60,0.800)" in spans[3]["style"] and "rgba(210,40,40,0.400)" in spans[1]["style"]  # scaled by max |r̂| = 2
+    assert [("start" in s["class"], "unkept" in s["class"]) for s in spans[:4]] == [
+        (True, False),
+        (False, False),
+        (True, True),
+        (False, False),
+    ]
+    assert (
+        "rgba(0,150,60,0.800)" in spans[3]["style"] and "rgba(210,40,40,0.400)" in spans[1]["style"]
+    )  # scaled by max |r̂| = 2
     assert "legend &lt;b&gt;" in page and "pair loss 0.6" in page and "seq dropped" in page
 
 
@@ -48,19 +66,42 @@ def _chromium() -> str:
 
 
 def _headless(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
 def test_inspect_page_in_a_browser_shows_key_prompt_and_values(tmp_path):
     browser = _chromium()
-    view = View("tgdpo · demo", "Colour: delta, the trained policy's token reward.", [
-        TokenSeq("example 1 · chosen", ["the", " garden", " is", " calm"], {"delta": [0.8, 0.1, -0.05, 0.4], "f": [1.5, 1.0, 0.9, 1.25]},
-                 "delta", prompt="Write a short note about the garden."),
-        TokenSeq("example 1 · rejected", ["bad", " bad"], {"delta": [-0.8, -0.6], "f": [0.5, 0.6]}, "delta",
-                 prompt="Write a short note about the garden."),
-    ])
+    view = View(
+        "tgdpo · demo",
+        "Colour: delta, the trained policy's token reward.",
+        [
+            TokenSeq(
+                "example 1 · chosen",
+                ["the", " garden", " is", " calm"],
+                {"delta": [0.8, 0.1, -0.05, 0.4], "f": [1.5, 1.0, 0.9, 1.25]},
+                "delta",
+                prompt="Write a short note about the garden.",
+            ),
+            TokenSeq(
+                "example 1 · rejected",
+                ["bad", " bad"],
+                {"delta": [-0.8, -0.6], "f": [0.5, 0.6]},
+                "delta",
+                prompt="Write a short note about the garden.",
+            ),
+        ],
+    )
     page = tmp_path / "inspect.html"
     page.write_text(render_html(view))
     dom = _headless(browser, tmp_path, "--dump-dom", page.as_uri())

@@ -14,11 +14,14 @@ def _cfg(**kw):
     return OmegaConf.merge(OmegaConf.structured(DatasetConfig), kw)
 
 
-@pytest.mark.parametrize("kind,columns", [
-    ("sft", {"prompt", "completion"}),
-    ("preference", {"prompt", "chosen", "rejected"}),
-    ("prompt", {"prompt"}),
-])
+@pytest.mark.parametrize(
+    "kind,columns",
+    [
+        ("sft", {"prompt", "completion"}),
+        ("preference", {"prompt", "chosen", "rejected"}),
+        ("prompt", {"prompt"}),
+    ],
+)
 def test_toy_pref_kinds(kind, columns):
     ds = load_split(_cfg(num_train=20), kind)
     assert len(ds) == 20 and columns <= set(ds.column_names)
@@ -37,19 +40,28 @@ def _write(path, rows):
 
 def test_local_file_with_column_map_and_held_out_tail(tmp_path):
     rows = [{"q": f"question {i}", "good": "yes", "bad": "no"} for i in range(30)]
-    cfg = _cfg(path=_write(tmp_path / "pairs.jsonl", rows), num_eval=5, eval_fraction=0.5,
-               columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
+    cfg = _cfg(
+        path=_write(tmp_path / "pairs.jsonl", rows),
+        num_eval=5,
+        eval_fraction=0.5,
+        columns={"prompt": "q", "chosen": "good", "rejected": "bad"},
+    )
     train, held = load_split(cfg, "preference", method="dpo"), load_split(cfg, "preference", "eval", method="dpo")
     assert (len(train), len(held)) == (25, 5)  # half of the rows, capped at num_eval
     assert held[0]["prompt"] == "question 25" and {"prompt", "chosen", "rejected"} <= set(train.column_names)
 
 
-@pytest.mark.parametrize("rows,fraction,cap,held", [(100, 0.1, 64, 10), (64, 0.1, 64, 6), (5, 0.1, 64, 1), (2, 0.9, 64, 1)])
+@pytest.mark.parametrize(
+    "rows,fraction,cap,held", [(100, 0.1, 64, 10), (64, 0.1, 64, 6), (5, 0.1, 64, 1), (2, 0.9, 64, 1)]
+)
 def test_the_hold_out_is_a_capped_share_and_never_all(tmp_path, rows, fraction, cap, held):
     from tokalign.data.loading import load_training_rows
 
-    cfg = _cfg(path=_write(tmp_path / "d.jsonl", [{"prompt": f"p{i}"} for i in range(rows)]), num_eval=cap,
-               eval_fraction=fraction)
+    cfg = _cfg(
+        path=_write(tmp_path / "d.jsonl", [{"prompt": f"p{i}"} for i in range(rows)]),
+        num_eval=cap,
+        eval_fraction=fraction,
+    )
     train, note = load_training_rows(cfg, "prompt")
     assert len(train) == rows - held and note.startswith(f"{held} of the {rows} rows of split 'train' held out")
 
@@ -63,8 +75,10 @@ def test_missing_columns_name_found_and_expected(tmp_path):
 
 
 def test_prompt_is_extracted_from_pairs_without_one(tmp_path):
-    rows = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away"}
-            for i in range(6)]
+    rows = [
+        {"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello", "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away"}
+        for i in range(6)
+    ]
     cfg = _cfg(path=_write(tmp_path / "hh.jsonl", rows), num_eval=1)
     for kind in ("preference", "prompt"):
         ds = load_split(cfg, kind)

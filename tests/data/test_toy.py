@@ -13,20 +13,29 @@ NOTE = "the garden is bright and calm . it is very kind ."  # three pleasant wor
 
 def test_gold_reward_by_hand():
     assert toy_pref.gold_reward(PROMPT, NOTE) == 4.0  # sentiment 3 (the cap) + topic 1: the maximum
-    assert toy_pref.gold_reward(PROMPT, NOTE + " people say it is lovely .") == 4.0  # a fourth pleasant word adds nothing
-    assert toy_pref.gold_reward(PROMPT, "the garden is bright and calm but rude") == pytest.approx(2.0 - 1 / 3)  # density: 3 of 8
+    assert (
+        toy_pref.gold_reward(PROMPT, NOTE + " people say it is lovely .") == 4.0
+    )  # a fourth pleasant word adds nothing
+    assert toy_pref.gold_reward(PROMPT, "the garden is bright and calm but rude") == pytest.approx(
+        2.0 - 1 / 3
+    )  # density: 3 of 8
     assert toy_pref.gold_reward(PROMPT, "it is dull .") == -1.0
     assert toy_pref.gold_reward(PROMPT, "") == -1.5  # 3 words short of MIN_WORDS
-    assert toy_pref.gold_reward(PROMPT, "the garden is big . " * 6) == pytest.approx(1.0 - 5 - 0)  # "big" repeated 5 times
+    assert toy_pref.gold_reward(PROMPT, "the garden is big . " * 6) == pytest.approx(
+        1.0 - 5 - 0
+    )  # "big" repeated 5 times
 
 
-@pytest.mark.parametrize("salad", [
-    "bright bright bright bright bright bright bright bright",
-    "garden bright calm kind",
-    "bright calm kind lovely warm clear helpful gentle fresh happy",
-    "the garden is bright . the garden is bright . the garden is bright .",
-    "the garden the garden the garden the garden the garden",
-])
+@pytest.mark.parametrize(
+    "salad",
+    [
+        "bright bright bright bright bright bright bright bright",
+        "garden bright calm kind",
+        "bright calm kind lovely warm clear helpful gentle fresh happy",
+        "the garden is bright . the garden is bright . the garden is bright .",
+        "the garden the garden the garden the garden the garden",
+    ],
+)
 def test_word_salad_is_detected_and_scores_below_a_plain_note(salad):
     assert toy_pref.word_salad(salad) and not toy_pref.word_salad(NOTE)
     assert toy_pref.gold_reward(PROMPT, salad) < toy_pref.gold_reward(PROMPT, NOTE)
@@ -43,7 +52,11 @@ def test_gold_reward_is_bounded_whatever_the_words():
 def test_generated_notes_are_well_formed_and_never_salad():
     rows = toy_pref.sft_rows(500, seed=0, topics=toy_pref.TOPICS)
     assert not any(toy_pref.word_salad(r["completion"]) or toy_pref.malformed(r["completion"]) for r in rows)
-    assert toy_pref.malformed("") and toy_pref.malformed("the gard3n is calm .") and toy_pref.malformed("itcche the kitche")
+    assert (
+        toy_pref.malformed("")
+        and toy_pref.malformed("the gard3n is calm .")
+        and toy_pref.malformed("itcche the kitche")
+    )
 
 
 def test_preference_pairs_are_ordered_by_gold_reward():
@@ -57,21 +70,26 @@ def test_generation_is_deterministic_and_eval_topics_are_held_out():
     assert not any(t in p for p in train_prompts for t in toy_pref.EVAL_TOPICS)
 
 
-@pytest.mark.parametrize("completion,reward", [
-    ("37 + 25 = 62", 1.0),
-    ("62", 1.0),                   # the answer alone
-    ("37 + 25 = 61", 0.0),
-    ("37 + 25 =", 0.0),            # stopped before the answer: the operands do not count
-    ("37 + 25 = 62 = 26", 0.0),    # the number after the last "=" is the answer
-    ("no number", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,reward",
+    [
+        ("37 + 25 = 62", 1.0),
+        ("62", 1.0),  # the answer alone
+        ("37 + 25 = 61", 0.0),
+        ("37 + 25 =", 0.0),  # stopped before the answer: the operands do not count
+        ("37 + 25 = 62 = 26", 0.0),  # the number after the last "=" is the answer
+        ("no number", 0.0),
+    ],
+)
 def test_math_exact_match_reads_the_number_after_the_last_equals_sign(completion, reward):
     assert toy_math.exact_match_reward(completion, "62") == reward
 
 
 def test_math_problems_are_digit_wise_and_splits_are_disjoint():
     train, held = toy_math._problems("train"), toy_math._problems("eval")
-    assert set(train).isdisjoint(held) and len(held) / (len(train) + len(held)) == pytest.approx(1 / toy_math.HELD_OUT, abs=0.01)
+    assert set(train).isdisjoint(held) and len(held) / (len(train) + len(held)) == pytest.approx(
+        1 / toy_math.HELD_OUT, abs=0.01
+    )
     for a, op, b in train + held:
         (ta, ua), (tb, ub), (tc, uc) = divmod(a, 10), divmod(b, 10), divmod(toy_math._answer(a, op, b), 10)
         assert 1 <= min(ta, tb) and max(ta, tb) <= 9 and 1 <= tc <= 9  # two-digit operands and answer

@@ -23,8 +23,20 @@ def _logits(seed: int, lengths=(4, 0, 1, 6), width: int = 8, side: str = "right"
     return (*tensors, mask)
 
 
-def _reference(policy, dpo, base, mask, *, variant, beta0=0.1, beta=None, tvd_scale=10.0, eps=1e-3, temperature=1.0,
-               length_norm=True):
+def _reference(
+    policy,
+    dpo,
+    base,
+    mask,
+    *,
+    variant,
+    beta0=0.1,
+    beta=None,
+    tvd_scale=10.0,
+    eps=1e-3,
+    temperature=1.0,
+    length_norm=True,
+):
     """Position by position, from the raw logits: the teacher of each variant and β_t · KL(π_θ ‖ π*)."""
     beta = beta0 if beta is None else beta
     rows = []
@@ -254,7 +266,10 @@ def test_shifted_positions_reproduce_the_authors_alignment():
 
 def test_invalid_arguments_fail():
     policy, dpo, base, mask = _logits(11)
-    for kwargs, match in ((dict(variant="theorem1"), "variant"), (dict(chunk_size=0), "chunk_size"),
-                          (dict(variant="basic", beta=0.0), "beta")):
+    for kwargs, match in (
+        (dict(variant="theorem1"), "variant"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(variant="basic", beta=0.0), "beta"),
+    ):
         with pytest.raises(ValueError, match=match):
             aligndistil_loss(policy, dpo, base, mask, **kwargs)

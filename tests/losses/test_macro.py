@@ -18,7 +18,13 @@ from .helpers import make_mask, randn, reference_token_gae
 
 RULES = ["fixed", "randomized", "ppl", "parsing"]
 # The authors' conventions (the defaults) and each named alternative.
-OPTIONS = [{}, {"isolate_last": False}, {"ppl_start": "at_rise"}, {"sampling": "iid"}, {"lengths": (1, 2), "repeats": 1}]
+OPTIONS = [
+    {},
+    {"isolate_last": False},
+    {"ppl_start": "at_rise"},
+    {"sampling": "iid"},
+    {"lengths": (1, 2), "repeats": 1},
+]
 SIDES = ["right", "left", "middle"]
 WEIGHTINGS = ["equal", "position", "last"]
 PIECES = ["Ġthe", "Ġcat", "s", ".", ",", "Ċ", "Ġand", "▁a", "ing", " of", "!", "\n\n", " Dog", "?"]

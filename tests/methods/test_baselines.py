@@ -17,11 +17,14 @@ def _losses(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,loader", [
-    ("sft", AutoModelForCausalLM),
-    ("dpo", AutoModelForCausalLM),
-    ("reward", AutoModelForSequenceClassification),
-])
+@pytest.mark.parametrize(
+    "method,loader",
+    [
+        ("sft", AutoModelForCausalLM),
+        ("dpo", AutoModelForCausalLM),
+        ("reward", AutoModelForSequenceClassification),
+    ],
+)
 def test_loss_falls_and_model_reloads(train, method, loader):
     run_dir = train(f"method={method}", *(REWARD_STEPS if method == "reward" else STEPS))
     losses = _losses(run_dir)

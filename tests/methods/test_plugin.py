@@ -97,14 +97,30 @@ def plugin_env(tmp_path_factory, cache_dir):  # cache_dir: the runs share the te
     (root / "src" / "weighted_dpo").mkdir(parents=True)
     (root / "src" / "pyproject.toml").write_text(PYPROJECT)
     (root / "src" / "weighted_dpo" / "__init__.py").write_text(textwrap.dedent(PACKAGE))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(root / "site"), str(root / "src")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(root / "site"),
+            str(root / "src"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "site"), os.environ.get("PYTHONPATH", "")])}
 
 
 def _cli(env, *args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tokalign.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tokalign.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_an_installed_plugin_composes_like_a_built_in_method(plugin_env):
@@ -121,8 +137,17 @@ def test_an_installed_plugin_composes_like_a_built_in_method(plugin_env):
 @pytest.mark.slow
 def test_an_installed_plugin_trains_and_shows_its_tokens(plugin_env, tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    out = _cli(plugin_env, "train", "method=weighted_dpo", f"hydra.run.dir={run_dir}", "logger=none",
-               "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.per_device_batch_size=4", "eval.num_prompts=4")
+    out = _cli(
+        plugin_env,
+        "train",
+        "method=weighted_dpo",
+        f"hydra.run.dir={run_dir}",
+        "logger=none",
+        "trainer.max_steps=3",
+        "trainer.logging_steps=1",
+        "trainer.per_device_batch_size=4",
+        "eval.num_prompts=4",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train/steps"] == 3 and "eval/win_rate" in summary

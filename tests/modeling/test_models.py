@@ -1,6 +1,5 @@
 """Model sources: the tiny builder is deterministic and cached; tokenizer checks catch mismatches."""
 
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -17,8 +16,17 @@ from tokalign.modeling.models import (
     resolve_model,
 )
 
-SPEC = dict(arch="qwen2", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=320,
-            max_position_embeddings=128, seed=5, warmup_steps=3)
+SPEC = dict(
+    arch="qwen2",
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    vocab_size=320,
+    max_position_embeddings=128,
+    seed=5,
+    warmup_steps=3,
+)
 
 
 def test_tiny_build_is_deterministic_and_cached(tmp_path):
@@ -41,7 +49,9 @@ def test_warm_start_prompt_tokens_are_a_prefix_of_the_conversation(tiny_model):
     for prompt, response in _toy_corpus(0)[:200]:
         user = [{"role": "user", "content": prompt}]
         head = tok(tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True))["input_ids"]
-        full = tok(tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False))["input_ids"]
+        full = tok(tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False))[
+            "input_ids"
+        ]
         assert full[: len(head)] == head and len(full) > len(head)
 
 

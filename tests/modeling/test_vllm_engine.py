@@ -30,7 +30,9 @@ class RecordingLLM:
     def __init__(self):
         self.calls, self.received = [], {}
         runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
+        self.llm_engine = SimpleNamespace(
+            model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner))
+        )
 
     def load_weights(self, weights):
         for name, tensor in weights:
@@ -76,22 +78,55 @@ def test_trl_gets_every_vllm_knob(tmp_path, cache_dir):
     vllm_fields = [f for f in vars(default) if f.startswith("vllm_") or f == "use_vllm"]
     assert default.use_vllm is False
     assert all(getattr(default, f) == GRPOConfig.__dataclass_fields__[f].default for f in vllm_fields)
-    args = grpo_config(tmp_path / "server", "method=grpo", "rollout.engine=vllm", "rollout.mode=server",
-                       "rollout.server_host=gpu07", "rollout.server_port=8123", "rollout.server_timeout=60",
-                       "rollout.gpu_memory_utilization=0.5", "rollout.enable_sleep_mode=true")
+    args = grpo_config(
+        tmp_path / "server",
+        "method=grpo",
+        "rollout.engine=vllm",
+        "rollout.mode=server",
+        "rollout.server_host=gpu07",
+        "rollout.server_port=8123",
+        "rollout.server_timeout=60",
+        "rollout.gpu_memory_utilization=0.5",
+        "rollout.enable_sleep_mode=true",
+    )
     assert (args.use_vllm, args.vllm_mode, args.vllm_server_host, args.vllm_server_port, args.vllm_server_timeout) == (
-        True, "server", "gpu07", 8123, 60.0)
-    assert (args.vllm_gpu_memory_utilization, args.vllm_tensor_parallel_size, args.vllm_enable_sleep_mode) == (0.5, 1, True)
+        True,
+        "server",
+        "gpu07",
+        8123,
+        60.0,
+    )
+    assert (args.vllm_gpu_memory_utilization, args.vllm_tensor_parallel_size, args.vllm_enable_sleep_mode) == (
+        0.5,
+        1,
+        True,
+    )
     changed = {f for f, v in default.to_dict().items() if v != args.to_dict()[f]} - {"output_dir"}
-    assert changed == {"use_vllm", "vllm_mode", "vllm_server_host", "vllm_server_port", "vllm_server_timeout",
-                       "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode"}
+    assert changed == {
+        "use_vllm",
+        "vllm_mode",
+        "vllm_server_host",
+        "vllm_server_port",
+        "vllm_server_timeout",
+        "vllm_gpu_memory_utilization",
+        "vllm_enable_sleep_mode",
+    }
 
 
 def test_rollout_relations_and_ranges():
     with pytest.raises(ConfigError, match="rollout.tensor_parallel_size=2 must divide the 1 training"):
         compose_config("method=grpo", "rollout.engine=vllm", "rollout.tensor_parallel_size=2")
-    assert compose_config("method=grpo", "rollout.engine=vllm", "rollout.tensor_parallel_size=2", "launcher=ddp",
-                          "launcher.num_gpus=4", "trainer.per_device_batch_size=8").rollout.tensor_parallel_size == 2
+    assert (
+        compose_config(
+            "method=grpo",
+            "rollout.engine=vllm",
+            "rollout.tensor_parallel_size=2",
+            "launcher=ddp",
+            "launcher.num_gpus=4",
+            "trainer.per_device_batch_size=8",
+        ).rollout.tensor_parallel_size
+        == 2
+    )
     with pytest.raises(ConfigError, match="rollout.gpu_memory_utilization=1.5 is out of range"):
         compose_config("method=grpo", "rollout.gpu_memory_utilization=1.5")
 
@@ -99,9 +134,17 @@ def test_rollout_relations_and_ranges():
 def test_engine_arguments_colocated_and_standalone():
     rollout = compose_config("method=ppo", "rollout.engine=vllm", "rollout.enable_sleep_mode=true").rollout
     colocated = llm_kwargs("/m", rollout, colocated=True, seed=3, dtype="bfloat16", max_model_len=128, max_num_seqs=16)
-    assert colocated == dict(model="/m", dtype="bfloat16", seed=3, gpu_memory_utilization=0.3, max_model_len=128,
-                             trust_remote_code=False, distributed_executor_backend="external_launcher", max_num_seqs=16,
-                             enable_sleep_mode=True)
+    assert colocated == dict(
+        model="/m",
+        dtype="bfloat16",
+        seed=3,
+        gpu_memory_utilization=0.3,
+        max_model_len=128,
+        trust_remote_code=False,
+        distributed_executor_backend="external_launcher",
+        max_num_seqs=16,
+        enable_sleep_mode=True,
+    )
     standalone = llm_kwargs("/m", rollout, colocated=False)
     assert standalone["tensor_parallel_size"] == 1 and "distributed_executor_backend" not in standalone
     server = compose_config("method=ppo", "rollout.engine=vllm", "rollout.mode=server").rollout
@@ -124,8 +167,21 @@ def test_a_machine_without_vllm_gets_one_line(train, capsys, tmp_path):
     with pytest.raises(EngineUnavailable, match=unavailable_reason().split(" (")[0]):
         VLLMEngine.start("/m", rollout, colocated=False)
     with pytest.raises(EngineUnavailable):
-        build_pairs(["hi"], model=None, tokenizer=None, model_path="/m", scorer=None, scorer_name="s", num_samples=2,
-                    temperature=1.0, max_new_tokens=4, batch_size=2, seed=0, cache_dir=tmp_path, rollout=rollout)
+        build_pairs(
+            ["hi"],
+            model=None,
+            tokenizer=None,
+            model_path="/m",
+            scorer=None,
+            scorer_name="s",
+            num_samples=2,
+            temperature=1.0,
+            max_new_tokens=4,
+            batch_size=2,
+            seed=0,
+            cache_dir=tmp_path,
+            rollout=rollout,
+        )
     assert not list((tmp_path / "data").glob("*.jsonl"))
 
 
@@ -153,8 +209,10 @@ def test_lora_weights_reach_the_engine_merged(tiny_model, tmp_path):
     merged = checkpoint_tensors(copy.deepcopy(model).merge_and_unload(), tmp_path)
     assert sorted(pushed) == sorted(merged)
     assert all(torch.allclose(pushed[n], merged[n], atol=1e-6) for n in merged)
-    assert not torch.equal(pushed["model.layers.0.self_attn.q_proj.weight"],
-                           before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
+    assert not torch.equal(
+        pushed["model.layers.0.self_attn.q_proj.weight"],
+        before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"],
+    )
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the policy is left as it was
 
 

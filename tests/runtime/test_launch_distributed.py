@@ -29,8 +29,15 @@ from tokalign.errors import UserError
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 DPO = ["method=dpo", "trainer.max_steps=3", "trainer.logging_steps=1", "eval.at_end=false"]
-GRPO = ["method=grpo", "dataset=toy_math", "trainer.max_steps=2", "trainer.logging_steps=1", "eval.at_end=false",
-        "method.num_generations=4", "method.max_completion_length=8"]
+GRPO = [
+    "method=grpo",
+    "dataset=toy_math",
+    "trainer.max_steps=2",
+    "trainer.logging_steps=1",
+    "eval.at_end=false",
+    "method.num_generations=4",
+    "method.max_completion_length=8",
+]
 
 
 def _run(root, name, *overrides):
@@ -48,11 +55,15 @@ def dpo_single(tmp_path_factory, cache_dir):
     return _run(tmp_path_factory.mktemp("single"), "dpo", *DPO, "trainer.per_device_batch_size=4")
 
 
-@pytest.mark.parametrize("launcher", [
-    ["launcher=ddp"],
-    ["launcher=deepspeed", "launcher.zero_stage=2"],
-    ["launcher=deepspeed", "launcher.zero_stage=3", "eval.at_end=true", "eval.num_prompts=4"],
-], ids=["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["launcher=ddp"],
+        ["launcher=deepspeed", "launcher.zero_stage=2"],
+        ["launcher=deepspeed", "launcher.zero_stage=3", "eval.at_end=true", "eval.num_prompts=4"],
+    ],
+    ids=["ddp", "zero2", "zero3"],
+)
 def test_dpo_two_processes_match_one(tmp_path, dpo_single, launcher):
     run_dir = _run(tmp_path, "dpo2", *DPO, "trainer.per_device_batch_size=2", "launcher.num_gpus=2", *launcher)
     single, double = _losses(dpo_single), _losses(run_dir)
@@ -65,12 +76,16 @@ def test_dpo_two_processes_match_one(tmp_path, dpo_single, launcher):
     # one set of outputs, written by rank 0 only
     assert len([m for m in read_metrics(run_dir) if m.get("train/loss") is not None]) == 3
     if "launcher=deepspeed" in launcher:
-        assert json.loads((run_dir / "deepspeed.json").read_text())["zero_optimization"]["stage"] == int(launcher[1][-1])
+        assert json.loads((run_dir / "deepspeed.json").read_text())["zero_optimization"]["stage"] == int(
+            launcher[1][-1]
+        )
     if "eval.at_end=true" in launcher:
         assert json.loads((run_dir / "summary.json").read_text())["eval/num_prompts"] == 4
 
 
-@pytest.mark.parametrize("launcher", [["launcher=ddp"], ["launcher=deepspeed", "launcher.zero_stage=2"]], ids=["ddp", "zero2"])
+@pytest.mark.parametrize(
+    "launcher", [["launcher=ddp"], ["launcher=deepspeed", "launcher.zero_stage=2"]], ids=["ddp", "zero2"]
+)
 def test_grpo_two_processes_train_the_global_batch(tmp_path, cache_dir, launcher):
     run_dir = _run(tmp_path, "grpo2", *GRPO, "trainer.per_device_batch_size=4", "launcher.num_gpus=2", *launcher)
     # completions trained per step, gathered over ranks: 2 x 4, what one process with batch 8 trains
@@ -81,8 +96,18 @@ def test_grpo_two_processes_train_the_global_batch(tmp_path, cache_dir, launcher
 
 def test_d3s_selection_is_global_across_two_processes(tmp_path, cache_dir):
     """N = 2 of G = 4 per group, 2 groups over 2 ranks: 4 completions trained per step in all."""
-    run_dir = _run(tmp_path, "d3s2", *GRPO, "method=d3s_grpo", "method.n_init=2", "method.schedule=constant",
-                   "method.k_init=0.5", "trainer.per_device_batch_size=4", "launcher.num_gpus=2", "launcher=ddp")
+    run_dir = _run(
+        tmp_path,
+        "d3s2",
+        *GRPO,
+        "method=d3s_grpo",
+        "method.n_init=2",
+        "method.schedule=constant",
+        "method.k_init=0.5",
+        "trainer.per_device_batch_size=4",
+        "launcher.num_gpus=2",
+        "launcher=ddp",
+    )
     assert [m["train/usage/kept_samples"] for m in read_metrics(run_dir) if "train/usage/kept_samples" in m] == [4, 4]
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss, _ in _losses(run_dir))
 
@@ -107,15 +132,32 @@ def _workers(config: str) -> list[int]:
 def _holders(path) -> list[int]:
     """Processes with `path` open, whatever their command line."""
     target = os.path.realpath(path)
-    return _processes(lambda pid: any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")))
+    return _processes(
+        lambda pid: any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd"))
+    )
 
 
 def test_killing_the_launching_process_leaves_no_worker_behind(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=none",
-                             "launcher=ddp", "launcher.num_gpus=2", "method=dpo", "trainer.max_steps=500",
-                             "trainer.logging_steps=1", "trainer.per_device_batch_size=2", "eval.at_end=false"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tokalign.cli",
+            "train",
+            f"hydra.run.dir={run_dir}",
+            "logger=none",
+            "launcher=ddp",
+            "launcher.num_gpus=2",
+            "method=dpo",
+            "trainer.max_steps=500",
+            "trainer.logging_steps=1",
+            "trainer.per_device_batch_size=2",
+            "eval.at_end=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     config = str(run_dir / "resolved.yaml")
     deadline = time.time() + 300
     while not read_metrics(run_dir) and time.time() < deadline and proc.poll() is None:

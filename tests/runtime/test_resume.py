@@ -28,10 +28,23 @@ from tokalign.artifacts.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
 
-DPO = ["method=dpo", "trainer.max_steps=16", "trainer.save_steps=2", "trainer.logging_steps=1",
-       "trainer.per_device_batch_size=2", "eval.num_prompts=4"]
-MA_PPO = ["method=ma_ppo", "trainer.max_steps=6", "trainer.save_steps=2", "trainer.logging_steps=1",
-          "trainer.per_device_batch_size=4", "method.max_new_tokens=12", "eval.num_prompts=4"]
+DPO = [
+    "method=dpo",
+    "trainer.max_steps=16",
+    "trainer.save_steps=2",
+    "trainer.logging_steps=1",
+    "trainer.per_device_batch_size=2",
+    "eval.num_prompts=4",
+]
+MA_PPO = [
+    "method=ma_ppo",
+    "trainer.max_steps=6",
+    "trainer.save_steps=2",
+    "trainer.logging_steps=1",
+    "trainer.per_device_batch_size=4",
+    "method.max_new_tokens=12",
+    "eval.num_prompts=4",
+]
 
 
 def _rows(run_dir, key):
@@ -43,7 +56,10 @@ def _kill_after_first_checkpoint(run_dir, args) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_SERVICE")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokalign.cli", "train", f"hydra.run.dir={run_dir}", "logger=wandb", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
     )
     try:
         while latest_checkpoint(run_dir / "checkpoints") is None and proc.poll() is None:
@@ -51,14 +67,30 @@ def _kill_after_first_checkpoint(run_dir, args) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (run_dir / "summary.json").exists(), "the run ended before the kill"
+    assert proc.returncode == -signal.SIGKILL and not (run_dir / "summary.json").exists(), (
+        "the run ended before the kill"
+    )
 
 
-@pytest.mark.parametrize("args,key,summary_keys", [
-    (DPO, "train/loss", ("train/loss_first", "train/loss_last", "train/steps", "eval/gold_reward", "eval/win_rate")),
-    (MA_PPO, "train/reward", ("train/reward_first", "train/reward_last", "train/kl_last", "train/steps", "eval/gold_reward")),
-], ids=["dpo", "ma_ppo"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir, tiny_model, args, key, summary_keys, capsys):
+@pytest.mark.parametrize(
+    "args,key,summary_keys",
+    [
+        (
+            DPO,
+            "train/loss",
+            ("train/loss_first", "train/loss_last", "train/steps", "eval/gold_reward", "eval/win_rate"),
+        ),
+        (
+            MA_PPO,
+            "train/reward",
+            ("train/reward_first", "train/reward_last", "train/kl_last", "train/steps", "eval/gold_reward"),
+        ),
+    ],
+    ids=["dpo", "ma_ppo"],
+)
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    tmp_path, cache_dir, tiny_model, args, key, summary_keys, capsys
+):
     ref, run_dir = tmp_path / "ref", tmp_path / "killed"
     run_cli("train", f"hydra.run.dir={ref}", "logger=none", *args)
     _kill_after_first_checkpoint(run_dir, args)
@@ -70,7 +102,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir, tin
 
     assert "tokalign: resuming from" in capsys.readouterr().out
     steps = [s for s, _ in _rows(ref, key)]
-    assert [s for s, _ in _rows(run_dir, key)] == steps and killed_at < steps[-1]  # metrics.jsonl rewound, no duplicates
+    assert [s for s, _ in _rows(run_dir, key)] == steps and killed_at < steps[
+        -1
+    ]  # metrics.jsonl rewound, no duplicates
     assert [v for _, v in _rows(run_dir, key)] == pytest.approx([v for _, v in _rows(ref, key)], rel=1e-6, abs=1e-7)
     w_ref, w_run = load_file(ref / "model" / "model.safetensors"), load_file(run_dir / "model" / "model.safetensors")
     assert all(torch.allclose(w_ref[k], w_run[k], atol=1e-6) for k in w_ref)
@@ -140,8 +174,16 @@ def test_divergence_stops_before_a_bad_save_in_one_line(tmp_path, cache_dir, tin
     _poison(monkeypatch, at_step=5, weights=weights)
     run_dir = tmp_path / "nan"
     with pytest.raises(SystemExit) as exit_:
-        run_cli("train", f"hydra.run.dir={run_dir}", "logger=none", "method=dpo", "trainer.max_steps=20",
-                "trainer.save_steps=2", "trainer.logging_steps=10", "trainer.per_device_batch_size=2")
+        run_cli(
+            "train",
+            f"hydra.run.dir={run_dir}",
+            "logger=none",
+            "method=dpo",
+            "trainer.max_steps=20",
+            "trainer.save_steps=2",
+            "trainer.logging_steps=10",
+            "trainer.per_device_batch_size=2",
+        )
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and "nothing was saved" in err
     done = complete_checkpoints(run_dir / "checkpoints")
@@ -152,8 +194,15 @@ def test_divergence_stops_before_a_bad_save_in_one_line(tmp_path, cache_dir, tin
 
 def test_resume_skips_a_checkpoint_with_non_finite_weights(tmp_path, cache_dir, tiny_model, capsys):
     run_dir = tmp_path / "run"
-    args = ["method=dpo", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.per_device_batch_size=2",
-            "logger=none", "eval.at_end=false", "trainer.save_total_limit=3"]
+    args = [
+        "method=dpo",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.per_device_batch_size=2",
+        "logger=none",
+        "eval.at_end=false",
+        "trainer.save_total_limit=3",
+    ]
     run_cli("train", f"hydra.run.dir={run_dir}", *args)
     for name in ("summary.json", "train.json"):
         (run_dir / name).unlink()
@@ -177,16 +226,32 @@ def nan_reward(prompts, completions, **_):
 
 def test_the_ppo_loop_stops_on_a_diverged_rollout_in_one_line(tmp_path, cache_dir, tiny_model, capsys):
     with pytest.raises(SystemExit) as exit_:
-        run_cli("train", f"hydra.run.dir={tmp_path / 'nan'}", "logger=none", "method=ppo",
-                f"method.reward={__name__}:nan_reward", "trainer.max_steps=2", "trainer.per_device_batch_size=4",
-                "method.max_new_tokens=8")
+        run_cli(
+            "train",
+            f"hydra.run.dir={tmp_path / 'nan'}",
+            "logger=none",
+            "method=ppo",
+            f"method.reward={__name__}:nan_reward",
+            "trainer.max_steps=2",
+            "trainer.per_device_batch_size=4",
+            "method.max_new_tokens=8",
+        )
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert f"method.reward={__name__}:nan_reward returned nan for row 0" in err  # the reward's guard stops it first
     with pytest.raises(SystemExit):  # a KL past its bound stops the second iteration; the first checkpoint stays
-        run_cli("train", f"hydra.run.dir={tmp_path / 'kl'}", "logger=none", "method=ppo", "method.kl_limit=1e-12",
-                "trainer.max_steps=3", "trainer.save_steps=1", "trainer.per_device_batch_size=4", "method.max_new_tokens=8",
-                "trainer.learning_rate=1e-2")
+        run_cli(
+            "train",
+            f"hydra.run.dir={tmp_path / 'kl'}",
+            "logger=none",
+            "method=ppo",
+            "method.kl_limit=1e-12",
+            "trainer.max_steps=3",
+            "trainer.save_steps=1",
+            "trainer.per_device_batch_size=4",
+            "method.max_new_tokens=8",
+            "trainer.learning_rate=1e-2",
+        )
     err = capsys.readouterr().err
     assert "> method.kl_limit=1e-12" in err
     stopped = int(re.search(r"the rollout of iteration (\d+) diverged", err).group(1))

@@ -25,7 +25,9 @@ REQUIRED = os.environ.get("TOKALIGN_REQUIRE_SLURM") == "1"
 
 def _unavailable() -> str | None:
     if not (shutil.which("sinfo") and shutil.which("slurmctld")):
-        return "no SLURM on this machine (sinfo/slurmctld not found); scripts/slurm/start.sh installs one (root, Debian)"
+        return (
+            "no SLURM on this machine (sinfo/slurmctld not found); scripts/slurm/start.sh installs one (root, Debian)"
+        )
     if os.geteuid() != 0:
         return "the slurm tests run their own one-node SLURM, which needs root (scripts/slurm/start.sh)"
     return None

@@ -162,8 +162,10 @@ for step in range(1, 400):
 def test_ranks_agree_on_the_step_when_only_one_is_signalled(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     store = tmp_path / "store"
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), str(store)], stdout=subprocess.PIPE, text=True,
-                              env=env) for r in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(r), str(store)], stdout=subprocess.PIPE, text=True, env=env)
+        for r in range(2)
+    ]
     assert procs[0].stdout.readline().strip() == "ready"
     time.sleep(0.5)
     procs[1].send_signal(signal.SIGUSR2)  # only rank 1 hears it

@@ -56,8 +56,17 @@ def last_step(run_dir: Path) -> int:
 
 def test_ppo_sweep(slurm, tmp_path, tiny_model):
     out = tmp_path / "sweep"
-    r = sweep(slurm, out, "method=ppo", "method.kl_coef=0.02,0.1", "trainer.max_steps=2", "method.max_new_tokens=12",
-              "logger=none", "trainer.per_device_batch_size=4", "eval.at_end=false")
+    r = sweep(
+        slurm,
+        out,
+        "method=ppo",
+        "method.kl_coef=0.02,0.1",
+        "trainer.max_steps=2",
+        "method.max_new_tokens=12",
+        "logger=none",
+        "trainer.per_device_batch_size=4",
+        "eval.at_end=false",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     dirs = run_dirs(out)
     assert [d.name.split(",")[0] for d in dirs] == ["method.kl_coef=0.02", "method.kl_coef=0.1"]
@@ -85,7 +94,9 @@ def test_a_job_that_can_never_start_fails_the_sweep_in_one_line(slurm, tmp_path,
     assert line.startswith("tokalign: SLURM job") and "can never start (PartitionConfig)" in line, line
     assert "64 CPUs" in line and "at most 2 CPUs" in line, line
     ours = set(slurm.jobs(tmp_path / "cpus"))
-    assert ours and not [line for line in slurm.queue().splitlines() if line.split()[0] in ours]  # cancelled, not pending
+    assert ours and not [
+        line for line in slurm.queue().splitlines() if line.split()[0] in ours
+    ]  # cancelled, not pending
     # memory no node has: sbatch refuses at submission
     r = sweep(slurm, tmp_path / "mem", "hydra.launcher.mem_gb=4096", "method=dpo", "trainer.max_steps=2", *TINY)
     line = r.stderr.strip().splitlines()[-1]

@@ -71,8 +71,9 @@ class _Sampler:
         from tokalign.modeling.models import load_causal_lm
 
         if which not in self.models:
-            self.models[which] = load_causal_lm(self.paths[which], dtype="float32",
-                                                trust_remote_code=self.cfg.model.trust_remote_code)
+            self.models[which] = load_causal_lm(
+                self.paths[which], dtype="float32", trust_remote_code=self.cfg.model.trust_remote_code
+            )
         return self.models[which]
 
     def generator(self, which: str):
@@ -84,18 +85,31 @@ class _Sampler:
         if self.engine is None or self.engine[0] != which:
             if self.engine is not None:
                 self.engine[1].close()
-            engine = VLLMEngine.start(self.paths[which], self.cfg.rollout, colocated=False, seed=self.cfg.seed,
-                                      trust_remote_code=self.cfg.model.trust_remote_code)
+            engine = VLLMEngine.start(
+                self.paths[which],
+                self.cfg.rollout,
+                colocated=False,
+                seed=self.cfg.seed,
+                trust_remote_code=self.cfg.model.trust_remote_code,
+            )
             self.engine = which, engine
         return self.engine[1]
 
-    def sample(self, which: str, prompts: list[Any], *, temperature: float | None = None, num_samples: int | None = None):
+    def sample(
+        self, which: str, prompts: list[Any], *, temperature: float | None = None, num_samples: int | None = None
+    ):
         e = self.cfg.eval
         return generate(
-            self.generator(which), self.tokenizer, prompts, max_new_tokens=e.max_new_tokens,
-            temperature=e.temperature if temperature is None else temperature, top_p=e.top_p,
-            num_samples=e.num_samples if num_samples is None else num_samples, batch_size=e.batch_size,
-            seed=self.cfg.seed + 17, desc=f"eval: {which}",
+            self.generator(which),
+            self.tokenizer,
+            prompts,
+            max_new_tokens=e.max_new_tokens,
+            temperature=e.temperature if temperature is None else temperature,
+            top_p=e.top_p,
+            num_samples=e.num_samples if num_samples is None else num_samples,
+            batch_size=e.batch_size,
+            seed=self.cfg.seed + 17,
+            desc=f"eval: {which}",
         )
 
     def kl_to_reference(self, prompts: list[Any]) -> float:
@@ -128,7 +142,9 @@ def _verifiable(prompts, samples, answers, reward_fn, pass_k, suffix: str = "") 
     metrics = {f"eval/accuracy{suffix}": sum(map(sum, correct)) / (n * max(1, len(prompts)))}
     for k in sorted({*(int(k) for k in pass_k), n}):
         if 1 <= k <= n:
-            metrics[f"eval/pass@{k}{suffix}"] = sum(pass_at_k(n, int(sum(c)), k) for c in correct) / max(1, len(prompts))
+            metrics[f"eval/pass@{k}{suffix}"] = sum(pass_at_k(n, int(sum(c)), k) for c in correct) / max(
+                1, len(prompts)
+            )
     return metrics, correct
 
 
@@ -160,7 +176,10 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
     data = data.select(range(min(cfg.eval.num_prompts, len(data))))
     prompts = list(data["prompt"])
     reward_fn = _eval_reward(cfg)  # before any sampling: a reward that cannot load fails at once
-    extra = [(spec, rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards")) for spec in rewards.extra_specs(cfg.eval)]
+    extra = [
+        (spec, rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards"))
+        for spec in rewards.extra_specs(cfg.eval)
+    ]
     sampler = _Sampler(cfg, run_dir, tokenizer)
     policy = sampler.sample("policy", prompts)
     answers = list(data["answer"]) if "answer" in data.column_names else None
@@ -204,8 +223,14 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
     return metrics, columns, rows
 
 
-def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, rollout: DictConfig | None = None,
-                 trust_remote_code: bool = False, trust_run_code: bool = False) -> tuple[dict, list[str], list[list[Any]]]:
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: DictConfig | None = None,
+    *,
+    rollout: DictConfig | None = None,
+    trust_remote_code: bool = False,
+    trust_run_code: bool = False,
+) -> tuple[dict, list[str], list[list[Any]]]:
     """Metrics, and a table (columns, rows) of sample generations; also writes run_dir/eval.json.
 
     `rollout` replaces the run's sampling engine (a run trained with vLLM evaluates on a CPU
@@ -232,8 +257,10 @@ def evaluate_run(run_dir: str | Path, overrides: DictConfig | None = None, *, ro
         else:
             tokenizer = load_tokenizer(str(model_dir), cfg.model.trust_remote_code)
             e = cfg.eval
-            with stage(f"evaluating {run_dir}: policy and reference on up to {e.num_prompts} held-out prompts, "
-                       f"{e.num_samples} sample(s) each"):
+            with stage(
+                f"evaluating {run_dir}: policy and reference on up to {e.num_prompts} held-out prompts, "
+                f"{e.num_samples} sample(s) each"
+            ):
                 metrics, columns, rows = _generation_eval(cfg, run_dir, tokenizer)
     record_evaluation(run_dir, metrics, settings(cfg))
     return metrics, columns, rows[: cfg.eval.num_table_rows]
@@ -283,6 +310,8 @@ def _check_questions(cfg: DictConfig, run_dir: Path, overrides: DictConfig | Non
     for path in paths:
         full = Path(str(path)).expanduser().resolve()  # as export reads it
         if not full.is_relative_to(inside):
-            raise ConfigError(f"eval.export_questions={path} in {run_dir / 'resolved.yaml'} reaches outside the run "
-                              "directory; name the questions file on the command line (eval.export_questions=...) "
-                              "or pass trust_run_code=true")
+            raise ConfigError(
+                f"eval.export_questions={path} in {run_dir / 'resolved.yaml'} reaches outside the run "
+                "directory; name the questions file on the command line (eval.export_questions=...) "
+                "or pass trust_run_code=true"
+            )

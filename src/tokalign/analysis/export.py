@@ -42,8 +42,15 @@ from tokalign.modeling.generation import generate
 EXPORTERS = ("alpaca_eval", "mt_bench", "arena_hard")
 # fastchat/llm_judge/common.py temperature_config (MT-Bench categories)
 MT_BENCH_TEMPERATURE = {
-    "writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
-    "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0,
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
 }
 
 
@@ -93,11 +100,23 @@ class _Answerer:
         if self.model is None:
             from tokalign.modeling.models import load_causal_lm
 
-            self.model = load_causal_lm(str(self.run_dir / "model"), dtype=str(self.cfg.model.dtype),
-                                        trust_remote_code=self.cfg.model.trust_remote_code)
+            self.model = load_causal_lm(
+                str(self.run_dir / "model"),
+                dtype=str(self.cfg.model.dtype),
+                trust_remote_code=self.cfg.model.trust_remote_code,
+            )
         e = self.cfg.eval
-        out = generate(self.model, self.tokenizer, conversations, max_new_tokens=e.max_new_tokens,
-                       temperature=temperature, top_p=e.top_p, batch_size=e.batch_size, seed=self.cfg.seed + 29, desc=desc)
+        out = generate(
+            self.model,
+            self.tokenizer,
+            conversations,
+            max_new_tokens=e.max_new_tokens,
+            temperature=temperature,
+            top_p=e.top_p,
+            batch_size=e.batch_size,
+            seed=self.cfg.seed + 29,
+            desc=desc,
+        )
         return [o[0] for o in out]
 
 
@@ -114,8 +133,15 @@ def export_alpaca_eval(cfg, out: Path, answer, prompts, answers, questions) -> P
     if questions is None:
         records = [{"instruction": prompt_text(p), "dataset": str(cfg.dataset.name)} for p in prompts]
     else:
-        records = [{"instruction": q["instruction"], **({"dataset": q["dataset"]} if "dataset" in q else {})} for q in questions]
-        answers = answer([[{"role": "user", "content": r["instruction"]}] for r in records], cfg.eval.temperature, "export: alpaca_eval")
+        records = [
+            {"instruction": q["instruction"], **({"dataset": q["dataset"]} if "dataset" in q else {})}
+            for q in questions
+        ]
+        answers = answer(
+            [[{"role": "user", "content": r["instruction"]}] for r in records],
+            cfg.eval.temperature,
+            "export: alpaca_eval",
+        )
     rows = [{**r, "output": a, "generator": model_id(cfg)} for r, a in zip(records, answers)]
     return atomic_text(out / "alpaca_eval" / "model_outputs.json", json.dumps(rows, indent=2, ensure_ascii=False))
 
@@ -139,15 +165,22 @@ def _multi_turn(answer, questions: list[dict], turns_of, temperature_of, desc: s
 
 def export_mt_bench(cfg, out: Path, answer, prompts, answers, questions) -> Path:
     if questions is None:
-        questions = [{"question_id": i + 1, "category": "tokalign", "turns": [prompt_text(p)]} for i, p in enumerate(prompts)]
+        questions = [
+            {"question_id": i + 1, "category": "tokalign", "turns": [prompt_text(p)]} for i, p in enumerate(prompts)
+        ]
         _write_jsonl(out / "mt_bench" / "question.jsonl", questions)
         replies = [[a] for a in answers]
     else:
         temp = lambda q: MT_BENCH_TEMPERATURE.get(q.get("category"), 0.7)  # noqa: E731  FastChat's fallback
         replies = _multi_turn(answer, questions, lambda q: q["turns"], temp, "export: mt_bench")
     rows = [
-        {"question_id": q["question_id"], "answer_id": _answer_id(), "model_id": model_id(cfg),
-         "choices": [{"index": 0, "turns": r}], "tstamp": time.time()}
+        {
+            "question_id": q["question_id"],
+            "answer_id": _answer_id(),
+            "model_id": model_id(cfg),
+            "choices": [{"index": 0, "turns": r}],
+            "tstamp": time.time(),
+        }
         for q, r in zip(questions, replies)
     ]
     return _write_jsonl(out / "mt_bench" / "model_answer" / f"{model_id(cfg)}.jsonl", rows)
@@ -155,26 +188,50 @@ def export_mt_bench(cfg, out: Path, answer, prompts, answers, questions) -> Path
 
 def export_arena_hard(cfg, out: Path, answer, prompts, answers, questions, tokenizer) -> Path:
     if questions is None:
-        questions = [{"uid": f"tokalign-{i:05d}", "category": "tokalign", "prompt": prompt_text(p)} for i, p in enumerate(prompts)]
+        questions = [
+            {"uid": f"tokalign-{i:05d}", "category": "tokalign", "prompt": prompt_text(p)}
+            for i, p in enumerate(prompts)
+        ]
         _write_jsonl(out / "arena_hard" / "question.jsonl", questions)
     elif "uid" in questions[0]:
-        answers = answer([[{"role": "user", "content": q["prompt"]}] for q in questions], cfg.eval.temperature, "export: arena_hard")
+        answers = answer(
+            [[{"role": "user", "content": q["prompt"]}] for q in questions], cfg.eval.temperature, "export: arena_hard"
+        )
     else:  # v0.1: question_id + turns [{content}]; answered turn by turn
-        replies = _multi_turn(answer, questions, lambda q: [t["content"] for t in q["turns"]], lambda q: cfg.eval.temperature,
-                              "export: arena_hard")
+        replies = _multi_turn(
+            answer,
+            questions,
+            lambda q: [t["content"] for t in q["turns"]],
+            lambda q: cfg.eval.temperature,
+            "export: arena_hard",
+        )
         rows = []
         for q, r in zip(questions, replies):
-            row = {"question_id": q["question_id"], "answer_id": _answer_id(), "model_id": model_id(cfg),
-                   "choices": [{"index": 0, "turns": [{"content": a, "token_len": markdown_metadata(a, tokenizer)["token_len"]} for a in r]}],
-                   "tstamp": time.time()}
+            row = {
+                "question_id": q["question_id"],
+                "answer_id": _answer_id(),
+                "model_id": model_id(cfg),
+                "choices": [
+                    {
+                        "index": 0,
+                        "turns": [{"content": a, "token_len": markdown_metadata(a, tokenizer)["token_len"]} for a in r],
+                    }
+                ],
+                "tstamp": time.time(),
+            }
             if len(r) == 1:
                 row["conv_metadata"] = markdown_metadata(r[0], tokenizer)
             rows.append(row)
         return _write_jsonl(out / "arena_hard" / "model_answer" / f"{model_id(cfg)}.jsonl", rows)
     rows = [
-        {"uid": q["uid"], "ans_id": _answer_id(), "model": model_id(cfg),
-         "messages": [{"role": "user", "content": q["prompt"]}, {"role": "assistant", "content": {"answer": a}}],
-         "tstamp": time.time(), "metadata": markdown_metadata(a, tokenizer)}
+        {
+            "uid": q["uid"],
+            "ans_id": _answer_id(),
+            "model": model_id(cfg),
+            "messages": [{"role": "user", "content": q["prompt"]}, {"role": "assistant", "content": {"answer": a}}],
+            "tstamp": time.time(),
+            "metadata": markdown_metadata(a, tokenizer),
+        }
         for q, a in zip(questions, answers)
     ]
     return _write_jsonl(out / "arena_hard" / "model_answer" / f"{model_id(cfg)}.jsonl", rows)

@@ -35,9 +35,15 @@ def _log_to_wandb(cfg: DictConfig, run_dir: Path, page: str) -> None:
     run.finish()
 
 
-def inspect_run(run_dir: str | Path, out: str | Path | None = None, num_examples: int = 4,
-                max_new_tokens: int | None = None, progress: float = 1.0, trust_remote_code: bool = False,
-                trust_run_code: bool = False) -> Path:
+def inspect_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    num_examples: int = 4,
+    max_new_tokens: int | None = None,
+    progress: float = 1.0,
+    trust_remote_code: bool = False,
+    trust_run_code: bool = False,
+) -> Path:
     """Build the method's view of a finished run, write the HTML page, log it to W&B when the run has one."""
     from tokalign.modeling.models import load_tokenizer
 

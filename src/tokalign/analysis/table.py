@@ -99,7 +99,9 @@ def load_run(run_dir: Path) -> RunRecord:
         summary = _read_json(run_dir / "summary.json")
         if summary is None:
             steps = max((r.get("step", 0) for r in rec.history if isinstance(r.get("step"), int)), default=None)
-            rec.problem = "incomplete: no summary.json" + (f" (last logged step {steps})" if steps is not None else " (nothing logged)")
+            rec.problem = "incomplete: no summary.json" + (
+                f" (last logged step {steps})" if steps is not None else " (nothing logged)"
+            )
             return rec
         evaluated = _read_json(run_dir / "eval.json") or {}
         rec.eval_settings = evaluated.pop("settings", None) or _settings_of(cfg)
@@ -165,7 +167,13 @@ def default_group_by(records: list[RunRecord]) -> list[str]:
 
 
 def default_metrics(records: list[RunRecord]) -> list[str]:
-    keys = {k for r in records if r.problem is None for k, v in r.final.items() if k.startswith("eval/") and _number(v) is not None}
+    keys = {
+        k
+        for r in records
+        if r.problem is None
+        for k, v in r.final.items()
+        if k.startswith("eval/") and _number(v) is not None
+    }
     return sorted(keys - {"eval/num_prompts"})
 
 
@@ -232,7 +240,11 @@ def build_table(records: list[RunRecord], group_by: list[str], metrics: list[str
         row = {"group": key, "n": len(runs), "seeds": sorted(r.value("seed") for r in runs)}
         for m in metrics:
             values = [v for v in (_number(r.final.get(m)) for r in runs) if v is not None]
-            row[m] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)) if values else None
+            row[m] = (
+                (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+                if values
+                else None
+            )
         for r in runs:
             lacking = [m for m in metrics if _number(r.final.get(m)) is None]
             if lacking:
@@ -248,8 +260,11 @@ def default_curves(records: list[RunRecord], limit: int = 4) -> list[str]:
         return []
     common = set.intersection(*({k for row in r.history for k in row} for r in done))
     picked = [k for k in ("train/loss",) if k in common]
-    picked += sorted(k for k in common if k.startswith("train/")
-                     and k.rsplit("/", 1)[-1].startswith(("reward", "score", "accurac", "margin")))
+    picked += sorted(
+        k
+        for k in common
+        if k.startswith("train/") and k.rsplit("/", 1)[-1].startswith(("reward", "score", "accurac", "margin"))
+    )
     return picked[:limit]
 
 
@@ -275,8 +290,9 @@ def _means(runs: list[RunRecord], key: str) -> tuple[list[int], list[float], lis
 SHORT_CURVE = 3  # a curve of fewer logged steps is drawn as points
 
 
-def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], out: Path,
-                formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+def plot_curves(
+    records: list[RunRecord], group_by: list[str], keys: list[str], out: Path, formats: tuple[str, ...] = ("png", "pdf")
+) -> list[Path]:
     """One figure per key: each group's mean over its runs against the step (± std shaded, markers,
     the number of seeds in the legend). Methods whose metric means different things (an SFT
     cross-entropy and a DPO loss both log `train/loss`) get a panel each for a loss. A group with fewer
@@ -292,7 +308,9 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
     for key in keys:
         kinds: dict[str, list[RunRecord]] = {}
         for r in done:
-            algorithm = r.value("method.algorithm") if r.value("method.algorithm") != MISSING else r.value("method.name")
+            algorithm = (
+                r.value("method.algorithm") if r.value("method.algorithm") != MISSING else r.value("method.name")
+            )
             kinds.setdefault(str(algorithm) if key.endswith("loss") else "", []).append(r)
         fig, axes = plt.subplots(1, len(kinds) or 1, figsize=(5.5 * max(1, len(kinds)), 4), squeeze=False)
         for ax, (kind, runs) in zip(axes[0], sorted(kinds.items())):
@@ -307,11 +325,20 @@ def plot_curves(records: list[RunRecord], group_by: list[str], keys: list[str], 
                 label = f"{', '.join(map(str, group))} (n={len(groups[group])})"
                 if len(steps) < SHORT_CURVE:  # too few points for a line: the points themselves, ± std as bars
                     sparse.update(steps)
-                    ax.errorbar(steps, mean, yerr=std, fmt="o", markersize=5, capsize=3,
-                                label=f"{label}, {len(steps)} logged step{'s' if len(steps) > 1 else ''}")
+                    ax.errorbar(
+                        steps,
+                        mean,
+                        yerr=std,
+                        fmt="o",
+                        markersize=5,
+                        capsize=3,
+                        label=f"{label}, {len(steps)} logged step{'s' if len(steps) > 1 else ''}",
+                    )
                     continue
                 ax.plot(steps, mean, marker="o", markersize=3.5, linewidth=1.5, label=label)
-                ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+                ax.fill_between(
+                    steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2
+                )
             ax.set_xlabel("training step")
             ax.set_ylabel(axis_label(key))
             ax.set_title(f"{axis_label(key)} · {kind}" if kind and len(kinds) > 1 else axis_label(key))
@@ -337,8 +364,14 @@ def _file_safe(key: str) -> str:
 
 
 def make_report(
-    runs: list[str], out: str | Path | None = None, group_by: list[str] | None = None, metrics: list[str] | None = None,
-    curves: list[str] | None = None, wandb: str | None = None, wandb_group: str | None = None, title: str | None = None,
+    runs: list[str],
+    out: str | Path | None = None,
+    group_by: list[str] | None = None,
+    metrics: list[str] | None = None,
+    curves: list[str] | None = None,
+    wandb: str | None = None,
+    wandb_group: str | None = None,
+    title: str | None = None,
     mixed_eval: bool = False,
 ) -> tuple[Table, dict[str, Path]]:
     """Collect runs, write table.md, table.csv and curve PNGs into `out`; returns the table and files.
@@ -353,18 +386,25 @@ def make_report(
     metrics = list(metrics or default_metrics(records))
     differ = eval_differences(records)
     if differ and not mixed_eval:
-        raise ConfigError("these runs were evaluated with different settings, which a mean would mix: "
-                          + " | ".join(differ) + ". Re-evaluate them alike (tokalign eval run_dir=... eval.<knob>=...), "
-                          "or pass mixed_eval=true to tabulate them anyway")
+        raise ConfigError(
+            "these runs were evaluated with different settings, which a mean would mix: "
+            + " | ".join(differ)
+            + ". Re-evaluate them alike (tokalign eval run_dir=... eval.<knob>=...), "
+            "or pass mixed_eval=true to tabulate them anyway"
+        )
     table = build_table(records, group_by, metrics)
     if differ:
         table.notes = ["Evaluated with different settings (mixed_eval=true):", ""] + [f"- {line}" for line in differ]
     out = Path(out or (Path(runs[0]) / "table" if runs else "table"))
     if out.is_symlink():
-        raise StorageError(f"the table directory {out} is a symbolic link (to {os.readlink(out)}); tokalign writes no "
-                           "file through a link: pass out=<a directory>")
-    files = {"markdown": atomic_text(out / "table.md", table.markdown(title)),
-             "csv": atomic_text(out / "table.csv", table.csv())}
+        raise StorageError(
+            f"the table directory {out} is a symbolic link (to {os.readlink(out)}); tokalign writes no "
+            "file through a link: pass out=<a directory>"
+        )
+    files = {
+        "markdown": atomic_text(out / "table.md", table.markdown(title)),
+        "csv": atomic_text(out / "table.csv", table.csv()),
+    }
     curve_keys = default_curves(records) if curves is None else list(curves)
     for path in plot_curves(records, group_by, curve_keys, out):
         files[path.stem] = path

@@ -75,8 +75,12 @@ def _kind(hint: Any, plural: bool = False) -> str | None:
         return f"a list of {inner}" if inner and args[0] is not Any else "a list"
     if typing.get_origin(hint) is dict:
         return "a mapping {key: value}"
-    names = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-             str: ("text", "texts")}
+    names = {
+        bool: ("true or false", "true/false values"),
+        int: ("an integer", "integers"),
+        float: ("a number", "numbers"),
+        str: ("text", "texts"),
+    }
     return names[hint][plural] if hint in names else None
 
 

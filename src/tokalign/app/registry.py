@@ -40,9 +40,13 @@ def _plugins() -> dict[str, Method]:
         try:
             method = entry.load()
         except Exception as err:  # a broken plugin is named, not a traceback from its import
-            raise ConfigError(f"the tokalign method plugin {entry.name!r} ({entry.value}) failed to load: {err}") from err
+            raise ConfigError(
+                f"the tokalign method plugin {entry.name!r} ({entry.value}) failed to load: {err}"
+            ) from err
         if not isinstance(method, Method) or method.name != entry.name:
-            raise ConfigError(f"the tokalign method plugin {entry.name!r} ({entry.value}) is not a Method named {entry.name!r}")
+            raise ConfigError(
+                f"the tokalign method plugin {entry.name!r} ({entry.value}) is not a Method named {entry.name!r}"
+            )
         found[entry.name] = method
     return found
 

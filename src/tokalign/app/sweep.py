@@ -25,12 +25,13 @@ def point_name(overrides: Sequence[str], exclude: Sequence[str] = POINT_EXCLUDE)
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     kept = sorted(
-        o.input_line for o in parsed
+        o.input_line
+        for o in parsed
         if not o.is_hydra_override() and not any(fnmatch.fnmatchcase(o.key_or_group, p) for p in exclude)
     )
     name = ",".join(kept).replace("/", "%") or "default"
     if len(name) > MAX_NAME:
-        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+        name = f"{name[: MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
 
 

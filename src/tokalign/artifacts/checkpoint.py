@@ -55,7 +55,9 @@ def seal(path: str | os.PathLike) -> Path:
     """Mark a checkpoint directory complete: call once every file in it is written."""
     path = Path(path)
     files = {str(f.relative_to(path)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(path)}
-    return atomic_text(path / SEAL, json.dumps({"files": files, "hmac": _signature(files, _key(create=True))}, indent=0))
+    return atomic_text(
+        path / SEAL, json.dumps({"files": files, "hmac": _signature(files, _key(create=True))}, indent=0)
+    )
 
 
 def _manifest(path: Path) -> dict | None:
@@ -87,8 +89,10 @@ def verify(path: str | os.PathLike) -> str | None:
     key = _key(create=False)
     signature = json.loads((path / SEAL).read_text()).get("hmac", "")
     if key is None or not hmac.compare_digest(signature, _signature(manifest, key)):
-        return (f"its seal was not made with this account's key ({_key_path()}): it may have been written or changed "
-                "by someone else; copy the key of the account that trained it to resume it")
+        return (
+            f"its seal was not made with this account's key ({_key_path()}): it may have been written or changed "
+            "by someone else; copy the key of the account that trained it to resume it"
+        )
     present = {str(f.relative_to(path)) for f in _files(path)}
     if present != set(manifest):
         return f"files added or missing: {sorted(present ^ set(manifest))}"

@@ -24,10 +24,15 @@ from typing import Any
 
 from tokalign.errors import StorageError
 
-_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                   errno.EACCES: "permission denied", errno.EROFS: "read-only file system", errno.EPERM: "not permitted",
-                   errno.ELOOP: "it is a symbolic link, and tokalign writes no file through a link",
-                   errno.ENAMETOOLONG: "a file name there is longer than the file system allows"}
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.EPERM: "not permitted",
+    errno.ELOOP: "it is a symbolic link, and tokalign writes no file through a link",
+    errno.ENAMETOOLONG: "a file name there is longer than the file system allows",
+}
 
 
 def _storage_error(err: BaseException) -> str | None:
@@ -165,8 +170,10 @@ def refuse_links_out(root: str | os.PathLike, what: str) -> None:
     """A StorageError naming the first link under `root` that leads out of it, if any."""
     link = links_out(root)
     if link is not None:
-        raise StorageError(f"{what} {root}: {link} is a symbolic link to {os.readlink(link)}, outside it; tokalign "
-                           "writes nothing through a link out of its directory: remove the link")
+        raise StorageError(
+            f"{what} {root}: {link} is a symbolic link to {os.readlink(link)}, outside it; tokalign "
+            "writes nothing through a link out of its directory: remove the link"
+        )
 
 
 def clean_temporaries(root: str | os.PathLike, prefix: str) -> list[Path]:

@@ -52,8 +52,9 @@ def claim(run_dir: str | os.PathLike) -> Iterator[int]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose "
-                            "another hydra.run.dir") from None
+            raise UserError(
+                f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose another hydra.run.dir"
+            ) from None
         record_holder(fd, os.getpid())
         yield fd
     finally:
@@ -91,7 +92,7 @@ def _running(pid: int) -> bool:
 
 def _shown(path: Path, limit: int = 120) -> str:
     text = str(path)
-    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
 
 
 def check_writable(run_dir: str | os.PathLike) -> None:
@@ -102,8 +103,10 @@ def check_writable(run_dir: str | os.PathLike) -> None:
         real = path.resolve()
         if str(real) == "/" or any(real.is_relative_to(d) for d in SYSTEM_DIRS):
             via = "" if real == path else f" (it resolves to {real})"
-            raise StorageError(f"cannot use {_shown(path)} as a run directory{via}: a system directory; choose "
-                               "hydra.run.dir under your home or a scratch directory")
+            raise StorageError(
+                f"cannot use {_shown(path)} as a run directory{via}: a system directory; choose "
+                "hydra.run.dir under your home or a scratch directory"
+            )
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
             raise StorageError(f"cannot use {_shown(path)} as a run directory: {_shown(existing)} is a file")
@@ -124,8 +127,10 @@ def check_unused(run_dir: str | os.PathLike) -> None:
     """A fresh run (resume=never) refuses a directory holding an earlier run's results."""
     earlier = earlier_run(run_dir)
     if earlier:
-        raise UserError(f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
-                        "or choose another hydra.run.dir")
+        raise UserError(
+            f"{run_dir} holds an earlier run ({', '.join(earlier)}): pass resume=auto to continue it, "
+            "or choose another hydra.run.dir"
+        )
 
 
 def check_free(run_dir: str | os.PathLike) -> None:
@@ -137,8 +142,9 @@ def check_free(run_dir: str | os.PathLike) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UserError(f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose "
-                        "another hydra.run.dir") from None
+        raise UserError(
+            f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose another hydra.run.dir"
+        ) from None
     finally:
         os.close(fd)
 
@@ -189,8 +195,9 @@ def reader_cache() -> str:
     return os.path.expanduser(os.environ.get("TOKALIGN_CACHE") or "~/.cache/tokalign")
 
 
-def load_run_config(run_dir: str | os.PathLike, *, trust_remote_code: bool = False,
-                    trust_run_code: bool = False) -> DictConfig:
+def load_run_config(
+    run_dir: str | os.PathLike, *, trust_remote_code: bool = False, trust_run_code: bool = False
+) -> DictConfig:
     """A run's resolved config read as data: `model.trust_remote_code` set by the reader, never by the
     directory; `output_dir` is the directory read, and `cache_dir` the reader's own unless the reader
     trusts the run (`trust_run_code`: the command line said so, or this process trained it)."""
@@ -201,8 +208,11 @@ def load_run_config(run_dir: str | os.PathLike, *, trust_remote_code: bool = Fal
     if not isinstance(cfg.get("model"), DictConfig) or not isinstance(cfg.get("method"), DictConfig):
         raise UserError(f"{path} is not a tokalign run config (no model or method section)")
     if cfg.model.get("trust_remote_code") and not trust_remote_code:
-        print(f"tokalign: {run_dir} was trained with model.trust_remote_code=true; its model code runs here only "
-              "with trust_remote_code=true on this command line", file=sys.stderr)
+        print(
+            f"tokalign: {run_dir} was trained with model.trust_remote_code=true; its model code runs here only "
+            "with trust_remote_code=true on this command line",
+            file=sys.stderr,
+        )
     cfg.model.trust_remote_code = trust_remote_code
     cfg.output_dir = str(run_dir)
     if not trust_run_code:
@@ -224,12 +234,16 @@ def finished_model(run_dir: str | os.PathLike) -> Path:
         raise UserError(f"{model} holds no finished model (was the run completed?)")
     pickled = sorted(f.name for pattern in PICKLES for f in model.glob(pattern))
     if pickled:
-        raise UserError(f"{model} holds pickled files ({', '.join(pickled)}), which can run code when loaded; "
-                        "tokalign writes safetensors and loads no pickle from a run directory")
+        raise UserError(
+            f"{model} holds pickled files ({', '.join(pickled)}), which can run code when loaded; "
+            "tokalign writes safetensors and loads no pickle from a run directory"
+        )
     if not any(model.glob("*.safetensors")):
         raise UserError(f"{model} holds no safetensors weights")
     problem = non_finite(model)
     if problem:
-        raise DivergenceError(f"{model} holds non-finite weights ({problem}); it is not evaluated or continued: "
-                              "remove model/ and train.json, then resume=auto continues from the last sealed checkpoint")
+        raise DivergenceError(
+            f"{model} holds non-finite weights ({problem}); it is not evaluated or continued: "
+            "remove model/ and train.json, then resume=auto continues from the last sealed checkpoint"
+        )
     return model

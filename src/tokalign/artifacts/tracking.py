@@ -101,7 +101,9 @@ def quiet() -> None:
         console.setFormatter(logging.Formatter("tokalign: %(message)s"))
         LOG.addHandler(console)
         # one voice per run: a worker of rank > 0 says only what goes wrong
-        LOG.setLevel(logging.WARNING if int(os.environ.get("RANK", "0")) else logging.DEBUG if verbose() else logging.INFO)
+        LOG.setLevel(
+            logging.WARNING if int(os.environ.get("RANK", "0")) else logging.DEBUG if verbose() else logging.INFO
+        )
         LOG.propagate = False
     if verbose():
         return
@@ -195,9 +197,17 @@ class Tracker:
         run_id = id_file.read_text().strip() if id_file.exists() else _new_run_id()
         atomic_text(id_file, run_id)
         settings = dict(
-            project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group, job_type=cfg.logger.job_type,
-            name=cfg.run_name, tags=list(cfg.tags), config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            dir=str(self.run_dir), mode=wandb_mode(option(cfg.logger.mode)), id=run_id, resume="allow",
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            job_type=cfg.logger.job_type,
+            name=cfg.run_name,
+            tags=list(cfg.tags),
+            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            dir=str(self.run_dir),
+            mode=wandb_mode(option(cfg.logger.mode)),
+            id=run_id,
+            resume="allow",
         )
         return wandb.init(**settings)
 
@@ -205,7 +215,9 @@ class Tracker:
         if self.rank != 0:
             return
         row = finite(dict(metrics))
-        append_line(self.metrics_path, strict_json({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n")
+        append_line(
+            self.metrics_path, strict_json({"step": step, "time": round(time.time() - self.started, 3), **row}) + "\n"
+        )
         self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
@@ -249,8 +261,14 @@ def resume_wandb(cfg: DictConfig, run_dir: Path):
         return None
     import wandb
 
-    return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, id=id_file.read_text().strip(),
-                      resume="allow", dir=str(run_dir), mode=wandb_mode("auto"))
+    return wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        id=id_file.read_text().strip(),
+        resume="allow",
+        dir=str(run_dir),
+        mode=wandb_mode("auto"),
+    )
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

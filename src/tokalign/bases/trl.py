@@ -60,7 +60,11 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         import torch
 
         # Without use_cpu, accelerate treats CPU ranks as unrelated single processes.
-        args.update(ddp_backend=backend(launcher.backend), use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False)
+        args.update(
+            ddp_backend=backend(launcher.backend),
+            use_cpu=not torch.cuda.is_available(),
+            ddp_find_unused_parameters=False,
+        )
     elif launcher.name == "deepspeed":
         args.update(deepspeed=deepspeed_config(cfg), accelerator_config={"use_configured_state": True})
     args.update(method_args)
@@ -80,7 +84,9 @@ def peft_config(run):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
         task_type="CAUSAL_LM",
     )
@@ -116,15 +122,19 @@ class TrackerCallback(TrainerCallback):
         if control.should_save:
             control.should_log = True
             if model is not None and not _finite_parameters(model):
-                raise DivergenceError(f"the weights became non-finite at step {state.global_step}; nothing was saved. "
-                                      "Lower trainer.learning_rate or check the data; resume=auto continues the last good checkpoint")
+                raise DivergenceError(
+                    f"the weights became non-finite at step {state.global_step}; nothing was saved. "
+                    "Lower trainer.learning_rate or check the data; resume=auto continues the last good checkpoint"
+                )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
         for key in ("loss", "grad_norm", "eval_loss"):
             if key in logs and logs[key] is not None and not math.isfinite(float(logs[key])):
-                raise DivergenceError(f"{key} became {logs[key]} at step {state.global_step}; nothing was saved. "
-                                      "Lower trainer.learning_rate or check the data; resume=auto continues the last good checkpoint")
+                raise DivergenceError(
+                    f"{key} became {logs[key]} at step {state.global_step}; nothing was saved. "
+                    "Lower trainer.learning_rate or check the data; resume=auto continues the last good checkpoint"
+                )
         row = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
         self.tracker.log(row, step=state.global_step)
 
@@ -173,20 +183,26 @@ class PreemptionCallback(TrainerCallback):
 
 def _stopped(args, state, request) -> preemption.Stopped:
     last = latest_checkpoint(args.output_dir)
-    return request.stopped(f"at step {state.global_step}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
+    return request.stopped(
+        f"at step {state.global_step}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet"
+    )
 
 
 def _check_final(model, state_dict, step: int, output_dir: str) -> None:
     """The final weights are finite before they are written (a run shorter than logging_steps logs no loss)."""
     import torch
 
-    tensors = state_dict.values() if state_dict is not None else (getattr(p, "ds_tensor", p) for p in model.parameters())
+    tensors = (
+        state_dict.values() if state_dict is not None else (getattr(p, "ds_tensor", p) for p in model.parameters())
+    )
     if all(torch.isfinite(t).all() for t in tensors if t.numel()):
         return
     last = latest_checkpoint(output_dir)
-    raise DivergenceError(f"the weights are non-finite after the last step ({step}); the final model was not saved. "
-                          "Lower trainer.learning_rate or check the data; "
-                          + (f"{last} is the last finite checkpoint" if last else "no checkpoint was sealed"))
+    raise DivergenceError(
+        f"the weights are non-finite after the last step ({step}); the final model was not saved. "
+        "Lower trainer.learning_rate or check the data; "
+        + (f"{last} is the last finite checkpoint" if last else "no checkpoint was sealed")
+    )
 
 
 def run_trainer(run, trainer) -> dict[str, Any]:

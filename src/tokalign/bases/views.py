@@ -64,9 +64,11 @@ def _fmt(v: float) -> str:
 def _key(name: str, scale: float) -> str:
     """The colour key of one value: what red, white and green mean, and the value of full colour."""
     e = html.escape(name)
-    return (f"<div class='key'><b>Colour key</b> ({e}): <span>red: {e} = −{_fmt(scale)}</span><span class='bar'></span>"
-            f"<span>green: {e} = +{_fmt(scale)}</span><span class='note'>(white: 0; each token's values are printed "
-            "under it)</span></div>")
+    return (
+        f"<div class='key'><b>Colour key</b> ({e}): <span>red: {e} = −{_fmt(scale)}</span><span class='bar'></span>"
+        f"<span>green: {e} = +{_fmt(scale)}</span><span class='note'>(white: 0; each token's values are printed "
+        "under it)</span></div>"
+    )
 
 
 def render_html(view: View) -> str:
@@ -76,9 +78,12 @@ def render_html(view: View) -> str:
     for s in view.seqs:
         vals = [abs(v) for v in s.values.get(s.color, []) if math.isfinite(v)]
         scale[s.color] = max(scale.get(s.color, 0.0), max(vals, default=0.0))
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(view.title)}</title>",
-           f"<style>{_CSS}</style></head><body><h2>{html.escape(view.title)}</h2>",
-           f"<p class='note'>{html.escape(view.legend)}</p>", *(_key(name, v) for name, v in scale.items())]
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(view.title)}</title>",
+        f"<style>{_CSS}</style></head><body><h2>{html.escape(view.title)}</h2>",
+        f"<p class='note'>{html.escape(view.legend)}</p>",
+        *(_key(name, v) for name, v in scale.items()),
+    ]
     shown_prompt = None
     for s in view.seqs:
         if s.prompt and s.prompt != shown_prompt:
@@ -92,13 +97,19 @@ def render_html(view: View) -> str:
             v = s.values[s.color][i]
             a = 0.0 if not scale.get(s.color) or not math.isfinite(v) else min(1.0, abs(v) / scale[s.color]) * 0.8
             rgb = "0,150,60" if v >= 0 else "210,40,40"
-            cls = "tok" + (" start" if s.starts and s.starts[i] else "") + (" unkept" if s.kept is not None and not s.kept[i] else "")
+            cls = (
+                "tok"
+                + (" start" if s.starts and s.starts[i] else "")
+                + (" unkept" if s.kept is not None and not s.kept[i] else "")
+            )
             tip = " ".join(f"{k}={_fmt(vals[i])}" for k, vals in s.values.items())
             data = " ".join(f"data-{html.escape(k)}='{_fmt(vals[i])}'" for k, vals in s.values.items())
             shown = "<br>".join(f"{html.escape(k)} {_fmt(vals[i])}" for k, vals in s.values.items())
-            out.append(f"<span class='cell'><span class='{cls}' style='background:rgba({rgb},{a:.3f})' "
-                       f"title='{html.escape(tip)}' {data}>{html.escape(_shown(tok))}</span>"
-                       f"<span class='vals'>{shown}</span></span>")
+            out.append(
+                f"<span class='cell'><span class='{cls}' style='background:rgba({rgb},{a:.3f})' "
+                f"title='{html.escape(tip)}' {data}>{html.escape(_shown(tok))}</span>"
+                f"<span class='vals'>{shown}</span></span>"
+            )
         out.append("</div></div>")
     out.append("</body></html>")
     return "".join(out)
@@ -149,7 +160,9 @@ def response_ids(tokenizer, prompt: Any, response: str) -> tuple[list[int], list
 
 
 @torch.no_grad()
-def response_logps(model, prompt_ids: list[int], ids: list[int], temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logps(
+    model, prompt_ids: list[int], ids: list[int], temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs and full-vocabulary entropies of `ids` after `prompt_ids`, (T,) each."""
     x = torch.tensor([prompt_ids + ids])
     logits = model(input_ids=x).logits[0, len(prompt_ids) - 1 : -1].float() / temperature
@@ -164,5 +177,3 @@ def pieces(tokenizer, ids: list[int]) -> list[str]:
 
 def first_response(x: Any) -> str:
     return x if isinstance(x, str) else x[-1]["content"]
-
-

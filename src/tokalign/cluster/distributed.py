@@ -28,9 +28,16 @@ def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
     t, la = cfg.trainer, cfg.launcher
     precision = option(t.precision)
     zero: dict[str, Any] = {"stage": la.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
-    for key, device in (("offload_optimizer", option(la.offload_optimizer)), ("offload_param", option(la.offload_param))):
+    for key, device in (
+        ("offload_optimizer", option(la.offload_optimizer)),
+        ("offload_param", option(la.offload_param)),
+    ):
         if device != "none":
-            zero[key] = {"device": device, "pin_memory": True, **({"nvme_path": la.nvme_path} if device == "nvme" else {})}
+            zero[key] = {
+                "device": device,
+                "pin_memory": True,
+                **({"nvme_path": la.nvme_path} if device == "nvme" else {}),
+            }
     if la.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     # No train_batch_size: DeepSpeed derives it (micro x accumulation x world size), and the HF
@@ -49,10 +56,18 @@ def deepspeed_config(cfg: DictConfig) -> dict[str, Any]:
     if option(la.offload_optimizer) != "none":
         # An offloaded optimizer steps on the CPU: DeepSpeed's own (compiled) AdamW. Otherwise
         # the HF Trainer's torch optimizer is used and no DeepSpeed op is compiled.
-        ds["optimizer"] = {"type": "AdamW", "params": {
-            "lr": t.learning_rate, "weight_decay": t.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
-        }}
-    return _merge(ds, OmegaConf.to_container(la.config, resolve=True) if isinstance(la.config, DictConfig) else dict(la.config))
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {
+                "lr": t.learning_rate,
+                "weight_decay": t.weight_decay,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+            },
+        }
+    return _merge(
+        ds, OmegaConf.to_container(la.config, resolve=True) if isinstance(la.config, DictConfig) else dict(la.config)
+    )
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -60,5 +75,3 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-

@@ -62,8 +62,11 @@ class Request:
     def stopped(self, where: str, then: str) -> Stopped:
         """`stopped by SIGTERM at step 5 (cancelled or out of time); <then>`, or by Ctrl-C (exit status 130)."""
         where = f" {where}" if where else ""
-        err = Stopped(f"stopped by Ctrl-C{where}; {then}" if self.by_user
-                      else f"stopped by SIGTERM{where} (cancelled or out of time); {then}")
+        err = Stopped(
+            f"stopped by Ctrl-C{where}; {then}"
+            if self.by_user
+            else f"stopped by SIGTERM{where} (cancelled or out of time); {then}"
+        )
         if self.by_user:
             err.exit_code = EXIT_INTERRUPTED
         return err
@@ -83,8 +86,10 @@ def _record(signum: int, frame: Any) -> None:
     if signum == signal.SIGINT:
         _interrupts[0] += 1
         if _interrupts[0] > 1:
-            raise Interrupted("interrupted twice: stopped at once, mid-step, with no new checkpoint; resume=auto "
-                              "continues from the last sealed one")
+            raise Interrupted(
+                "interrupted twice: stopped at once, mid-step, with no new checkpoint; resume=auto "
+                "continues from the last sealed one"
+            )
         os.write(2, b"\ntokalign: Ctrl-C: stopping at the next step boundary (Ctrl-C again stops at once)\n")
     _received[signum] = True
 
@@ -107,8 +112,11 @@ def installed() -> bool:
 def requests() -> Request:
     """What this process has received and no poll() has returned yet (this rank alone)."""
     interrupted = _received.get(signal.SIGINT, False)
-    return Request(stop=_received.get(signal.SIGTERM, False) or interrupted,
-                   checkpoint=_received.get(signal.SIGUSR2, False), by_user=interrupted)
+    return Request(
+        stop=_received.get(signal.SIGTERM, False) or interrupted,
+        checkpoint=_received.get(signal.SIGUSR2, False),
+        by_user=interrupted,
+    )
 
 
 def poll(sync: Optional[Callable[[list[int]], list[int]]] = None) -> Request:

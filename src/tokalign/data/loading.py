@@ -70,7 +70,9 @@ def toy_rows(cfg: DictConfig, kind: str, split: str) -> list[dict]:
         return [{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]
     if kind == "preference":
         wrong = toy_math.rows(n, seed, split=split, noise=1.0)
-        return [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": w["completion"]} for r, w in zip(rows, wrong)]
+        return [
+            {"prompt": r["prompt"], "chosen": r["completion"], "rejected": w["completion"]} for r, w in zip(rows, wrong)
+        ]
     return rows
 
 
@@ -87,7 +89,9 @@ def _numbered_rows(path: Path, as_list: bool | None = None) -> list[tuple[str, d
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); re-encode the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); re-encode the file as UTF-8"
+        ) from None
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     numbered = [(1, text)] if as_list else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -113,7 +117,9 @@ def _kind_of(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "true/false"
-    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def check_rows(numbered: list[tuple[str, dict]], fields: tuple[str, ...]) -> None:
@@ -128,8 +134,10 @@ def check_rows(numbered: list[tuple[str, dict]], fields: tuple[str, ...]) -> Non
                 continue
             seen = first.setdefault(key, (kind, where))
             if seen[0] != kind:
-                raise DataError(f"{where}: field {key!r} is {kind}, but {seen[0]} at {seen[1]}; a field must have one "
-                                "type in every row")
+                raise DataError(
+                    f"{where}: field {key!r} is {kind}, but {seen[0]} at {seen[1]}; a field must have one "
+                    "type in every row"
+                )
             if key in fields:
                 _check_text(where, key, value)
 
@@ -140,16 +148,21 @@ def _check_text(where: str, key: str, value: Any) -> None:
     if key == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return
     if not isinstance(value, list):
-        raise DataError(f"{where}: field {key!r} is {_kind_of(value)} ({str(value)[:40]}); expected text or a list of "
-                        "chat messages")
+        raise DataError(
+            f"{where}: field {key!r} is {_kind_of(value)} ({str(value)[:40]}); expected text or a list of chat messages"
+        )
     for i, message in enumerate(value):
         if not isinstance(message, dict):
-            raise DataError(f"{where}: field {key!r} message {i} is {_kind_of(message)}; chat messages are "
-                            "{role, content} objects")
+            raise DataError(
+                f"{where}: field {key!r} message {i} is {_kind_of(message)}; chat messages are "
+                "{role, content} objects"
+            )
         missing = [k for k in ("role", "content") if k not in message]
         if missing:
-            raise DataError(f"{where}: field {key!r} message {i} has no {' and no '.join(map(repr, missing))}; chat "
-                            "messages are {role, content} objects")
+            raise DataError(
+                f"{where}: field {key!r} message {i} has no {' and no '.join(map(repr, missing))}; chat "
+                "messages are {role, content} objects"
+            )
         if not isinstance(message["role"], str) or not isinstance(message["content"], (str, list)):
             raise DataError(f"{where}: field {key!r} message {i}: role must be text and content text")
 
@@ -245,8 +258,9 @@ def check_columns(ds, cfg: DictConfig, kind: str, method: str):
 def held_out(cfg: DictConfig, total: int) -> int:
     """Rows held out of a split of `total` rows for evaluation (no `eval_split`): a share, capped, never all."""
     if total < 2:
-        raise DataError(f"{describe(cfg)} has {total} row(s): too few to train and evaluate; add rows or give "
-                        "dataset.eval_split")
+        raise DataError(
+            f"{describe(cfg)} has {total} row(s): too few to train and evaluate; add rows or give dataset.eval_split"
+        )
     return min(cfg.num_eval, max(1, math.floor(cfg.eval_fraction * total)), total - 1)
 
 
@@ -280,11 +294,14 @@ def _split(cfg: DictConfig, kind: str, split: str, method: str) -> tuple[Any, st
         full = check_columns(load(cfg, cfg.split), cfg, kind, method)
         held = held_out(cfg, len(full))
         ds = full.select(range(len(full) - held) if split == "train" else range(len(full) - held, len(full)))
-        note = (f"{held} of the {len(full)} rows of split {cfg.split!r} held out for evaluation "
-                f"(dataset.eval_fraction={cfg.eval_fraction}, at most dataset.num_eval={cfg.num_eval})")
+        note = (
+            f"{held} of the {len(full)} rows of split {cfg.split!r} held out for evaluation "
+            f"(dataset.eval_fraction={cfg.eval_fraction}, at most dataset.num_eval={cfg.num_eval})"
+        )
     if split == "train" and cfg.num_train:
         ds = ds.select(range(min(cfg.num_train, len(ds))))
     return ds, note
+
 
 def _empty(value: Any) -> bool:
     if isinstance(value, list):

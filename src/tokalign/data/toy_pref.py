@@ -24,10 +24,36 @@ import re
 from collections import Counter
 
 TOPICS = (
-    "garden", "river", "city", "robot", "music", "winter", "ocean", "forest",
-    "kitchen", "school", "train", "library", "mountain", "market", "festival",
-    "bridge", "castle", "island", "museum", "village", "harbor", "desert",
-    "meadow", "station", "lake", "theater", "farm", "valley", "tower", "park",
+    "garden",
+    "river",
+    "city",
+    "robot",
+    "music",
+    "winter",
+    "ocean",
+    "forest",
+    "kitchen",
+    "school",
+    "train",
+    "library",
+    "mountain",
+    "market",
+    "festival",
+    "bridge",
+    "castle",
+    "island",
+    "museum",
+    "village",
+    "harbor",
+    "desert",
+    "meadow",
+    "station",
+    "lake",
+    "theater",
+    "farm",
+    "valley",
+    "tower",
+    "park",
 )
 EVAL_TOPICS = TOPICS[24:]
 TRAIN_TOPICS = TOPICS[:24]
@@ -42,7 +68,9 @@ NEUTRAL = ("big", "old", "busy", "small", "quiet", "new", "long", "open")
 ADJECTIVES = frozenset(POSITIVE + NEGATIVE + NEUTRAL)
 NOUNS = ("day", "view", "crowd", "sky")
 # Every word a toy response is made of: a response with any other word is malformed, not a note.
-VOCABULARY = ADJECTIVES | frozenset(TOPICS + NOUNS + ("place", "the", "it", "is", "and", "very", "people", "say", "we", "saw", "a"))
+VOCABULARY = ADJECTIVES | frozenset(
+    TOPICS + NOUNS + ("place", "the", "it", "is", "and", "very", "people", "say", "we", "saw", "a")
+)
 SENTIMENT_CAP = 3
 MIN_WORDS, MAX_WORDS = 3, 24
 LENGTH_PENALTY = 0.5

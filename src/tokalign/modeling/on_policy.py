@@ -59,23 +59,56 @@ def build_pairs(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.exists():
-            with stage(f"sampling on-policy pairs: {num_samples} responses to each of {len(prompts)} prompts, ranked by "
-                       f"{scorer_name}, once (cached at {path})"):
-                _sample_pairs(path, prompts, model=model, tokenizer=tokenizer, model_path=model_path, scorer=scorer,
-                              num_samples=num_samples, temperature=temperature, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, seed=seed, rollout=rollout)
+            with stage(
+                f"sampling on-policy pairs: {num_samples} responses to each of {len(prompts)} prompts, ranked by "
+                f"{scorer_name}, once (cached at {path})"
+            ):
+                _sample_pairs(
+                    path,
+                    prompts,
+                    model=model,
+                    tokenizer=tokenizer,
+                    model_path=model_path,
+                    scorer=scorer,
+                    num_samples=num_samples,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    seed=seed,
+                    rollout=rollout,
+                )
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _sample_pairs(path: Path, prompts: list[Any], *, model, tokenizer, model_path: str, scorer, num_samples: int,
-                  temperature: float, max_new_tokens: int, batch_size: int, seed: int, rollout: Any) -> None:
+def _sample_pairs(
+    path: Path,
+    prompts: list[Any],
+    *,
+    model,
+    tokenizer,
+    model_path: str,
+    scorer,
+    num_samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    rollout: Any,
+) -> None:
     from tokalign.modeling.vllm_engine import VLLMEngine, uses_vllm
 
     sampler = VLLMEngine.start(model_path, rollout, colocated=False, seed=seed) if uses_vllm(rollout) else model
     try:
         samples = generate(
-            sampler, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-            num_samples=num_samples, batch_size=batch_size, seed=seed, desc="on-policy samples",
+            sampler,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            desc="on-policy samples",
         )
     finally:
         if sampler is not model:
@@ -86,11 +119,13 @@ def _sample_pairs(path: Path, prompts: list[Any], *, model, tokenizer, model_pat
         best = max(range(len(scores)), key=scores.__getitem__)
         worst = min(range(len(scores)), key=scores.__getitem__)
         if scores[best] > scores[worst]:
-            rows.append({
-                "prompt": prompt,
-                "chosen": [{"role": "assistant", "content": completions[best]}],
-                "rejected": [{"role": "assistant", "content": completions[worst]}],
-                "score_chosen": scores[best],
-                "score_rejected": scores[worst],
-            })
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": [{"role": "assistant", "content": completions[best]}],
+                    "rejected": [{"role": "assistant", "content": completions[worst]}],
+                    "score_chosen": scores[best],
+                    "score_rejected": scores[worst],
+                }
+            )
     atomic_text(path, "".join(strict_json(r) + "\n" for r in rows))

@@ -124,9 +124,17 @@ def _distributed_env() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
-def llm_kwargs(model_path: str, rollout: Any, *, colocated: bool, seed: int = 0, dtype: str = "auto",
-               max_model_len: int | None = None, max_num_seqs: int | None = None,
-               trust_remote_code: bool = False) -> dict[str, Any]:
+def llm_kwargs(
+    model_path: str,
+    rollout: Any,
+    *,
+    colocated: bool,
+    seed: int = 0,
+    dtype: str = "auto",
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """vLLM `LLM` arguments for an engine over `model_path`.
 
     Colocated (the PPO loop): one engine per training process on that process's GPU, started by
@@ -134,19 +142,30 @@ def llm_kwargs(model_path: str, rollout: Any, *, colocated: bool, seed: int = 0,
     (evaluation, on-policy pairs): vLLM's own workers, `tensor_parallel_size` GPUs.
     """
     kwargs: dict[str, Any] = dict(
-        model=model_path, dtype=dtype, seed=seed, gpu_memory_utilization=rollout.gpu_memory_utilization,
-        max_model_len=max_model_len, trust_remote_code=trust_remote_code,
+        model=model_path,
+        dtype=dtype,
+        seed=seed,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        max_model_len=max_model_len,
+        trust_remote_code=trust_remote_code,
     )
     if not colocated:
         return kwargs | dict(tensor_parallel_size=rollout.tensor_parallel_size)
     if option(rollout.mode) != "colocate":
-        raise ConfigError("rollout.mode=server serves the GRPO family (TRL's vLLM client); "
-                          "the PPO loop samples from a colocated engine: use rollout.mode=colocate")
+        raise ConfigError(
+            "rollout.mode=server serves the GRPO family (TRL's vLLM client); "
+            "the PPO loop samples from a colocated engine: use rollout.mode=colocate"
+        )
     if rollout.tensor_parallel_size != 1:
-        raise ConfigError(f"rollout.tensor_parallel_size={rollout.tensor_parallel_size}: the PPO loop's colocated "
-                          "engine runs on its own process's GPU; use 1")
-    return kwargs | dict(distributed_executor_backend="external_launcher", max_num_seqs=max_num_seqs,
-                         enable_sleep_mode=rollout.enable_sleep_mode)
+        raise ConfigError(
+            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size}: the PPO loop's colocated "
+            "engine runs on its own process's GPU; use 1"
+        )
+    return kwargs | dict(
+        distributed_executor_backend="external_launcher",
+        max_num_seqs=max_num_seqs,
+        enable_sleep_mode=rollout.enable_sleep_mode,
+    )
 
 
 class VLLMEngine:
@@ -192,8 +211,17 @@ class VLLMEngine:
         self.version = version
         return True
 
-    def sample(self, prompt_ids: list[list[int]], *, n: int = 1, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, top_k: int = 0, seed: int | None = None) -> list[list[int]]:
+    def sample(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        n: int = 1,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+    ) -> list[list[int]]:
         """`n` completions (token ids, EOS included when reached) per prompt, prompt-major; greedy at temperature 0.
 
         `seed` seeds prompt i's request with seed + i, so that a rerun samples the same tokens.
@@ -204,14 +232,22 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = [
-            SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                           seed=None if seed is None else seed + i, detokenize=False)
+            SamplingParams(
+                n=n,
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=None if seed is None else seed + i,
+                detokenize=False,
+            )
             for i in range(len(prompt_ids))
         ]
         if self.sleeps:
             self.llm.wake_up(tags=["kv_cache"])
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
-                                    use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False
+        )
         if self.sleeps:
             self.llm.sleep(level=2)
             self.version = None

@@ -25,4 +25,7 @@ def print_closing_screen(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any]
     if (run_dir / "eval.json").exists():
         console.print(f"eval        {run_dir / 'eval.json'}")
     if wandb_dir:
-        console.print(f"wandb       {wandb_dir}" + ("   (offline: `wandb sync` it to upload)" if "offline-run" in wandb_dir else ""))
+        console.print(
+            f"wandb       {wandb_dir}"
+            + ("   (offline: `wandb sync` it to upload)" if "offline-run" in wandb_dir else "")
+        )

@@ -67,20 +67,43 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
     runner, n = option(la.runner), world_size(la)
     worker = ["-m", "tokalign.runtime.worker", str(config_path)]
     if runner == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={la.num_gpus}", f"--nnodes={la.num_nodes}",
-                f"--node_rank={la.node_rank}", f"--master_addr={addr}", f"--master_port={port}", *worker]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={la.num_gpus}",
+            f"--nnodes={la.num_nodes}",
+            f"--node_rank={la.node_rank}",
+            f"--master_addr={addr}",
+            f"--master_port={port}",
+            *worker,
+        ]
     if runner == "deepspeed":
-        cmd = [shutil.which("deepspeed") or "deepspeed", "--no_local_rank", f"--num_gpus={la.num_gpus}",
-               f"--num_nodes={la.num_nodes}", f"--master_addr={addr}", f"--master_port={port}"]
+        cmd = [
+            shutil.which("deepspeed") or "deepspeed",
+            "--no_local_rank",
+            f"--num_gpus={la.num_gpus}",
+            f"--num_nodes={la.num_nodes}",
+            f"--master_addr={addr}",
+            f"--master_port={port}",
+        ]
         if la.hostfile:
             cmd.append(f"--hostfile={la.hostfile}")
         elif la.num_nodes > 1:
             cmd += ["--no_ssh", f"--node_rank={la.node_rank}"]
         return [*cmd, "--module", "tokalign.runtime.worker", str(config_path)]
     precision = {"fp32": "no"}.get(option(cfg.trainer.precision), option(cfg.trainer.precision))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", f"--num_processes={n}", f"--num_machines={la.num_nodes}",
-           f"--machine_rank={la.node_rank}", f"--main_process_ip={addr}", f"--main_process_port={port}",
-           f"--mixed_precision={precision}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        f"--num_processes={n}",
+        f"--num_machines={la.num_nodes}",
+        f"--machine_rank={la.node_rank}",
+        f"--main_process_ip={addr}",
+        f"--main_process_port={port}",
+        f"--mixed_precision={precision}",
+    ]
     if la.name == "deepspeed":
         cmd += ["--use_deepspeed", f"--deepspeed_config_file={config_path.parent / 'deepspeed.json'}"]
         if la.num_nodes > 1:
@@ -154,8 +177,10 @@ def _hub_problem(repo_id: str, repo_type: str) -> str | None:
     if snapshots.is_dir() and any(snapshots.glob("*/*")):
         return None
     if constants.HF_HUB_OFFLINE:
-        return ("is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: download it where "
-                "there is network (`hf download`), or pass a local copy with .path=")
+        return (
+            "is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: download it where "
+            "there is network (`hf download`), or pass a local copy with .path="
+        )
     try:
         HfApi().auth_check(repo_id, repo_type=repo_type)
     except GatedRepoError:
@@ -172,7 +197,11 @@ def check_sources(cfg: DictConfig) -> None:
     and granted): one line now, not a failure in every worker later."""
     path = cfg.model.get("path")
     if path and not (Path(str(path)).expanduser() / "config.json").exists():
-        hint = f"; a hub model is model.source=hub model.hub_id={path}" if not Path(str(path)).expanduser().exists() else ""
+        hint = (
+            f"; a hub model is model.source=hub model.hub_id={path}"
+            if not Path(str(path)).expanduser().exists()
+            else ""
+        )
         raise ModelError(f"model.path={path} is not a Hugging Face checkpoint directory (no config.json){hint}")
     if cfg.dataset.get("path") and not Path(str(cfg.dataset.path)).expanduser().exists():
         raise DataError(f"dataset.path={Path(str(cfg.dataset.path)).expanduser()} does not exist")

@@ -69,8 +69,9 @@ class Run:
     def load_policy(self) -> Any:
         from tokalign.modeling.models import load_causal_lm
 
-        return load_causal_lm(self.model_path, dtype=option(self.cfg.model.dtype),
-                              trust_remote_code=self.cfg.model.trust_remote_code)
+        return load_causal_lm(
+            self.model_path, dtype=option(self.cfg.model.dtype), trust_remote_code=self.cfg.model.trust_remote_code
+        )
 
     def _check_disk(self) -> None:
         """Room in the run directory for the final model (and a checkpoint with optimizer state)."""
@@ -85,8 +86,10 @@ class Run:
         need = weights * (4 if self.cfg.trainer.save_steps > 0 else 1)
         free = shutil.disk_usage(next(p for p in (self.dir, *self.dir.parents) if p.exists())).free
         if free < need:
-            raise StorageError(f"{self.dir} has {free / 2**30:.1f} GiB free; this model's final weights and checkpoints "
-                               f"need about {need / 2**30:.1f} GiB")
+            raise StorageError(
+                f"{self.dir} has {free / 2**30:.1f} GiB free; this model's final weights and checkpoints "
+                f"need about {need / 2**30:.1f} GiB"
+            )
 
     def _train_data(self):
         """Training rows after screening, and what the screening and hold-out did (said once, kept in the summary)."""
@@ -105,12 +108,23 @@ class Run:
             prompt_rows, note = load_training_rows(d, DataKind.prompt, method=method)
             prompts = list(prompt_rows["prompt"])
             o = d.on_policy
-            data = datasets.Dataset.from_list(build_pairs(
-                prompts, model=self.load_policy(), tokenizer=self.tokenizer, model_path=self.model_path,
-                scorer=scorer, scorer_name=getattr(scorer, "__name__", "reward"), num_samples=o.num_samples,
-                temperature=o.temperature, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size, seed=d.seed,
-                cache_dir=self.cfg.cache_dir, rollout=self.cfg.rollout,
-            ))
+            data = datasets.Dataset.from_list(
+                build_pairs(
+                    prompts,
+                    model=self.load_policy(),
+                    tokenizer=self.tokenizer,
+                    model_path=self.model_path,
+                    scorer=scorer,
+                    scorer_name=getattr(scorer, "__name__", "reward"),
+                    num_samples=o.num_samples,
+                    temperature=o.temperature,
+                    max_new_tokens=o.max_new_tokens,
+                    batch_size=o.batch_size,
+                    seed=d.seed,
+                    cache_dir=self.cfg.cache_dir,
+                    rollout=self.cfg.rollout,
+                )
+            )
         data, dropped = screen(data, kind, self.tokenizer, self.cfg.trainer.max_length)
         if self.rank == 0 and not self.nested:
             said = [f"{len(data)} training rows", *(f"dropped {n} ({why})" for why, n in dropped.items() if n)]
@@ -138,7 +152,11 @@ class Run:
         chosen = _broadcast(chosen)
         self.tracker.rewind(step_of(chosen) if chosen else 0)
         if self.rank == 0:
-            say(f"resuming from {chosen} (step {step_of(chosen)})" if chosen else "no checkpoint to resume from: starting at step 0")
+            say(
+                f"resuming from {chosen} (step {step_of(chosen)})"
+                if chosen
+                else "no checkpoint to resume from: starting at step 0"
+            )
         return chosen
 
     def train_nested(self, cfg: DictConfig) -> dict[str, Any]:
@@ -223,9 +241,11 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
 
             unset_hf_deepspeed_config()  # evaluation loads whole models on rank 0 alone, not ZeRO-3 shards
         if rank == 0:
-            with preemption.stop_at_once(f"during the final evaluation: the trained model is saved ({run_dir / 'model'}, "
-                                         f"{TRAIN_METRICS}) but no eval.json or summary.json; resume=auto runs only the "
-                                         "evaluation"):
+            with preemption.stop_at_once(
+                f"during the final evaluation: the trained model is saved ({run_dir / 'model'}, "
+                f"{TRAIN_METRICS}) but no eval.json or summary.json; resume=auto runs only the "
+                "evaluation"
+            ):
                 if cfg.eval.at_end:
                     metrics.update(_evaluate(cfg, run, metrics))
                 atomic_text(run_dir / "summary.json", strict_json(metrics, indent=2, default=str))

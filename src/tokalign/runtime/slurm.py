@@ -46,8 +46,16 @@ log = logging.getLogger(__name__)
 
 # Pending reasons that never clear by waiting (squeue's %r); shell-style patterns.
 NEVER_START = [
-    "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "ReqNodeNotAvail", "BadConstraints",
-    "InvalidAccount", "InvalidQOS", "DependencyNeverSatisfied", "QOSMax*PerJob*", "AssocMax*PerJob*",
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "ReqNodeNotAvail",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "DependencyNeverSatisfied",
+    "QOSMax*PerJob*",
+    "AssocMax*PerJob*",
 ]
 _OWN_KNOBS = ("threads_per_worker", "mem_gb_per_worker", "never_start", "poll_s", "point_exclude")
 
@@ -103,8 +111,10 @@ class Partition:
     def describe(self) -> str:
         if self.cpus is None:
             return "partition limits unknown (sinfo gave nothing)"
-        return (f"partition {self.name} has {self.nodes} node(s) with at most {self.cpus} CPUs, "
-                f"{self.mem_mb} MB, GRES {self.gres}")
+        return (
+            f"partition {self.name} has {self.nodes} node(s) with at most {self.cpus} CPUs, "
+            f"{self.mem_mb} MB, GRES {self.gres}"
+        )
 
 
 def _int(text: str) -> Optional[int]:
@@ -163,8 +173,12 @@ class Request:
         return f"{self.nodes} node(s) x {self.cpus_per_task} CPUs, {self.mem_gb} GB, {gpus}"
 
     def sbatch_params(self) -> dict[str, Any]:
-        return {"nodes": self.nodes, "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb,
-                "gpus_per_node": self.gpus_per_node or None}
+        return {
+            "nodes": self.nodes,
+            "cpus_per_task": self.cpus_per_task,
+            "mem_gb": self.mem_gb,
+            "gpus_per_node": self.gpus_per_node or None,
+        }
 
 
 def workers_of(launcher: DictConfig) -> tuple[int, int]:
@@ -188,8 +202,13 @@ def request_for(launcher: DictConfig, knobs: dict[str, Any], part: Partition) ->
     if mem is None:
         mem = workers * int(knobs.get("mem_gb_per_worker") or 8)
         mem = min(mem, max(1, part.mem_mb // 1024)) if part.mem_mb else mem
-    return Request(nodes=int(knobs.get("nodes") or nodes), cpus_per_task=max(1, int(cpus)), gpus_per_node=int(gpus),
-                   mem_gb=int(mem), threads=max(1, int(cpus) // workers))
+    return Request(
+        nodes=int(knobs.get("nodes") or nodes),
+        cpus_per_task=max(1, int(cpus)),
+        gpus_per_node=int(gpus),
+        mem_gb=int(mem),
+        threads=max(1, int(cpus) // workers),
+    )
 
 
 def never_starts(reason: str, patterns: Sequence[str]) -> Optional[str]:
@@ -256,8 +275,9 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
 
     # -- in the job ------------------------------------------------------------------------
 
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict) -> JobReturn:
+    def __call__(
+        self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str, singleton_state: dict
+    ) -> JobReturn:
         import submitit
 
         Singleton.set_state(singleton_state)
@@ -267,8 +287,13 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
             cfg.hydra.job.id = submitit.JobEnvironment().job_id
             cfg.hydra.job.num = job_num
             cfg.hydra.sweep.subdir = point_name(sweep_overrides, self.point_exclude)
-        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
-                      job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=cfg,
+            job_dir_key=job_dir_key,
+            job_subdir_key="hydra.sweep.subdir",
+        )
         if ret.status == JobStatus.FAILED:  # the pickled exception loses its traceback: log it here
             err = ret._return_value
             traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
@@ -283,8 +308,11 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
     # -- at submission ---------------------------------------------------------------------
 
     def _knobs(self) -> dict[str, Any]:
-        return {"threads_per_worker": self.threads_per_worker, "mem_gb_per_worker": self.mem_gb_per_worker,
-                **{k: self.params.get(k) for k in ("nodes", "cpus_per_task", "gpus_per_node", "mem_gb")}}
+        return {
+            "threads_per_worker": self.threads_per_worker,
+            "mem_gb_per_worker": self.mem_gb_per_worker,
+            **{k: self.params.get(k) for k in ("nodes", "cpus_per_task", "gpus_per_node", "mem_gb")},
+        }
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -297,8 +325,10 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
         names = [p.name for p in points]
         for p in points:
             if names.count(p.name) > 1:
-                sys.exit(f"tokalign: two sweep points share the run directory {p.name!r}: "
-                         f"their only difference is in hydra.launcher.point_exclude ({', '.join(self.point_exclude)})")
+                sys.exit(
+                    f"tokalign: two sweep points share the run directory {p.name!r}: "
+                    f"their only difference is in hydra.launcher.point_exclude ({', '.join(self.point_exclude)})"
+                )
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
         todo = []
         for p in points:
@@ -311,8 +341,10 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
                 log.info(f"\t#{p.index} : {p.name} finished already, left as it is ({summary})")
                 continue
             if summary.exists():
-                log.warning(f"\t#{p.index} : {p.name} finished already; resume=never trains it again from scratch "
-                            "(resume=auto leaves it as it is)")
+                log.warning(
+                    f"\t#{p.index} : {p.name} finished already; resume=never trains it again from scratch "
+                    "(resume=auto leaves it as it is)"
+                )
             p.request = request_for(cfg.launcher, self._knobs(), part)
             todo.append(p)
         if todo:
@@ -322,26 +354,35 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
         for p in failed:
             print(f"tokalign: point {p.name} failed: {p.failure}", file=sys.stderr)
         if failed:
-            sys.exit(f"tokalign: {len(failed)} of {len(points)} points failed; the others are in {sweep_dir}. "
-                     f"Resubmit the same command with resume=auto hydra.sweep.dir={sweep_dir} to continue them "
-                     "(finished points are left as they are)")
+            sys.exit(
+                f"tokalign: {len(failed)} of {len(points)} points failed; the others are in {sweep_dir}. "
+                f"Resubmit the same command with resume=auto hydra.sweep.dir={sweep_dir} to continue them "
+                "(finished points are left as they are)"
+            )
         return [p.result for p in points]
 
     def _submit(self, todo: list[Point], part: Partition) -> None:
         """One array per distinct request."""
         import submitit
 
-        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
-                                         slurm_max_num_timeout=self.params.get("max_num_timeout", 0))
+        executor = submitit.AutoExecutor(
+            cluster="slurm",
+            folder=self.params["submitit_folder"],
+            slurm_max_num_timeout=self.params.get("max_num_timeout", 0),
+        )
         for request in dict.fromkeys(p.request for p in todo):
             group = [p for p in todo if p.request == request]
             executor.update_parameters(**self._sbatch_params(request))
-            args = [(p.overrides, "hydra.sweep.dir", p.index, f"job_id_for_{p.index}", Singleton.get_state()) for p in group]
+            args = [
+                (p.overrides, "hydra.sweep.dir", p.index, f"job_id_for_{p.index}", Singleton.get_state()) for p in group
+            ]
             try:
                 jobs = executor.map_array(self, *zip(*args))
             except Exception as err:  # sbatch refused: the request cannot be met at all
-                sys.exit(f"tokalign: sbatch refused {len(group)} job(s) asking {request.describe()}: "
-                         f"{_sbatch_error(err)}; {part.describe()}")
+                sys.exit(
+                    f"tokalign: sbatch refused {len(group)} job(s) asking {request.describe()}: "
+                    f"{_sbatch_error(err)}; {part.describe()}"
+                )
             for p, job in zip(group, jobs):
                 p.job = job
                 log.info(f"\t#{p.index} : {p.name} -> job {job.job_id} ({request.describe()})")
@@ -351,8 +392,11 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
         params = {k: v for k, v in self.params.items() if k not in skip}
         # Every worker gets its share of the task's CPUs; Slurm 22.05-23.02's srun does not
         # inherit --cpus-per-task from the batch script unless SRUN_CPUS_PER_TASK says it.
-        setup = [f"export OMP_NUM_THREADS={request.threads}", "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK",
-                 *(self.params.get("setup") or [])]
+        setup = [
+            f"export OMP_NUM_THREADS={request.threads}",
+            "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK",
+            *(self.params.get("setup") or []),
+        ]
         params.update(request.sbatch_params(), setup=setup)
         base = set(BaseQueueConf.__dataclass_fields__)  # submitit's shared names; the rest are slurm_*
         return {k if k in base else f"slurm_{k}": v for k, v in params.items() if v is not None}
@@ -391,20 +435,31 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
                         del live[jid]
             if jobs is None:
                 continue
-            never = {jid: code for jid in live if jobs.get(jid, ("", ""))[0] == "PENDING"
-                     for code in [never_starts(jobs[jid][1], self.never_start)] if code}
+            never = {
+                jid: code
+                for jid in live
+                if jobs.get(jid, ("", ""))[0] == "PENDING"
+                for code in [never_starts(jobs[jid][1], self.never_start)]
+                if code
+            }
             confirmed = {jid: code for jid, code in never.items() if suspect.get(jid) == code}
             suspect = never
             if confirmed:
                 subprocess.run(["scancel", *confirmed], capture_output=True)
                 jid, code = next(iter(confirmed.items()))
                 p = live[jid]
-                more = f" (and {len(confirmed) - 1} more job(s) of this sweep, cancelled too)" if len(confirmed) > 1 else ""
+                more = (
+                    f" (and {len(confirmed) - 1} more job(s) of this sweep, cancelled too)"
+                    if len(confirmed) > 1
+                    else ""
+                )
                 rest = len(live) - len(confirmed)
-                sys.exit(f"tokalign: SLURM job {jid} (point {p.name}) can never start ({code}): it asks "
-                         f"{p.request.describe()}; {part.describe()}. Set hydra.launcher.cpus_per_task / mem_gb / "
-                         f"gpus_per_node / nodes / partition to fit{more}"
-                         + (f"; {rest} other job(s) keep running" if rest else ""))
+                sys.exit(
+                    f"tokalign: SLURM job {jid} (point {p.name}) can never start ({code}): it asks "
+                    f"{p.request.describe()}; {part.describe()}. Set hydra.launcher.cpus_per_task / mem_gb / "
+                    f"gpus_per_node / nodes / partition to fit{more}"
+                    + (f"; {rest} other job(s) keep running" if rest else "")
+                )
 
     def _collect(self, p: Point) -> None:
         job = p.job
@@ -425,8 +480,10 @@ class TokalignSlurmLauncher(BaseSubmititLauncher):
                 if job.paths.result_pickle.exists():
                     return self._collect(p)
                 time.sleep(1)
-        p.failure = (f"job {job.job_id} ended {state} without a result; {p.run_dir} keeps its last sealed "
-                     f"checkpoint (log {job.paths.stderr})")
+        p.failure = (
+            f"job {job.job_id} ended {state} without a result; {p.run_dir} keeps its last sealed "
+            f"checkpoint (log {job.paths.stderr})"
+        )
 
 
 def _finished(p: Point, summary: Path) -> JobReturn:
@@ -443,4 +500,3 @@ def _last_line(text: str) -> str:
 def _sbatch_error(err: Exception) -> str:
     lines = [line for line in str(err).splitlines() if "error:" in line]
     return " / ".join(line.split("error:", 1)[1].strip() for line in lines) or _last_line(str(err))
-

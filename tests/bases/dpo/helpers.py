@@ -9,8 +9,15 @@ def dpo_args(tmp_path, precompute: bool, **kw):
     from trl import DPOConfig
 
     settings = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_length=MAX_LENGTH, report_to="none",
-        precompute_ref_log_probs=precompute, beta=0.1, seed=0, bf16=False, gradient_checkpointing=False,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_length=MAX_LENGTH,
+        report_to="none",
+        precompute_ref_log_probs=precompute,
+        beta=0.1,
+        seed=0,
+        bf16=False,
+        gradient_checkpointing=False,
     )
     return DPOConfig(**{**settings, **kw})
 

@@ -39,10 +39,12 @@ def test_preference_collator_layout():
     """Our collator relies on [chosen; rejected] rows and completion_mask marking response tokens."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    out = DataCollatorForPreference(pad_token_id=0)([
-        {"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]},
-        {"prompt_ids": [6], "chosen_ids": [7], "rejected_ids": [8, 9, 10]},
-    ])
+    out = DataCollatorForPreference(pad_token_id=0)(
+        [
+            {"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]},
+            {"prompt_ids": [6], "chosen_ids": [7], "rejected_ids": [8, 9, 10]},
+        ]
+    )
     assert out["input_ids"].tolist() == [[1, 2, 3, 4], [6, 7, 0, 0], [1, 2, 5, 0], [6, 8, 9, 10]]
     assert out["completion_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 1, 1, 1]]
 
@@ -53,8 +55,16 @@ def test_fused_lm_head_returns_shifted_per_token_log_probs():
     from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     ids = torch.tensor([[1, 2, 3, 4]])
     expected = model(input_ids=ids).logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
     add_fused_lm_head(model)
@@ -70,13 +80,24 @@ def test_sft_rows_label_the_prompt_ignored_and_models_keep_the_last_logits():
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    out = DataCollatorForLanguageModeling(pad_token_id=0)([
-        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, -100]},
-    ])
+    out = DataCollatorForLanguageModeling(pad_token_id=0)(
+        [
+            {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
+            {"input_ids": [4, 5], "labels": [-100, -100]},
+        ]
+    )
     assert out["labels"].tolist() == [[-100, 2, 3], [-100, -100, -100]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     ids = torch.tensor([[1, 2, 3, 4]])
     torch.testing.assert_close(model(input_ids=ids, logits_to_keep=2).logits, model(input_ids=ids).logits[:, -2:])

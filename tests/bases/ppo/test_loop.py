@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-SMALL = ("logger=none", "trainer.per_device_batch_size=4", "method.max_new_tokens=12", "eval.at_end=false",
-         "trainer.logging_steps=1")
+SMALL = (
+    "logger=none",
+    "trainer.per_device_batch_size=4",
+    "method.max_new_tokens=12",
+    "eval.at_end=false",
+    "trainer.logging_steps=1",
+)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -26,8 +31,18 @@ def test_ppo_equals_ma_ppo_with_n1_end_to_end(train):
     assert strip(metrics(a)) == strip(metrics(b))
     first = metrics(a)[0]
     assert first["train/approx_kl"] == 0 and first["train/clipfrac"] == 0  # invariant 9: θ = θ_old ⇒ ρ = 1
-    for key in ("reward", "kl", "entropy", "value_loss", "clipfrac", "approx_kl", "explained_variance",
-                "macro_length", "rollout_tokens_per_s", "train_tokens_per_s"):
+    for key in (
+        "reward",
+        "kl",
+        "entropy",
+        "value_loss",
+        "clipfrac",
+        "approx_kl",
+        "explained_variance",
+        "macro_length",
+        "rollout_tokens_per_s",
+        "train_tokens_per_s",
+    ):
         assert f"train/{key}" in first
     assert (a / "model" / "config.json").exists() and (a / "critic" / "config.json").exists()
 
@@ -37,10 +52,20 @@ def test_ma_ppo_with_reward_model_parsing_and_segment_loss(train):
     """reward=model from a method=reward run dir (critic from the RM), parsing rule, every option on."""
     rm = train("method=reward", "trainer.max_steps=2", "trainer.per_device_batch_size=4", "eval.at_end=false")
     run = train(
-        "method=ma_ppo", f"method.reward=model:{rm}", "method.termination=parsing",
-        "method.policy_loss_level=segment", "method.value_weighting=last", "method.reward_aggregation=mean",
-        "method.num_mini_batches=2", "method.num_ppo_epochs=2", "method.kl_estimator=k3", "method.score_clip=2.5",
-        "method.whiten_rewards=true", "method.critic_learning_rate=1e-4", "trainer.max_steps=2", *SMALL,
+        "method=ma_ppo",
+        f"method.reward=model:{rm}",
+        "method.termination=parsing",
+        "method.policy_loss_level=segment",
+        "method.value_weighting=last",
+        "method.reward_aggregation=mean",
+        "method.num_mini_batches=2",
+        "method.num_ppo_epochs=2",
+        "method.kl_estimator=k3",
+        "method.score_clip=2.5",
+        "method.whiten_rewards=true",
+        "method.critic_learning_rate=1e-4",
+        "trainer.max_steps=2",
+        *SMALL,
     )
     rows = metrics(run)
     assert len(rows) == 2 and rows[0]["train/macro_length"] > 1
@@ -70,8 +95,15 @@ def test_two_processes_checkpoint_every_rank_and_resume_exactly(train, tmp_path)
     """DDP (gloo): each rank trains its own prompts, every rank's RNG is saved, resume is exact."""
     from tests.conftest import run_cli
 
-    args = ("method=ma_ppo", "launcher=ddp", "launcher.num_gpus=2", "trainer.max_steps=3", "trainer.save_steps=2",
-            *SMALL, "trainer.per_device_batch_size=2")
+    args = (
+        "method=ma_ppo",
+        "launcher=ddp",
+        "launcher.num_gpus=2",
+        "trainer.max_steps=3",
+        "trainer.save_steps=2",
+        *SMALL,
+        "trainer.per_device_batch_size=2",
+    )
     full = train(*args)
     checkpoint = full / "checkpoints" / "checkpoint-2"
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}

@@ -16,8 +16,14 @@ from tests.conftest import compose_config
 from tokalign.bases.ppo.rollout import pad_responses, response_mask, sample
 from tokalign.modeling.vllm_engine import VLLMEngine
 
-SMALL = ("method=ppo", "logger=none", "trainer.per_device_batch_size=2", "method.max_new_tokens=8",
-         "trainer.max_steps=2", "trainer.warmup_ratio=0")
+SMALL = (
+    "method=ppo",
+    "logger=none",
+    "trainer.per_device_batch_size=2",
+    "method.max_new_tokens=8",
+    "trainer.max_steps=2",
+    "trainer.warmup_ratio=0",
+)
 
 
 class CopyLLM:
@@ -26,7 +32,9 @@ class CopyLLM:
     def __init__(self, model):
         self.model, self.pushes = model, 0
         runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
+        self.llm_engine = SimpleNamespace(
+            model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner))
+        )
 
     def load_weights(self, weights):
         params = dict(self.model.named_parameters())
@@ -49,9 +57,17 @@ class CopyEngine(VLLMEngine):
         self.prompts.append(prompt_ids)
         width = max(map(len, prompt_ids))
         ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompt_ids])
-        out = self.llm.model.generate(input_ids=ids, attention_mask=(torch.arange(width) >= width - torch.tensor(
-            [len(p) for p in prompt_ids])[:, None]).long(), max_new_tokens=max_new_tokens, do_sample=True,
-            temperature=temperature, top_k=top_k, top_p=top_p, pad_token_id=self.pad, eos_token_id=self.eos)
+        out = self.llm.model.generate(
+            input_ids=ids,
+            attention_mask=(torch.arange(width) >= width - torch.tensor([len(p) for p in prompt_ids])[:, None]).long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            pad_token_id=self.pad,
+            eos_token_id=self.eos,
+        )
         responses = out[:, width:]
         mask = response_mask(responses, self.eos).bool()
         return [r[m].tolist() for r, m in zip(responses, mask)]
@@ -76,8 +92,12 @@ def test_engine_completions_take_generate_layout(tiny_model):
     prompt_width = input_ids.size(1) - responses.size(1)
     assert torch.equal(ids[:, :prompt_width], input_ids[:, :prompt_width])
     assert torch.equal(attention[:, prompt_width:], engine_mask)
-    assert engine.prompts == [[[t for t, a in zip(row, keep) if a] for row, keep in
-                               zip(input_ids.tolist(), attention_mask[:, :prompt_width].tolist())]]
+    assert engine.prompts == [
+        [
+            [t for t, a in zip(row, keep) if a]
+            for row, keep in zip(input_ids.tolist(), attention_mask[:, :prompt_width].tolist())
+        ]
+    ]
 
 
 def test_each_rollout_samples_from_the_policy_after_the_previous_update(tmp_path, cache_dir):

@@ -27,7 +27,12 @@ from tokalign.losses import (
 def test_presets_carry_the_papers_defaults(preset):
     m = compose_config(f"method={preset}").method
     assert (m.gamma, m.lam, m.clip_eps, m.kl_coef, m.temperature, m.top_k) == (1.0, 0.95, 0.2, 0.05, 0.8, 50)
-    assert m.algorithm == "ppo" and m.name == preset and m.termination == "fixed" and m.n == (5 if preset == "ma_ppo" else 1)
+    assert (
+        m.algorithm == "ppo"
+        and m.name == preset
+        and m.termination == "fixed"
+        and m.n == (5 if preset == "ma_ppo" else 1)
+    )
 
 
 def test_response_mask_includes_first_eos_only():
@@ -72,7 +77,12 @@ def test_macro_segments_cover_exactly_the_response(termination):
 
 def test_presets_default_to_the_ma_rlhf_authors_conventions():
     m = compose_config("method=ma_ppo").method
-    assert (m.last_token_alone, m.ppl_boundary, m.length_sampling, m.length_repeats) == (True, "before_rise", "shuffle", None)
+    assert (m.last_token_alone, m.ppl_boundary, m.length_sampling, m.length_repeats) == (
+        True,
+        "before_rise",
+        "shuffle",
+        None,
+    )
     assert (m.logprob_temperature, m.loss_normalization) == ("one", "sequence")
 
 
@@ -80,10 +90,14 @@ def one_response(length: int) -> torch.Tensor:
     return torch.ones(1, length, dtype=torch.long)
 
 
-@pytest.mark.parametrize("last_token_alone,expected", [(True, [0, 0, 0, 1, 1, 1, 2, 3]), (False, [0, 0, 0, 1, 1, 1, 2, 2])])
+@pytest.mark.parametrize(
+    "last_token_alone,expected", [(True, [0, 0, 0, 1, 1, 1, 2, 3]), (False, [0, 0, 0, 1, 1, 1, 2, 2])]
+)
 def test_fixed_segments_close_before_the_scored_token_as_the_authors_code(last_token_alone, expected):
     """Their fixed_ngram_selection on 8 tokens, n=3: boundaries [0, 3, 6, 7] + a last split of 1 -> sizes 3, 3, 1, 1."""
-    ids = segments(settings(n=3, last_token_alone=last_token_alone), one_response(8), torch.zeros(1, 8), None, None, seed=0)
+    ids = segments(
+        settings(n=3, last_token_alone=last_token_alone), one_response(8), torch.zeros(1, 8), None, None, seed=0
+    )
     assert ids.tolist() == [expected]
 
 
@@ -112,8 +126,10 @@ def micro_batch(seed: int = 0) -> tuple[Rollout, torch.Tensor]:
     g = torch.Generator().manual_seed(seed + 1)
     logps = old + 0.3 * torch.randn(old.shape, generator=g, dtype=torch.float64)
     ids = segments(settings(n=2), mask, ref, None, None, seed=0)
-    advantages, returns = torch.randn(old.shape, generator=g, dtype=torch.float64), torch.randn(old.shape, generator=g,
-                                                                                                 dtype=torch.float64)
+    advantages, returns = (
+        torch.randn(old.shape, generator=g, dtype=torch.float64),
+        torch.randn(old.shape, generator=g, dtype=torch.float64),
+    )
     zeros = torch.zeros_like(mask)
     return Rollout(zeros, zeros, zeros, mask, old, ref, values, score, zeros, ids, advantages, returns), logps
 
@@ -128,10 +144,22 @@ def test_sequence_normalization_is_the_mean_of_each_responses_own_loss(level):
     m = settings(loss_normalization="sequence", policy_loss_level=level)
     policy_loss, value_loss, _ = losses(logps, values, part, m)
     torch.autograd.backward([policy_loss, value_loss])
-    rows = [(ppo_policy_loss(logps[i:i + 1], part.old_logps[i:i + 1], part.advantages[i:i + 1], part.mask[i:i + 1],
-                             segment_ids=part.segment_ids[i:i + 1], level=level)[0],
-             ppo_value_loss(values[i:i + 1], part.old_values[i:i + 1], part.returns[i:i + 1], part.mask[i:i + 1])[0])
-            for i in range(len(logps))]
+    rows = [
+        (
+            ppo_policy_loss(
+                logps[i : i + 1],
+                part.old_logps[i : i + 1],
+                part.advantages[i : i + 1],
+                part.mask[i : i + 1],
+                segment_ids=part.segment_ids[i : i + 1],
+                level=level,
+            )[0],
+            ppo_value_loss(
+                values[i : i + 1], part.old_values[i : i + 1], part.returns[i : i + 1], part.mask[i : i + 1]
+            )[0],
+        )
+        for i in range(len(logps))
+    ]
     expected_policy, expected_value = sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows)
     torch.testing.assert_close(policy_loss, expected_policy)
     torch.testing.assert_close(value_loss, expected_value)
@@ -139,8 +167,12 @@ def test_sequence_normalization_is_the_mean_of_each_responses_own_loss(level):
     torch.testing.assert_close(logps.grad, grads[0])
     torch.testing.assert_close(values.grad, grads[1])
     token, token_value, _ = losses(logps, values, part, settings(loss_normalization="token", policy_loss_level=level))
-    assert torch.equal(token, ppo_policy_loss(logps, part.old_logps, part.advantages, part.mask,
-                                              segment_ids=part.segment_ids, level=level)[0])
+    assert torch.equal(
+        token,
+        ppo_policy_loss(logps, part.old_logps, part.advantages, part.mask, segment_ids=part.segment_ids, level=level)[
+            0
+        ],
+    )
     assert not torch.allclose(token, policy_loss)  # the rows have different lengths
 
 
@@ -161,7 +193,20 @@ def test_log_probs_are_the_models_own_unless_asked_for_the_sampling_temperature(
         logits = response_logits(ref, ids, attn, pos, 4)
     for choice, temperature in (("one", 1.0), ("sampling", 0.5)):
         m = settings(temperature=0.5, logprob_temperature=choice, kl_coef=0.1)
-        s = score(policy, {"ref": ref}, critic, rewards.gold_reward, tok, batch, ids, attn, responses, mask, m, forward_batch=2)
+        s = score(
+            policy,
+            {"ref": ref},
+            critic,
+            rewards.gold_reward,
+            tok,
+            batch,
+            ids,
+            attn,
+            responses,
+            mask,
+            m,
+            forward_batch=2,
+        )
         expected = token_logps(logits, responses, temperature)
         torch.testing.assert_close(s.logps["ref"], expected)
         torch.testing.assert_close(s.old_logps, expected)  # policy = reference here
@@ -173,7 +218,10 @@ def test_reward_spellings_resolve_to_the_same_functions():
     dataset = OmegaConf.create({"path": None, "source": "toy_math", "name": "toy_math"})
     assert rewards.reward_function("task", dataset, "method.reward") is rewards.exact_match
     assert rewards.reward_function("gold", dataset, "method.reward") is rewards.gold_reward
-    assert rewards.reward_function("tokalign.rewards:gold_reward", dataset, "method.reward").__wrapped__ is rewards.gold_reward
+    assert (
+        rewards.reward_function("tokalign.rewards:gold_reward", dataset, "method.reward").__wrapped__
+        is rewards.gold_reward
+    )
 
 
 def test_logps_and_values_ignore_batch_mates_and_padding(tiny_model):

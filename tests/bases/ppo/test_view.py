@@ -9,8 +9,14 @@ from tests.html_spans import parse
 
 @pytest.mark.slow
 def test_ma_ppo_view_marks_macro_actions(train):
-    run_dir = train("method=ma_ppo", "method.n=3", "trainer.max_steps=1", "trainer.per_device_batch_size=4",
-                    "method.max_new_tokens=10", "eval.at_end=false")
+    run_dir = train(
+        "method=ma_ppo",
+        "method.n=3",
+        "trainer.max_steps=1",
+        "trainer.per_device_batch_size=4",
+        "method.max_new_tokens=10",
+        "eval.at_end=false",
+    )
     from tokalign.analysis.inspect import inspect_run
 
     spans = parse(inspect_run(run_dir, num_examples=2).read_text())

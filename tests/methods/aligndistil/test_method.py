@@ -21,8 +21,10 @@ def test_toy_run_builds_both_teachers_once_and_renders_alpha_and_beta(train, cac
 
     run_dir = train("method=aligndistil", *SMALL)
     logged = [m for m in read_metrics(run_dir) if "train/loss" in m]
-    assert logged and all(f"train/aligndistil/{k}" in logged[-1] for k in (
-        "alpha_mean", "alpha_min", "alpha_max", "beta_mean", "beta_min", "beta_max", "kl", "response_length"))
+    assert logged and all(
+        f"train/aligndistil/{k}" in logged[-1]
+        for k in ("alpha_mean", "alpha_min", "alpha_max", "beta_mean", "beta_min", "beta_max", "kl", "response_length")
+    )
     assert json.loads((run_dir / "eval.json").read_text())["eval/num_prompts"] == 8
     cfg = OmegaConf.load(run_dir / "resolved.yaml")
     teachers = [cached_path(cfg, beta=0.1, reverse=reverse) for reverse in (False, True)]
@@ -33,8 +35,14 @@ def test_toy_run_builds_both_teachers_once_and_renders_alpha_and_beta(train, cac
     assert all(float(s["data-alpha"]) >= 1e-3 for s in spans)  # α_t = r‖π_dpo − π_rdpo‖₁ + ε
     assert all(float(s["data-beta"]) == pytest.approx(0.1 / float(s["data-alpha"]), rel=1e-3) for s in spans)
 
-    on_policy = train("method=aligndistil", "method.on_policy=true", "method.max_new_tokens=8", "method.variant=adaptive",
-                      "eval.at_end=false", *SMALL)
+    on_policy = train(
+        "method=aligndistil",
+        "method.on_policy=true",
+        "method.max_new_tokens=8",
+        "method.variant=adaptive",
+        "eval.at_end=false",
+        *SMALL,
+    )
     lengths = [m["train/aligndistil/response_length"] for m in read_metrics(on_policy) if "train/loss" in m]
     assert lengths and all(1 <= n <= 8 for n in lengths)  # the policy's own samples, not the chosen responses
 
@@ -69,10 +77,18 @@ def test_every_row_of_the_paper_sweep_and_its_toy_twin_composes(experiment):
         OmegaConf.resolve(cfg)
         assert (cfg.model.source == "tiny") == experiment.endswith("_toy")
         variants[arm] = "dpo" if cfg.method.name == "dpo" else (str(cfg.method.variant), cfg.method.on_policy)
-    assert variants == {"baseline/dpo": "dpo", "aligndistil/off": ("aligndistil", False),
-                        "aligndistil/on": ("aligndistil", True), "aligndistil/contrast": ("contrast", False),
-                        "aligndistil/adaptive": ("adaptive", False)}
+    assert variants == {
+        "baseline/dpo": "dpo",
+        "aligndistil/off": ("aligndistil", False),
+        "aligndistil/on": ("aligndistil", True),
+        "aligndistil/contrast": ("contrast", False),
+        "aligndistil/adaptive": ("adaptive", False),
+    }
     full = compose_config("experiment=aligndistil", "+arm=aligndistil/off")
     assert (full.model.hub_id, full.method.beta0, full.trainer.learning_rate, full.trainer.max_length) == (
-        "Qwen/Qwen2.5-1.5B-Instruct", 0.1, 1e-6, 2048)
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        0.1,
+        1e-6,
+        2048,
+    )
     assert full.trainer.per_device_batch_size * full.trainer.gradient_accumulation_steps * full.launcher.num_gpus == 128

@@ -16,12 +16,23 @@ def _trainer(tiny_model, dpo_path, data, tmp_path, **settings):
     from tokalign.methods.aligndistil.trainer import AlignDistilTrainer
     from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
-    args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_length=MAX_LENGTH,
-                     report_to="none", seed=0, bf16=False, completion_only_loss=True)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_length=MAX_LENGTH,
+        report_to="none",
+        seed=0,
+        bf16=False,
+        completion_only_loss=True,
+    )
     return AlignDistilTrainer(
-        model=load_causal_lm(tiny_model), args=args, train_dataset=chosen_completions(data),
-        processing_class=load_tokenizer(tiny_model), dpo_model=load_causal_lm(dpo_path),
-        base_model=load_causal_lm(tiny_model), **settings,
+        model=load_causal_lm(tiny_model),
+        args=args,
+        train_dataset=chosen_completions(data),
+        processing_class=load_tokenizer(tiny_model),
+        dpo_model=load_causal_lm(dpo_path),
+        base_model=load_causal_lm(tiny_model),
+        **settings,
     )
 
 
@@ -33,7 +44,9 @@ def _loss_and_grads(trainer, rows):
 
 
 @pytest.mark.parametrize("shift", [False, True], ids=["aligned", "their_off_by_one"])
-def test_batch_loss_is_the_mean_of_each_response_on_its_own_positions(tiny_model, perturbed_model, pairs, tmp_path, shift):
+def test_batch_loss_is_the_mean_of_each_response_on_its_own_positions(
+    tiny_model, perturbed_model, pairs, tmp_path, shift
+):
     from tokalign.losses import aligndistil_loss
 
     trainer = _trainer(tiny_model, perturbed_model, pairs, tmp_path, chunk_size=7, shift_positions=shift)

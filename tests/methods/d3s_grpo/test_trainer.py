@@ -29,18 +29,31 @@ def make(tiny_model, tmp_path_factory):
     from tokalign.bases.grpo.trainer import AccountingGRPOTrainer
     from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
-    rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {a + 1}?"}], "answer": str(2 * a + 1)} for a in range(8)]
+    rows = [
+        {"prompt": [{"role": "user", "content": f"What is {a} + {a + 1}?"}], "answer": str(2 * a + 1)} for a in range(8)
+    ]
     data = datasets.Dataset.from_list(rows)
 
     def _make(cls=AccountingGRPOTrainer, **kwargs):
         args = GRPOConfig(
-            output_dir=str(tmp_path_factory.mktemp("grpo")), per_device_train_batch_size=G * PROMPTS,
-            num_generations=G, max_completion_length=10, steps_per_generation=1, max_steps=5,
-            report_to="none", seed=0, use_cpu=True, disable_tqdm=True,
+            output_dir=str(tmp_path_factory.mktemp("grpo")),
+            per_device_train_batch_size=G * PROMPTS,
+            num_generations=G,
+            max_completion_length=10,
+            steps_per_generation=1,
+            max_steps=5,
+            report_to="none",
+            seed=0,
+            use_cpu=True,
+            disable_tqdm=True,
         )
         trainer = cls(
-            model=load_causal_lm(tiny_model), reward_funcs=[length_reward], args=args, train_dataset=data,
-            processing_class=load_tokenizer(tiny_model), **kwargs,
+            model=load_causal_lm(tiny_model),
+            reward_funcs=[length_reward],
+            args=args,
+            train_dataset=data,
+            processing_class=load_tokenizer(tiny_model),
+            **kwargs,
         )
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = 1
@@ -118,7 +131,9 @@ def test_dropped_rows_leave_the_batch(make, rollout, scope):
     assert selected["completion_ids"].shape[0] == 2 * PROMPTS
     for key in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"):
         assert torch.equal(selected[key], rollout[key][kept])
-    assert torch.equal(selected["advantages"], rollout["advantages"][kept]) and torch.equal(selected["advantages"], expected)
+    assert torch.equal(selected["advantages"], rollout["advantages"][kept]) and torch.equal(
+        selected["advantages"], expected
+    )
     assert torch.equal(kept_adv, rollout["advantages"][kept])
     assert int(selected["num_items_in_batch"]) == trained == int(rollout["completion_mask"][kept].sum())
 
@@ -162,7 +177,8 @@ def two_pass(make, selected, k, normalization, scope, **loss):
     attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
     with torch.no_grad():
         _, entropies, _ = ref._get_per_token_logps_and_entropies(
-            ref.model, ids, attention, inputs["completion_ids"].size(1), batch_size=G * PROMPTS, compute_entropy=True)
+            ref.model, ids, attention, inputs["completion_ids"].size(1), batch_size=G * PROMPTS, compute_entropy=True
+        )
     token_mask = d3s_token_mask(inputs["advantages"], entropies, loss_weights(inputs).bool(), k, scope=scope)
     if normalization == "kept":
         inputs["tool_mask"], inputs["num_items_in_batch"] = token_mask.long(), token_mask.sum()
@@ -194,16 +210,22 @@ def captured_mask(trainer, inputs):
 @pytest.mark.parametrize("normalization", ["kept", "all"])
 @pytest.mark.parametrize("scope", ["batch", "sequence"])
 def test_one_forward_matches_two_pass(make, rollout, normalization, scope):
-    trainer = d3s(make, n_init=2, n_final=2, k_init=0.3, k_final=0.3, token_normalization=normalization,
-                  token_scope=scope)
+    trainer = d3s(
+        make, n_init=2, n_final=2, k_init=0.3, k_final=0.3, token_normalization=normalization, token_scope=scope
+    )
     forwards = []
     trainer._get_per_token_logps_and_entropies = lambda *a, **kw: forwards.append(a)
     selected, _, trained = trainer.down_sample(dict(rollout))
     del trainer._get_per_token_logps_and_entropies
     assert forwards == []  # selection runs no forward of its own
     ref_logps = torch.randn(selected["completion_ids"].shape, generator=torch.Generator().manual_seed(1)) - 3
-    for loss_type, level, beta in [("dapo", "token", 0.0), ("grpo", "token", 0.04), ("bnpo", "sequence", 0.0),
-                                   ("dr_grpo", "token", 0.04), ("cispo", "token", 0.0)]:
+    for loss_type, level, beta in [
+        ("dapo", "token", 0.0),
+        ("grpo", "token", 0.04),
+        ("bnpo", "sequence", 0.0),
+        ("dr_grpo", "token", 0.04),
+        ("cispo", "token", 0.0),
+    ]:
         loss = dict(loss_type=loss_type, importance_sampling_level=level, beta=beta)
         inputs = dict(selected, ref_per_token_logps=ref_logps) if beta else dict(selected)
         loss0, grads0, mask = two_pass(make, inputs, 0.3, normalization, scope, **loss)
@@ -232,8 +254,9 @@ def test_token_mask_and_zero_gradients(make, rollout, normalization):
 
     masked, unmasked = [], []
     loss_and_grads(trainer, selected, capture=masked)
-    loss_and_grads(d3s(make, n_init=2, n_final=2), {k: v for k, v in selected.items() if k != "d3s_keep_ratio"},
-                   capture=unmasked)
+    loss_and_grads(
+        d3s(make, n_init=2, n_final=2), {k: v for k, v in selected.items() if k != "d3s_keep_ratio"}, capture=unmasked
+    )
     grad = masked[0].grad
     assert torch.all(grad[~token_mask] == 0) and grad[token_mask].abs().sum() > 0
     assert torch.equal(masked[0][token_mask], unmasked[0][token_mask])
@@ -315,8 +338,10 @@ def run_on_two_ranks(trainers, output, step):
     """`step(trainer, part)` on each half of `output` as rank 0 and rank 1 (one trainer each), with
     real collective semantics; their results."""
     half = len(output["advantages"]) // 2
-    parts = [{k: (v[r * half : (r + 1) * half] if torch.is_tensor(v) and v.dim() else v) for k, v in output.items()}
-             for r in range(2)]
+    parts = [
+        {k: (v[r * half : (r + 1) * half] if torch.is_tensor(v) and v.dim() else v) for k, v in output.items()}
+        for r in range(2)
+    ]
     ranks = ThreadRanks(trainers[0].accelerator)
     for t in trainers:
         t.accelerator = ranks
@@ -370,8 +395,12 @@ def test_rank_with_nothing_kept_trains_a_zero_weight_row(make, rollout):
     signs = torch.tensor([1.0, -1.0]).repeat(half // 2)
     advantages = torch.cat([torch.zeros(half), signs])  # rank 0 holds only all-tied groups
     trainers = [d3s(make, n_init=2, n_final=2, sample_scope="batch") for _ in range(2)]
-    first, second = (out for out, _, _ in run_on_two_ranks(trainers, dict(rollout, advantages=advantages),
-                                                             lambda t, part: t.down_sample(part)))
+    first, second = (
+        out
+        for out, _, _ in run_on_two_ranks(
+            trainers, dict(rollout, advantages=advantages), lambda t, part: t.down_sample(part)
+        )
+    )
     assert first["completion_ids"].size(0) == 1 and first["tool_mask"].sum() == 0
     assert second["completion_ids"].size(0) == 2 * PROMPTS
 
@@ -387,7 +416,13 @@ def test_private_trl_methods_keep_their_shape():
 
     assert params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
     assert params(GRPOTrainer._get_per_token_logps_and_entropies)[:7] == [
-        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
     ]
     assert params(GRPOTrainer.get_high_entropy_mask) == ["self", "entropies", "mask", "threshold"]
     assert params(GRPOTrainer.compute_loss) == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
@@ -419,8 +454,14 @@ def test_end_to_end_on_toy_math(train, method):
         "d3s_grpo": ["method.n_init=2", "method.n_final=3", "method.k_init=0.3", "method.k_final=0.6"],
     }[method]
     run_dir = train(
-        f"method={method}", "dataset=toy_math", "trainer.max_steps=3", "trainer.logging_steps=1",
-        "trainer.per_device_batch_size=16", "method.num_generations=4", "method.max_completion_length=12", *selection,
+        f"method={method}",
+        "dataset=toy_math",
+        "trainer.max_steps=3",
+        "trainer.logging_steps=1",
+        "trainer.per_device_batch_size=16",
+        "method.num_generations=4",
+        "method.max_completion_length=12",
+        *selection,
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train/steps"] == 3 and "eval/accuracy" in summary

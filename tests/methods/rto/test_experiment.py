@@ -37,9 +37,18 @@ def test_the_released_scripts_numbers(tmp_path):
     cfg = _compose("experiment=rto", "+arm=rto/dense", f"method.reward=model:{tmp_path}")
     m, t = cfg.method, cfg.trainer
     assert (cfg.model.hub_id, cfg.dataset.hub_id, cfg.dataset.columns.prompt) == (
-        "OpenRLHF/Llama-3-8b-sft-mixture", "weqweasdas/ultra_train", "context_messages")
+        "OpenRLHF/Llama-3-8b-sft-mixture",
+        "weqweasdas/ultra_train",
+        "context_messages",
+    )
     assert (m.dpo_scale, m.dpo_clip, m.kl_coef, m.score_clip, t.learning_rate, m.critic_learning_rate) == (
-        0.05, 0.05, 0.01, 10.0, 5e-7, 9e-6)
+        0.05,
+        0.05,
+        0.01,
+        10.0,
+        5e-7,
+        9e-6,
+    )
     per_step = t.per_device_batch_size * t.gradient_accumulation_steps * cfg.launcher.num_gpus
     assert (per_step, per_step * m.num_mini_batches, m.max_new_tokens) == (128, 1024, 1024)
     toy = _compose("experiment=rto_toy", "+arm=rto/dense")

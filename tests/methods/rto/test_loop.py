@@ -10,8 +10,13 @@ import pytest
 
 from tests.html_spans import parse
 
-SMALL = ("trainer.per_device_batch_size=4", "method.max_new_tokens=12", "eval.at_end=false", "trainer.logging_steps=1",
-         "trainer.max_steps=2")
+SMALL = (
+    "trainer.per_device_batch_size=4",
+    "method.max_new_tokens=12",
+    "eval.at_end=false",
+    "trainer.logging_steps=1",
+    "trainer.max_steps=2",
+)
 TIMING = ("time", "train/rollout_tokens_per_s", "train/train_tokens_per_s", "train/rollout_s", "train/update_s")
 
 
@@ -24,8 +29,9 @@ def metrics(run_dir: Path, drop: tuple[str, ...] = ()) -> list[dict]:
 def test_rto_without_a_dense_reward_is_the_ppo_run(train, tiny_model):
     """Invariant 1 end to end: π_dpo ≡ π_ref, or β₁ = 0 (the RTO table's PPO row: no DPO model at all), makes every
     token's dense reward 0, so the run is PPO's, bit for bit."""
-    ppo = train("method=ppo", "method.kl_coef=0.01", "method.score_clip=10", "method.temperature=1.0", "method.top_k=0",
-                *SMALL)
+    ppo = train(
+        "method=ppo", "method.kl_coef=0.01", "method.score_clip=10", "method.temperature=1.0", "method.top_k=0", *SMALL
+    )
     for knob in (f"method.dpo_model={tiny_model}", "method.dpo_scale=0"):
         rto = train("method=rto", knob, *SMALL)
         assert metrics(rto, drop=("train/rto/",)) == metrics(ppo), knob
@@ -36,9 +42,17 @@ def test_rto_without_a_dense_reward_is_the_ppo_run(train, tiny_model):
 def test_rto_toy_builds_its_dpo_model_reruns_identically_and_shows_dense_rewards(train, tiny_model, tmp_path):
     from tokalign.analysis.inspect import inspect_run
 
-    args = ("experiment=rto_toy", "+arm=rto/dense", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
-            "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.per_device_batch_size=8", "method.max_new_tokens=12",
-            "eval.max_new_tokens=12")
+    args = (
+        "experiment=rto_toy",
+        "+arm=rto/dense",
+        f"model.path={tiny_model}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "trainer.max_steps=3",
+        "trainer.logging_steps=1",
+        "trainer.per_device_batch_size=8",
+        "method.max_new_tokens=12",
+        "eval.max_new_tokens=12",
+    )
     built = train(*args)  # trains the DPO model on demand (3 DPO steps), then RTO
     assert len(list((tmp_path / "cache" / "dpo_models").glob("dpo-*/model/config.json"))) == 1
     reused = train(*args)

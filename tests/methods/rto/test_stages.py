@@ -21,11 +21,31 @@ from tokalign.methods.rto.loop import rto_rewards
 def test_defaults_are_the_released_script():
     m = compose_config("method=rto").method
     assert (m.algorithm, m.name, m.dpo_scale, m.dpo_clip, m.kl_coef, m.score_coef, m.score_clip) == (
-        "rto", "rto", 0.05, 0.05, 0.01, 1.0, 10.0)
+        "rto",
+        "rto",
+        0.05,
+        0.05,
+        0.01,
+        1.0,
+        10.0,
+    )
     assert (m.gamma, m.lam, m.clip_eps, m.clip_eps_value, m.num_ppo_epochs, m.temperature, m.top_p, m.top_k) == (
-        1.0, 0.95, 0.2, 0.2, 1, 1.0, 1.0, 0)
+        1.0,
+        0.95,
+        0.2,
+        0.2,
+        1,
+        1.0,
+        1.0,
+        0,
+    )
     assert (m.n, m.kl_estimator, m.whiten_advantages, m.loss_normalization, m.logprob_temperature) == (
-        1, "k1", True, "sequence", "one")
+        1,
+        "k1",
+        True,
+        "sequence",
+        "one",
+    )
 
 
 def test_an_unbuilt_dpo_model_under_several_processes_is_a_config_error(tmp_path):
@@ -53,8 +73,9 @@ def through_the_loop(s: Scored, mask: torch.Tensor, m, token_rewards):
     ids = segments(m, mask, s.logps["ref"], None, None, seed=0)
     advantages, returns = advantages_and_returns(m, rewards, s.values, mask, ids)
     zeros = torch.zeros_like(mask)
-    part = Rollout(zeros, zeros, zeros, mask, s.old_logps, s.logps["ref"], s.values, s.scores, rewards, ids, advantages,
-                   returns)
+    part = Rollout(
+        zeros, zeros, zeros, mask, s.old_logps, s.logps["ref"], s.values, s.scores, rewards, ids, advantages, returns
+    )
     logps = s.old_logps + 0.1 * torch.arange(mask.shape[1], dtype=torch.float64)
     policy_loss, value_loss, _ = losses(logps, s.values * 0.9, part, m)
     return rewards, advantages, returns, policy_loss, value_loss
@@ -67,7 +88,9 @@ def test_no_dense_reward_is_the_ppo_iteration_exactly(case):
     m = rto_settings(dpo_scale=0.0 if case == "dpo_scale=0" else 0.05)
     s, mask = scored(dpo=None if case == "dpo_scale=0" else torch.clone)
     ppo_s = Scored(s.old_logps, {"ref": s.logps["ref"]}, s.values, s.scores.clamp(-m.score_clip, m.score_clip))
-    for got, expected in zip(through_the_loop(s, mask, m, rto_rewards), through_the_loop(ppo_s, mask, m, kl_score_rewards)):
+    for got, expected in zip(
+        through_the_loop(s, mask, m, rto_rewards), through_the_loop(ppo_s, mask, m, kl_score_rewards)
+    ):
         assert torch.equal(got, expected)
     with_dense = through_the_loop(*scored(), rto_settings(), rto_rewards)
     assert not torch.equal(with_dense[0], through_the_loop(ppo_s, mask, m, kl_score_rewards)[0])
@@ -80,10 +103,13 @@ def test_a_row_ignores_batch_mates_and_padding():
     s, mask = scored()
     rewards, advantages, *_ = through_the_loop(s, mask, m, rto_rewards)
     for row in range(len(mask)):
+
         def alone(x, fill=float("nan")):
             return torch.cat([x[row : row + 1], torch.full((1, 3), fill, dtype=x.dtype)], 1)
 
-        one = Scored(alone(s.old_logps), {k: alone(v) for k, v in s.logps.items()}, alone(s.values), s.scores[row : row + 1])
+        one = Scored(
+            alone(s.old_logps), {k: alone(v) for k, v in s.logps.items()}, alone(s.values), s.scores[row : row + 1]
+        )
         r1, a1, *_ = through_the_loop(one, alone(mask, 0), m, rto_rewards)
         assert torch.equal(r1[:, :6], rewards[row : row + 1]) and torch.equal(a1[:, :6], advantages[row : row + 1])
         assert (r1[:, 6:] == 0).all()

@@ -35,8 +35,15 @@ def test_zero3_precompute_matches_one_process(tmp_path, tiny_model, perturbed_mo
     if method == "tgdpo":
         extra.append(f"method.dpo_model={perturbed_model}")
     single = _run(tmp_path, "single", *extra, "trainer.per_device_batch_size=4")
-    double = _run(tmp_path, "double", *extra, "trainer.per_device_batch_size=2", "launcher=deepspeed",
-                  "launcher.zero_stage=3", "launcher.num_gpus=2")
+    double = _run(
+        tmp_path,
+        "double",
+        *extra,
+        "trainer.per_device_batch_size=2",
+        "launcher=deepspeed",
+        "launcher.zero_stage=3",
+        "launcher.num_gpus=2",
+    )
     entries = [sorted((tmp_path / f"{name}-cache" / "token_logps").iterdir()) for name in ("single", "double")]
     assert [p.name for p in entries[0]] == [p.name for p in entries[1]] and len(entries[0]) == 1  # the same key
     one, two = (Dataset.load_from_disk(str(e[0])) for e in entries)

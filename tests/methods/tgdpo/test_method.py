@@ -43,14 +43,16 @@ def test_guidance_key_follows_what_the_dpo_run_depends_on():
 def test_default_run_builds_guidance_once_and_both_paths_train(train, cache_dir):
     run_dir = train("method=tgdpo", *SMALL)
     logged = [m for m in read_metrics(run_dir) if "train/loss" in m]
-    assert logged and all(k in logged[-1] for k in ("train/f/min", "train/f/mean", "train/rewards/margins",
-                                                     "train/rewards/accuracies"))
+    assert logged and all(
+        k in logged[-1] for k in ("train/f/min", "train/f/mean", "train/rewards/margins", "train/rewards/accuracies")
+    )
     assert json.loads((run_dir / "eval.json").read_text())["eval/num_prompts"] == 8
     guidance = sorted(p.name for p in (cache_dir / "dpo_models").iterdir() if p.is_dir())
     assert guidance and any((cache_dir / "token_logps").iterdir())
 
-    online = train("method=tgdpo", "method.precompute=false", "method.alpha=1.0", "method.f_min=0.0",
-                   "eval.at_end=false", *SMALL)
+    online = train(
+        "method=tgdpo", "method.precompute=false", "method.alpha=1.0", "method.f_min=0.0", "eval.at_end=false", *SMALL
+    )
     assert (online / "model" / "model.safetensors").exists()
     assert sorted(p.name for p in (cache_dir / "dpo_models").iterdir() if p.is_dir()) == guidance  # reused
 

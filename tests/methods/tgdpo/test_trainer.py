@@ -16,8 +16,11 @@ def _tgdpo(tiny_model, guidance, data, tmp_path, *, precompute, alpha=1.0, cache
     return TGDPOTrainer(
         model=load_causal_lm(tiny_model),
         ref_model=None if precompute else load_causal_lm(tiny_model),
-        args=dpo_args(tmp_path, precompute, **kw), train_dataset=data, processing_class=load_tokenizer(tiny_model),
-        guidance_model=load_causal_lm(guidance), alpha=alpha,
+        args=dpo_args(tmp_path, precompute, **kw),
+        train_dataset=data,
+        processing_class=load_tokenizer(tiny_model),
+        guidance_model=load_causal_lm(guidance),
+        alpha=alpha,
         token_cache_dir=tmp_path / "cache" if cache else None,
     )
 
@@ -75,8 +78,11 @@ def test_alpha_zero_equals_trl_dpo_on_the_same_batch(tiny_model, perturbed_model
 
     tgdpo = _tgdpo(tiny_model, perturbed_model, pairs, tmp_path, precompute=False, alpha=0.0, cache=False)
     dpo = DPOTrainer(
-        model=load_causal_lm(tiny_model), ref_model=load_causal_lm(tiny_model), args=dpo_args(tmp_path, False),
-        train_dataset=pairs, processing_class=load_tokenizer(tiny_model),
+        model=load_causal_lm(tiny_model),
+        ref_model=load_causal_lm(tiny_model),
+        args=dpo_args(tmp_path, False),
+        train_dataset=pairs,
+        processing_class=load_tokenizer(tiny_model),
     )
     rows = [1, 2, 4, 7]
     loss_tgdpo, grads_tgdpo = loss_and_grads(tgdpo, rows)

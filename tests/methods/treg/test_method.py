@@ -20,9 +20,18 @@ def test_toy_run_logs_both_loss_parts_and_renders_its_token_rewards(train, cache
 
     run_dir = train("method=treg", "method.alpha=0.5", *SMALL)
     logged = [m for m in read_metrics(run_dir) if "train/loss" in m]
-    assert logged and all(k in logged[-1] for k in (
-        "train/loss/dpo", "train/loss/reg", "train/treg/token_reward", "train/treg/token_reward_positive_frac",
-        "train/treg/weight", "train/rewards/margins", "train/rewards/accuracies"))
+    assert logged and all(
+        k in logged[-1]
+        for k in (
+            "train/loss/dpo",
+            "train/loss/reg",
+            "train/treg/token_reward",
+            "train/treg/token_reward_positive_frac",
+            "train/treg/weight",
+            "train/rewards/margins",
+            "train/rewards/accuracies",
+        )
+    )
     assert json.loads((run_dir / "eval.json").read_text())["eval/num_prompts"] == 8
     assert any((cache_dir / "token_logps").iterdir())
 
@@ -35,7 +44,9 @@ def test_checks_refuse_unusable_prompts_and_warn_at_alpha_two():
     with pytest.raises(ConfigError, match="must contain"):
         compose_config("method=treg", "method.better_prompt=Be nice.")
     with pytest.raises(ConfigError, match="every token reward"):
-        compose_config("method=treg", "method.worse_prompt='{prompt} Be nice.'", "method.better_prompt='{prompt} Be nice.'")
+        compose_config(
+            "method=treg", "method.worse_prompt='{prompt} Be nice.'", "method.better_prompt='{prompt} Be nice.'"
+        )
     with pytest.warns(UserWarning, match="alpha=2.0 >= 2"):
         compose_config("method=treg", "method.alpha=2.0")
 
@@ -56,5 +67,9 @@ def test_every_row_of_the_paper_sweep_and_its_toy_twin_composes(experiment):
     assert names == {"baseline/dpo": "dpo", **{a: "treg" for a in arms if a != "baseline/dpo"}}
     full = compose_config("experiment=treg", "+arm=treg/static")
     assert (full.method.beta, full.trainer.learning_rate, full.launcher.zero_stage, str(full.method.weighting)) == (
-        0.01, 3e-7, 3, "static")
+        0.01,
+        3e-7,
+        3,
+        "static",
+    )
     assert full.trainer.per_device_batch_size * full.trainer.gradient_accumulation_steps * full.launcher.num_gpus == 128

@@ -15,9 +15,13 @@ def _treg(tiny_model, data, tmp_path, *, precompute, alpha=0.5, cache=True, **kw
     from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     return TREGTrainer(
-        model=load_causal_lm(tiny_model), ref_model=None if precompute else load_causal_lm(tiny_model),
-        args=dpo_args(tmp_path, precompute, **kw), train_dataset=data, processing_class=load_tokenizer(tiny_model),
-        alpha=alpha, token_cache_dir=tmp_path / "cache" if cache else None,
+        model=load_causal_lm(tiny_model),
+        ref_model=None if precompute else load_causal_lm(tiny_model),
+        args=dpo_args(tmp_path, precompute, **kw),
+        train_dataset=data,
+        processing_class=load_tokenizer(tiny_model),
+        alpha=alpha,
+        token_cache_dir=tmp_path / "cache" if cache else None,
     )
 
 
@@ -25,8 +29,13 @@ def _treg(tiny_model, data, tmp_path, *, precompute, alpha=0.5, cache=True, **kw
 def test_revised_rows_end_and_mark_where_the_training_rows_do(mode):
     from tokalign.methods.treg.trainer import DataCollatorForRevisions
 
-    e = {"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5], "rejected_ids": [6], "better_prompt_ids": [7, 1, 2, 8],
-         "worse_prompt_ids": [9, 2]}
+    e = {
+        "prompt_ids": [1, 2],
+        "chosen_ids": [3, 4, 5],
+        "rejected_ids": [6],
+        "better_prompt_ids": [7, 1, 2, 8],
+        "worse_prompt_ids": [9, 2],
+    }
     out = DataCollatorForRevisions(pad_token_id=0, max_length=4, truncation_mode=mode)([e])
     # training rows: keep_start keeps chosen tokens 3, 4 (prompt 1, 2 whole); keep_end keeps 3, 4, 5 after prompt token 2
     kept = out["completion_mask"].sum(1).tolist()
@@ -52,10 +61,13 @@ def test_token_rewards_contrast_the_responses_under_the_revised_prompts(tiny_mod
     tokenizer, ref = trainer.processing_class, load_causal_lm(tiny_model)
     row = trainer.train_dataset[0]
     for kind, template in (("better", BETTER), ("worse", WORSE)):
-        expected = tokenizer.apply_chat_template(revise(row["prompt"], template), tokenize=True, add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"]
+        expected = tokenizer.apply_chat_template(
+            revise(row["prompt"], template), tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         assert row[f"{kind}_prompt_ids"] == expected
-    assert "concise" in tokenizer.decode(row["better_prompt_ids"]) and "verbose" in tokenizer.decode(row["worse_prompt_ids"])
+    assert "concise" in tokenizer.decode(row["better_prompt_ids"]) and "verbose" in tokenizer.decode(
+        row["worse_prompt_ids"]
+    )
     for side in ("chosen", "rejected"):
         scores = [response_logps(ref, row[f"{kind}_prompt_ids"], row[f"{side}_ids"])[0] for kind in ("better", "worse")]
         r_hat = contrastive_token_rewards(scores[0][None], scores[1][None], torch.ones(1, len(row[f"{side}_ids"])))[0]
@@ -92,8 +104,13 @@ def test_alpha_zero_equals_trl_dpo_on_the_same_batch(tiny_model, pairs, tmp_path
     from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     treg = _treg(tiny_model, pairs, tmp_path, precompute=False, alpha=0.0, cache=False)
-    dpo = DPOTrainer(model=load_causal_lm(tiny_model), ref_model=load_causal_lm(tiny_model),
-                     args=dpo_args(tmp_path, False), train_dataset=pairs, processing_class=load_tokenizer(tiny_model))
+    dpo = DPOTrainer(
+        model=load_causal_lm(tiny_model),
+        ref_model=load_causal_lm(tiny_model),
+        args=dpo_args(tmp_path, False),
+        train_dataset=pairs,
+        processing_class=load_tokenizer(tiny_model),
+    )
     rows = [1, 2, 4, 7]
     loss_treg, grads_treg = loss_and_grads(treg, rows)
     loss_dpo, grads_dpo = loss_and_grads(dpo, rows)

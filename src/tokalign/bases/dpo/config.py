@@ -40,7 +40,6 @@ class Config(MethodConfig):
     reverse: bool = knob(False, help="train on swapped pairs: a reverse-DPO model (a contrastive teacher)")
 
 
-
 def swapped(data):
     """Preference rows with chosen and rejected exchanged."""
     return data.rename_columns({"chosen": "rejected", "rejected": "chosen"})

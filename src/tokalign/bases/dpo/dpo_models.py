@@ -55,20 +55,25 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
     if (final / "config.json").exists():
         return final
     if world_size(run.cfg.launcher) > 1:
-        raise ConfigError(f"{knob} is empty and this run has several processes: train the DPO model first "
-                          f"(a method=dpo run of the same setting) and pass {knob}=<its run dir>/model")
+        raise ConfigError(
+            f"{knob} is empty and this run has several processes: train the DPO model first "
+            f"(a method=dpo run of the same setting) and pass {knob}=<its run dir>/model"
+        )
     sub, _ = dpo_run_config(run.cfg, beta=beta, reverse=reverse)
     final.parent.parent.mkdir(parents=True, exist_ok=True)
     what = f"the {'reverse-' if reverse else ''}DPO model of {knob} (β={beta})"
     with FileLock(str(final.parent) + ".lock"):
         if not (final / "config.json").exists():
+
             def train(tmp: Path) -> None:
                 with open_dict(sub):
                     sub.output_dir = str(tmp)
                 run.train_nested(sub)
 
-            with stage(f"building {what}: a method=dpo run on this model and data, once (later runs reuse it)",
-                       done=f"built, cached at {final}"):
+            with stage(
+                f"building {what}: a method=dpo run on this model and data, once (later runs reuse it)",
+                done=f"built, cached at {final}",
+            ):
                 atomic_dir(final.parent, train, replace=False)
     return final
 

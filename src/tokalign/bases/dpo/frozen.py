@@ -32,8 +32,11 @@ def token_logps(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """(N, T-1) log-probs of each completion token (0 elsewhere), from a model with TRL's fused LM head."""
     labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
     out = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-        use_cache=False, fused_lm_head=True,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        labels=labels,
+        use_cache=False,
+        fused_lm_head=True,
     )
     # Prompt-learning PEFT prepends virtual tokens; keep the positions of the real ones.
-    return out.log_probs[:, -(labels.size(1) - 1):]
+    return out.log_probs[:, -(labels.size(1) - 1) :]

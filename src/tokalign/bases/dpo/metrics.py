@@ -28,8 +28,9 @@ class WindowExtrema:
         for key, value in metrics.items():
             gathered = self.accelerator.gather_for_metrics(value.detach().reshape(1).float())
             reduce = _extreme(key)
-            self._metrics[mode][key].append((gathered.min() if reduce is min else gathered.max() if reduce is max
-                                             else gathered.mean()).item())
+            self._metrics[mode][key].append(
+                (gathered.min() if reduce is min else gathered.max() if reduce is max else gathered.mean()).item()
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"

@@ -78,8 +78,13 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def compute_sharded(chunks: Sequence[Sequence[int]], compute: Callable[[Sequence[int]], Columns], *,
-                    lockstep: bool, desc: str = "per-token values") -> Columns:
+def compute_sharded(
+    chunks: Sequence[Sequence[int]],
+    compute: Callable[[Sequence[int]], Columns],
+    *,
+    lockstep: bool,
+    desc: str = "per-token values",
+) -> Columns:
     """`compute(chunk)` for every chunk, on every process, in chunk order.
 
     Process r computes chunks r, r + W, r + 2W, ...; after each round the results are gathered,
@@ -116,7 +121,9 @@ def cached_columns(path: Path | None, compute: Callable[[], Columns]):
 
     def to_dataset(columns: Columns) -> Dataset:
         features = Features({name: ListOf(Value("float32")) for name in columns})
-        return Dataset.from_dict({name: [row.tolist() for row in rows] for name, rows in columns.items()}, features=features)
+        return Dataset.from_dict(
+            {name: [row.tolist() for row in rows] for name, rows in columns.items()}, features=features
+        )
 
     if path is None:
         return to_dataset(compute())

@@ -96,8 +96,17 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
     sources: tuple[str, ...] = ("ref",)
     input_columns: tuple[str, ...] = ("prompt_ids", "chosen_ids", "rejected_ids")
 
-    def __init__(self, model, ref_model=None, *, args, processing_class, frozen_models: dict | None = None,
-                 token_cache_dir: str | os.PathLike | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        *,
+        args,
+        processing_class,
+        frozen_models: dict | None = None,
+        token_cache_dir: str | os.PathLike | None = None,
+        **kwargs,
+    ):
         kwargs.setdefault("data_collator", self.make_collator(processing_class, args))
         self.frozen_models = dict(frozen_models or {})
         for frozen in self.frozen_models.values():
@@ -113,8 +122,11 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
 
     def make_collator(self, processing_class, args) -> DataCollatorForTokenPreference:
         return DataCollatorForTokenPreference(
-            pad_token_id=processing_class.pad_token_id, max_length=args.max_length,
-            truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of, sources=self.sources,
+            pad_token_id=processing_class.pad_token_id,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            sources=self.sources,
         )
 
     # -- what a variant defines --------------------------------------------------------------------
@@ -159,19 +171,23 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
         """Content, not `_fingerprint`: a dataset rebuilt in another process often gets a random one."""
         if self._weights is None:
             reference = self.accelerator.unwrap_model(self.ref_model) if self.ref_model is not None else self.model
-            self._weights = {"ref": weights_hash(reference),
-                             **{name: weights_hash(m) for name, m in sorted(self.frozen_models.items())}}
-        return Hasher.hash({
-            "format": CACHE_FORMAT,
-            "sources": self.sources,
-            "weights": self._weights,
-            "data": Hasher.hash([dataset[c][:] for c in self.input_columns]),
-            "max_length": self.args.max_length,
-            "truncation_mode": self.args.truncation_mode,
-            "autocast": (self.args.bf16, self.args.fp16),
-            # DeepSpeed runs half-precision weights, not autocast: other numbers
-            "deepspeed_half": self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16),
-        })
+            self._weights = {
+                "ref": weights_hash(reference),
+                **{name: weights_hash(m) for name, m in sorted(self.frozen_models.items())},
+            }
+        return Hasher.hash(
+            {
+                "format": CACHE_FORMAT,
+                "sources": self.sources,
+                "weights": self._weights,
+                "data": Hasher.hash([dataset[c][:] for c in self.input_columns]),
+                "max_length": self.args.max_length,
+                "truncation_mode": self.args.truncation_mode,
+                "autocast": (self.args.bf16, self.args.fp16),
+                # DeepSpeed runs half-precision weights, not autocast: other numbers
+                "deepspeed_half": self.is_deepspeed_enabled and (self.args.bf16 or self.args.fp16),
+            }
+        )
 
     def _compute_token_columns(self, dataset: Dataset, batch_size: int):
         def values(rows):
@@ -181,15 +197,17 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
             out = {}
             for src, tensor in self.frozen_token_values(batch).items():
                 per_row = [row[m].float().cpu() for row, m in zip(tensor, mask)]
-                out[column(src, "chosen")], out[column(src, "rejected")] = per_row[: len(rows)], per_row[len(rows):]
+                out[column(src, "chosen")], out[column(src, "rejected")] = per_row[: len(rows)], per_row[len(rows) :]
             return out
 
         chunks = [range(s, min(s + batch_size, len(dataset))) for s in range(0, len(dataset), batch_size)]
         zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         self._precomputing = True
         try:
-            with stage(f"precomputing per-token values ({', '.join(self.sources)}) of {len(dataset)} pairs, once "
-                       "(cached for later runs)"):
+            with stage(
+                f"precomputing per-token values ({', '.join(self.sources)}) of {len(dataset)} pairs, once "
+                "(cached for later runs)"
+            ):
                 return compute_sharded(chunks, values, lockstep=zero3, desc="per-token log-probs")
         finally:
             self._precomputing = False
@@ -197,8 +215,10 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         """Per-token values of the frozen models as dataset columns (TRL stores sequence sums)."""
         if self._released:
-            raise ValueError("the frozen models were released after precomputing the training data; pass every "
-                             "dataset at construction, or use precompute_ref_log_probs=False")
+            raise ValueError(
+                "the frozen models were released after precomputing the training data; pass every "
+                "dataset at construction, or use precompute_ref_log_probs=False"
+            )
         path = self.token_cache_dir / self._token_cache_key(dataset) if self.token_cache_dir else None
         values = cached_columns(path, lambda: self._compute_token_columns(dataset, batch_size))
         return concatenate_datasets([dataset, values], axis=1)
@@ -206,8 +226,11 @@ class TokenDPOTrainer(WindowExtrema, DPOTrainer, metaclass=ABCMeta):
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         extra = [c for c in self.input_columns if c not in self._signature_columns]
-        self._signature_columns = [*self._signature_columns, *extra,
-                                   *(column(s, side) for s in self.sources for side in SIDES)]
+        self._signature_columns = [
+            *self._signature_columns,
+            *extra,
+            *(column(s, side) for s in self.sources for side in SIDES),
+        ]
 
     # -- the loss ----------------------------------------------------------------------------------
 

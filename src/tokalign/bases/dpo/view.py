@@ -35,17 +35,29 @@ Annotate = Callable[[dict[str, Side], dict], tuple[dict[str, dict[str, list[floa
 def preference_view(ctx: ViewContext, legend: str = "", annotate: Annotate | None = None) -> View:
     m = ctx.cfg.method
     policy, ref = ctx.policy(), ctx.reference()
-    view = View(f"{m.name} · {ctx.cfg.run_name}",
-                legend or "Colour: delta = β (log π_θ − log π_ref), the trained policy's token reward.")
+    view = View(
+        f"{m.name} · {ctx.cfg.run_name}",
+        legend or "Colour: delta = β (log π_θ − log π_ref), the trained policy's token reward.",
+    )
     for i, ex in enumerate(ctx.eval_rows("preference")):
         sides = {}
         for side in SIDES:
             prompt_ids, ids = response_ids(ctx.tokenizer, ex["prompt"], first_response(ex[side]))
-            sides[side] = Side(prompt_ids, ids, response_logps(policy, prompt_ids, ids)[0], response_logps(ref, prompt_ids, ids)[0])
+            sides[side] = Side(
+                prompt_ids, ids, response_logps(policy, prompt_ids, ids)[0], response_logps(ref, prompt_ids, ids)[0]
+            )
         extra, color, note = annotate(sides, ex) if annotate else ({}, "delta", "")
         for side in SIDES:
             s = sides[side]
             values = {**extra.get(side, {}), "delta": (m.beta * (s.policy - s.ref)).tolist()}
-            view.seqs.append(TokenSeq(f"example {i + 1} · {side}", pieces(ctx.tokenizer, s.ids), values, color,
-                                      note=note if side == "chosen" else "", prompt=prompt_text(ex["prompt"])))
+            view.seqs.append(
+                TokenSeq(
+                    f"example {i + 1} · {side}",
+                    pieces(ctx.tokenizer, s.ids),
+                    values,
+                    color,
+                    note=note if side == "chosen" else "",
+                    prompt=prompt_text(ex["prompt"]),
+                )
+            )
     return view

@@ -52,7 +52,9 @@ class Config(MethodConfig):
     max_completion_length: int = knob(II("model.max_new_tokens"), ge=1, help="longest completion")
     temperature: float = knob(1.0, gt=0, help="sampling temperature")
     top_p: float = knob(1.0, gt=0, le=1, help="nucleus sampling")
-    loss_type: LossType = knob(LossType.dapo, help="TRL's loss aggregation: grpo | bnpo | dr_grpo | dapo | cispo | sapo | luspo | vespo")
+    loss_type: LossType = knob(
+        LossType.dapo, help="TRL's loss aggregation: grpo | bnpo | dr_grpo | dapo | cispo | sapo | luspo | vespo"
+    )
     beta: float = knob(0.0, ge=0, help="KL coefficient (0: no reference model)")
     epsilon: float = knob(0.2, gt=0, help="clip range")
     epsilon_high: Optional[float] = knob(None, gt=0, help="upper clip range; null: epsilon")
@@ -68,9 +70,11 @@ def check(cfg: DictConfig) -> None:
     m, t = cfg.method, cfg.trainer
     rewards.parse(rewards.configured(m, "method.reward"), "method.reward")
     completions = t.per_device_batch_size * world_size(cfg.launcher)
-    require(completions % m.num_generations == 0,
-            f"trainer.per_device_batch_size={t.per_device_batch_size} x {world_size(cfg.launcher)} process(es) = "
-            f"{completions} completions per step is not a multiple of method.num_generations={m.num_generations}")
+    require(
+        completions % m.num_generations == 0,
+        f"trainer.per_device_batch_size={t.per_device_batch_size} x {world_size(cfg.launcher)} process(es) = "
+        f"{completions} completions per step is not a multiple of method.num_generations={m.num_generations}",
+    )
 
 
 def grpo_args(run, **extra: Any):
@@ -83,11 +87,21 @@ def grpo_args(run, **extra: Any):
     m = run.cfg.method
     extra = trl_vllm_args(run.cfg.get("rollout")) | extra
     args = trl_args(
-        run, num_generations=m.num_generations, max_completion_length=m.max_completion_length,
-        temperature=m.temperature, top_p=m.top_p, loss_type=option(m.loss_type), beta=m.beta, epsilon=m.epsilon,
-        epsilon_high=m.epsilon_high, importance_sampling_level=option(m.importance_sampling_level),
-        scale_rewards=option(m.scale_rewards), num_iterations=m.num_iterations,
-        mask_truncated_completions=m.mask_truncated_completions, log_completions=False, **extra,
+        run,
+        num_generations=m.num_generations,
+        max_completion_length=m.max_completion_length,
+        temperature=m.temperature,
+        top_p=m.top_p,
+        loss_type=option(m.loss_type),
+        beta=m.beta,
+        epsilon=m.epsilon,
+        epsilon_high=m.epsilon_high,
+        importance_sampling_level=option(m.importance_sampling_level),
+        scale_rewards=option(m.scale_rewards),
+        num_iterations=m.num_iterations,
+        mask_truncated_completions=m.mask_truncated_completions,
+        log_completions=False,
+        **extra,
     )
     args.pop("max_length")  # GRPO bounds the completion instead (max_completion_length)
     return GRPOConfig(**args)
@@ -102,8 +116,11 @@ def build_trainer(run, trainer_cls=None, **extra_args: Any):
         require_vllm(f"{run.cfg.method.name} rollouts")
     spec = rewards.configured(run.cfg.method, "method.reward")
     funcs, weights = rewards.functions(spec, run.cfg.dataset, "method.reward")
-    verifiable = [f.__name__ for f, t in zip(funcs, rewards.parse(spec, "method.reward"))
-                  if rewards.is_verifiable(t.reward, run.cfg.dataset)]
+    verifiable = [
+        f.__name__
+        for f, t in zip(funcs, rewards.parse(spec, "method.reward"))
+        if rewards.is_verifiable(t.reward, run.cfg.dataset)
+    ]
     return (trainer_cls or AccountingGRPOTrainer)(
         model=run.load_policy(),
         reward_funcs=funcs,

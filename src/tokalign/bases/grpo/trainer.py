@@ -42,7 +42,8 @@ class AccountingGRPOTrainer(GRPOTrainer):
             raise DivergenceError(
                 f"reward {self.reward_func_names[func]} is {rewards_per_func[row, func].item()} for completion {row} of "
                 f"step {self.state.global_step + 1}; a GRPO run does not train on a non-finite reward, and nothing "
-                "was saved from this step. Check the reward function; resume=auto continues the last good checkpoint")
+                "was saved from this step. Check the reward function; resume=auto continues the last good checkpoint"
+            )
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):

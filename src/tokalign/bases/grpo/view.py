@@ -37,12 +37,23 @@ def group_view(ctx: ViewContext, select: Select | None = None) -> View:
     funcs, weights = rewards.functions(spec, ctx.cfg.dataset, "method.reward")
     G = m.num_generations
     view = View(f"{m.name} · {ctx.cfg.run_name}", "")
-    samples = generate(policy, ctx.tokenizer, list(data["prompt"]), max_new_tokens=m.max_completion_length,
-                       temperature=m.temperature, top_p=m.top_p, num_samples=G, batch_size=8, seed=ctx.cfg.seed)
+    samples = generate(
+        policy,
+        ctx.tokenizer,
+        list(data["prompt"]),
+        max_new_tokens=m.max_completion_length,
+        temperature=m.temperature,
+        top_p=m.top_p,
+        num_samples=G,
+        batch_size=8,
+        seed=ctx.cfg.seed,
+    )
     for p_i, (ex, group) in enumerate(zip(data, samples)):
         columns = {c: [ex[c]] * G for c in data.column_names if c != "prompt"}
-        scores = sum(w * torch.tensor(f([ex["prompt"]] * G, group, **columns), dtype=torch.float32)
-                     for f, w in zip(funcs, weights))
+        scores = sum(
+            w * torch.tensor(f([ex["prompt"]] * G, group, **columns), dtype=torch.float32)
+            for f, w in zip(funcs, weights)
+        )
         adv = scores - scores.mean()
         if option(m.scale_rewards) != "none":
             adv = adv / (scores.std() + 1e-4)
@@ -61,11 +72,17 @@ def group_view(ctx: ViewContext, select: Select | None = None) -> View:
             keep_rows, token_mask, view.legend = select(adv, ent, mask)
         for j, (ids, e) in enumerate(rows):
             n = len(ids)
-            view.seqs.append(TokenSeq(
-                f"prompt {p_i + 1} · sample {j + 1}", pieces(ctx.tokenizer, ids),
-                {"A_H": (adv[j].abs() * e).tolist(), "A": [adv[j].item()] * n, "H": e.tolist()}, "A_H",
-                kept=token_mask[j, :n].tolist(), dropped=j not in keep_rows,
-                note=f"reward {scores[j].item():.3g} · A {adv[j].item():.3g}" + ("" if j in keep_rows else " · dropped"),
-                prompt=prompt_text(ex["prompt"]),
-            ))
+            view.seqs.append(
+                TokenSeq(
+                    f"prompt {p_i + 1} · sample {j + 1}",
+                    pieces(ctx.tokenizer, ids),
+                    {"A_H": (adv[j].abs() * e).tolist(), "A": [adv[j].item()] * n, "H": e.tolist()},
+                    "A_H",
+                    kept=token_mask[j, :n].tolist(),
+                    dropped=j not in keep_rows,
+                    note=f"reward {scores[j].item():.3g} · A {adv[j].item():.3g}"
+                    + ("" if j in keep_rows else " · dropped"),
+                    prompt=prompt_text(ex["prompt"]),
+                )
+            )
     return view

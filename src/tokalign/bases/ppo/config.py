@@ -95,15 +95,23 @@ class Config(MethodConfig):
     reward_model: Optional[str] = knob(None, help="deprecated: use reward=model:<path>")
     score_clip: Optional[float] = knob(None, gt=0, help="clip the score to ±score_clip (MA-RLHF's code: 2.5)")
     kl_coef: float = knob(0.05, ge=0, help="β_KL of the per-token KL penalty in the reward")
-    kl_estimator: KLEstimator = knob(KLEstimator.k1, help="k1: log π_old − log π_ref | k3: Schulman's non-negative estimator")
-    kl_limit: float = knob(1000.0, gt=0, help="stop as diverged when the mean per-response KL to the reference exceeds this")
+    kl_estimator: KLEstimator = knob(
+        KLEstimator.k1, help="k1: log π_old − log π_ref | k3: Schulman's non-negative estimator"
+    )
+    kl_limit: float = knob(
+        1000.0, gt=0, help="stop as diverged when the mean per-response KL to the reference exceeds this"
+    )
     whiten_rewards: bool = knob(False, help="rescale rewards over the rollout before GAE")
     whiten_advantages: bool = knob(True, help="whiten advantages over the rollout's valid tokens (all ranks)")
     logprob_temperature: LogprobTemperature = knob(
-        LogprobTemperature.one, help="log-probs of the KL penalty, the PPO ratio and the ppl rule: one = the model's own "
-                                     "logits (MA-RLHF's and OpenRLHF's code) | sampling = logits / temperature (TRL)")
+        LogprobTemperature.one,
+        help="log-probs of the KL penalty, the PPO ratio and the ppl rule: one = the model's own "
+        "logits (MA-RLHF's and OpenRLHF's code) | sampling = logits / temperature (TRL)",
+    )
     # Critic
-    critic_init: CriticInit = knob(CriticInit.auto, help="auto: the reward model when the reward is one, else the policy")
+    critic_init: CriticInit = knob(
+        CriticInit.auto, help="auto: the reward model when the reward is one, else the policy"
+    )
     critic_learning_rate: Optional[float] = knob(None, gt=0, help="null: trainer.learning_rate")
     # Rollout
     max_new_tokens: int = knob(II("model.max_new_tokens"), ge=1, help="longest sampled response")
@@ -118,26 +126,47 @@ class Config(MethodConfig):
     num_ppo_epochs: int = knob(1, ge=1, help="passes over each rollout")
     num_mini_batches: int = knob(1, ge=1, help="optimizer steps per pass")
     loss_normalization: LossNormalization = knob(
-        LossNormalization.sequence, help="sequence: each response's mean over its tokens, then the mean over responses "
-                                         "(their code; batch-mates never change a response's loss) | token: the mean over "
-                                         "a micro-batch's tokens")
+        LossNormalization.sequence,
+        help="sequence: each response's mean over its tokens, then the mean over responses "
+        "(their code; batch-mates never change a response's loss) | token: the mean over "
+        "a micro-batch's tokens",
+    )
     # Macro actions (termination=fixed, n=1: token-level PPO)
     termination: Termination = knob(Termination.fixed, help="fixed | randomized | parsing | ppl")
     n: int = knob(1, ge=1, help="fixed: tokens per macro action (1: token-level PPO; MA-RLHF: 5)")
-    lengths: list[int] = knob(help="randomized: segment lengths to draw from", ge=1, nonempty=True, factory=lambda: [1, 2, 3, 5, 10])
-    length_sampling: LengthSampling = knob(LengthSampling.shuffle, help="randomized: shuffle = lengths × length_repeats "
-                                           "shuffled, each used once, the rest one segment (their code) | iid draws")
-    length_repeats: Optional[int] = knob(None, ge=1, help="randomized, shuffle: copies of lengths (their --repeat_times); "
-                                         "null: enough to cover the response")
-    ppl_boundary: PplBoundary = knob(PplBoundary.before_rise, help="ppl: a macro action starts at the token before the "
-                                     "perplexity rise (their code) | at_rise: at the token whose perplexity rose")
-    last_token_alone: bool = knob(True, help="the scored last token is a macro action of its own (their code), so "
-                                  "averaging never dilutes the score")
+    lengths: list[int] = knob(
+        help="randomized: segment lengths to draw from", ge=1, nonempty=True, factory=lambda: [1, 2, 3, 5, 10]
+    )
+    length_sampling: LengthSampling = knob(
+        LengthSampling.shuffle,
+        help="randomized: shuffle = lengths × length_repeats "
+        "shuffled, each used once, the rest one segment (their code) | iid draws",
+    )
+    length_repeats: Optional[int] = knob(
+        None,
+        ge=1,
+        help="randomized, shuffle: copies of lengths (their --repeat_times); null: enough to cover the response",
+    )
+    ppl_boundary: PplBoundary = knob(
+        PplBoundary.before_rise,
+        help="ppl: a macro action starts at the token before the "
+        "perplexity rise (their code) | at_rise: at the token whose perplexity rose",
+    )
+    last_token_alone: bool = knob(
+        True,
+        help="the scored last token is a macro action of its own (their code), so averaging never dilutes the score",
+    )
     max_segment_len: Optional[int] = knob(None, ge=1, help="cap on a segment's length (any rule)")
     spacy_model: Optional[str] = knob(None, help="parsing: a spaCy pipeline; null: the offline chunker")
-    value_weighting: ValueWeighting = knob(ValueWeighting.equal, help="macro value: equal (their default) | position | last")
-    reward_aggregation: RewardAggregation = knob(RewardAggregation.sum, help="macro reward: sum | mean (their code; divides the KL coefficient by n)")
-    policy_loss_level: LossLevel = knob(LossLevel.token, help="token (their code) | segment (joint ratio per macro action)")
+    value_weighting: ValueWeighting = knob(
+        ValueWeighting.equal, help="macro value: equal (their default) | position | last"
+    )
+    reward_aggregation: RewardAggregation = knob(
+        RewardAggregation.sum, help="macro reward: sum | mean (their code; divides the KL coefficient by n)"
+    )
+    policy_loss_level: LossLevel = knob(
+        LossLevel.token, help="token (their code) | segment (joint ratio per macro action)"
+    )
 
 
 def settings(method_cfg: DictConfig, schema: type = Config):
@@ -159,11 +188,22 @@ def check(cfg: DictConfig) -> None:
     m = cfg.method
     terms = rewards.parse(reward_spec(m), "method.reward")
     prompt_budget = cfg.trainer.max_length - m.max_new_tokens
-    require(prompt_budget >= 1, f"trainer.max_length={cfg.trainer.max_length} leaves no room for a prompt after "
-                                f"method.max_new_tokens={m.max_new_tokens}")
-    require(option(m.critic_init) != "reward_model" or rewards.reward_model_path(reward_spec(m)) is not None,
-            "method.critic_init=reward_model needs method.reward=model:<reward model or reward run dir>")
-    require(not (cfg.launcher.name == "deepspeed" and cfg.launcher.zero_stage == 3 and len(terms) > 1
-                 and any(t.reward.startswith("model:") for t in terms)),
-            "method.reward: under launcher.zero_stage=3 a reward model must be the only reward term (its weights are "
-            "sharded and served by its own inference engine)")
+    require(
+        prompt_budget >= 1,
+        f"trainer.max_length={cfg.trainer.max_length} leaves no room for a prompt after "
+        f"method.max_new_tokens={m.max_new_tokens}",
+    )
+    require(
+        option(m.critic_init) != "reward_model" or rewards.reward_model_path(reward_spec(m)) is not None,
+        "method.critic_init=reward_model needs method.reward=model:<reward model or reward run dir>",
+    )
+    require(
+        not (
+            cfg.launcher.name == "deepspeed"
+            and cfg.launcher.zero_stage == 3
+            and len(terms) > 1
+            and any(t.reward.startswith("model:") for t in terms)
+        ),
+        "method.reward: under launcher.zero_stage=3 a reward model must be the only reward term (its weights are "
+        "sharded and served by its own inference engine)",
+    )

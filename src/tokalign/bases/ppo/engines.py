@@ -75,8 +75,10 @@ class Trained:
             limit = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
             norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), limit))
         if not math.isfinite(norm):
-            raise DivergenceError(f"the {self.what} gradient norm became {norm}; nothing was saved. "
-                                  "Lower trainer.learning_rate; resume=auto continues the last good checkpoint")
+            raise DivergenceError(
+                f"the {self.what} gradient norm became {norm}; nothing was saved. "
+                "Lower trainer.learning_rate; resume=auto continues the last good checkpoint"
+            )
         if not self.deepspeed:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

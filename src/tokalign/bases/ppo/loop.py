@@ -72,7 +72,11 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     m = settings(cfg.method, run.method.config)
     accelerator = make_accelerator(cfg)
     rollout_size = t.per_device_batch_size * t.gradient_accumulation_steps * m.num_mini_batches
-    steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(run.train_data) / (rollout_size * accelerator.num_processes))
+    steps = (
+        t.max_steps
+        if t.max_steps > 0
+        else math.ceil(t.num_epochs * len(run.train_data) / (rollout_size * accelerator.num_processes))
+    )
     updates = steps * m.num_ppo_epochs * m.num_mini_batches
 
     spec = reward_spec(cfg.method)
@@ -82,8 +86,12 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     policy, ref = run.load_policy(), run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
-    critic = load_critic(rm_path if use_rm else run.model_path, option(cfg.model.dtype), run.tokenizer.pad_token_id,
-                         cfg.model.trust_remote_code)
+    critic = load_critic(
+        rm_path if use_rm else run.model_path,
+        option(cfg.model.dtype),
+        run.tokenizer.pad_token_id,
+        cfg.model.trust_remote_code,
+    )
     for model in (policy, critic.model):
         for module in model.modules():  # PPO ratios need identical rollout and update forwards
             if isinstance(module, nn.Dropout):
@@ -102,8 +110,13 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     critic_lr = m.critic_learning_rate if m.critic_learning_rate is not None else t.learning_rate
     actor_opt, critic_opt = optimizer(policy, t.learning_rate), optimizer(critic, critic_lr)
     schedulers = [
-        get_scheduler(option(t.lr_scheduler), opt, num_warmup_steps=math.ceil(t.warmup_ratio * updates),
-                      num_training_steps=updates, scheduler_specific_kwargs=OmegaConf.to_container(t.lr_scheduler_kwargs))
+        get_scheduler(
+            option(t.lr_scheduler),
+            opt,
+            num_warmup_steps=math.ceil(t.warmup_ratio * updates),
+            num_training_steps=updates,
+            scheduler_specific_kwargs=OmegaConf.to_container(t.lr_scheduler_kwargs),
+        )
         for opt in (actor_opt, critic_opt)
     ]
     # One model per prepare: under DeepSpeed each becomes its own engine.
@@ -115,9 +128,24 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     stepping = dict(accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm)
     actor_step = Trained(policy, actor_opt, accelerator, what="policy", **stepping)
     critic_step = Trained(critic, critic_opt, accelerator, what="critic", **stepping)
-    return Trainer(run, m, accelerator, policy, frozen, critic, actor_step, critic_step, schedulers, reward_fn,
-                   token_rewards, rollout_whiten(accelerator), nlp, rollout_size, steps,
-                   colocated_engine(run, max_num_seqs=rollout_size))
+    return Trainer(
+        run,
+        m,
+        accelerator,
+        policy,
+        frozen,
+        critic,
+        actor_step,
+        critic_step,
+        schedulers,
+        reward_fn,
+        token_rewards,
+        rollout_whiten(accelerator),
+        nlp,
+        rollout_size,
+        steps,
+        colocated_engine(run, max_num_seqs=rollout_size),
+    )
 
 
 def rollout(tr: Trainer, batch: dict, seed: int, step: int = 0) -> Rollout:
@@ -125,16 +153,48 @@ def rollout(tr: Trainer, batch: dict, seed: int, step: int = 0) -> Rollout:
     t, m = tr.run.cfg.trainer, tr.m
     with generation_model(tr.policy, tr.accelerator) as policy:
         input_ids, attention_mask, responses, mask = sample(
-            policy, tr.run.tokenizer, list(batch["prompt"]), m, max_prompt_len=max(1, t.max_length - m.max_new_tokens),
-            device=tr.accelerator.device, engine=tr.engine, version=step, seed=seed,
+            policy,
+            tr.run.tokenizer,
+            list(batch["prompt"]),
+            m,
+            max_prompt_len=max(1, t.max_length - m.max_new_tokens),
+            device=tr.accelerator.device,
+            engine=tr.engine,
+            version=step,
+            seed=seed,
         )
-    s = score(tr.accelerator.unwrap_model(tr.policy), tr.frozen, tr.critic, tr.reward_fn, tr.run.tokenizer, batch,
-              input_ids, attention_mask, responses, mask, m, forward_batch=t.per_device_batch_size)
+    s = score(
+        tr.accelerator.unwrap_model(tr.policy),
+        tr.frozen,
+        tr.critic,
+        tr.reward_fn,
+        tr.run.tokenizer,
+        batch,
+        input_ids,
+        attention_mask,
+        responses,
+        mask,
+        m,
+        forward_batch=t.per_device_batch_size,
+    )
     token_rewards, reward_metrics = tr.token_rewards(s, mask, m)
     segment_ids = segments(m, mask, s.logps["ref"], responses, tr.run.tokenizer, seed, tr.nlp)
     advantages, returns = advantages_and_returns(m, token_rewards, s.values, mask, segment_ids, tr.whiten)
-    return Rollout(input_ids, attention_mask, responses, mask, s.old_logps, s.logps["ref"], s.values, s.scores,
-                   token_rewards, segment_ids, advantages, returns, reward_metrics)
+    return Rollout(
+        input_ids,
+        attention_mask,
+        responses,
+        mask,
+        s.old_logps,
+        s.logps["ref"],
+        s.values,
+        s.scores,
+        token_rewards,
+        segment_ids,
+        advantages,
+        returns,
+        reward_metrics,
+    )
 
 
 def rollout_metrics(r: Rollout) -> dict[str, float]:
@@ -157,8 +217,10 @@ def _check_rollout(row: dict[str, float], step: int, kl_limit: float) -> None:
     bad = {k: row[k] for k in ("reward", "kl", "rlhf_reward") if not math.isfinite(row[k])}
     if bad or row["kl"] > kl_limit:
         what = ", ".join(f"{k} {v}" for k, v in bad.items()) or f"kl {row['kl']:.4g} > method.kl_limit={kl_limit}"
-        raise DivergenceError(f"the rollout of iteration {step + 1} diverged ({what}); nothing was saved. "
-                              "Lower trainer.learning_rate; resume=auto continues the last good checkpoint")
+        raise DivergenceError(
+            f"the rollout of iteration {step + 1} diverged ({what}); nothing was saved. "
+            "Lower trainer.learning_rate; resume=auto continues the last good checkpoint"
+        )
 
 
 def iteration(tr: Trainer, step: int) -> dict[str, float]:
@@ -167,7 +229,9 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
     batch = prompt_batch(tr.run.train_data, step, tr.rollout_size, cfg.seed, acc.process_index, acc.num_processes)
     tick = time.perf_counter()
     with acc.autocast():  # the unwrapped policy under the same precision as its updates
-        r = rollout(tr, batch, seed=cfg.seed + (step * acc.num_processes + acc.process_index) * tr.rollout_size, step=step)
+        r = rollout(
+            tr, batch, seed=cfg.seed + (step * acc.num_processes + acc.process_index) * tr.rollout_size, step=step
+        )
     rollout_s = time.perf_counter() - tick
     metrics = rollout_metrics(r)
     _check_rollout(metrics, step, m.kl_limit)
@@ -179,11 +243,14 @@ def iteration(tr: Trainer, step: int) -> dict[str, float]:
     update_s = time.perf_counter() - tick
     tokens = r.mask.sum().item() * acc.num_processes
     row = {
-        **metrics, **stats,
+        **metrics,
+        **stats,
         "rollout_tokens_per_s": tokens / rollout_s,
         "train_tokens_per_s": tokens * m.num_ppo_epochs / update_s,
-        "rollout_s": rollout_s, "update_s": update_s,
-        "lr": tr.schedulers[0].get_last_lr()[0], "critic_lr": tr.schedulers[1].get_last_lr()[0],
+        "rollout_s": rollout_s,
+        "update_s": update_s,
+        "lr": tr.schedulers[0].get_last_lr()[0],
+        "critic_lr": tr.schedulers[1].get_last_lr()[0],
     }
     if acc.num_processes > 1:  # the mean over ranks (the timings: the mean rank's)
         means = acc.reduce(torch.tensor(list(row.values()), device=acc.device), reduction="mean")
@@ -204,8 +271,9 @@ def fit(run, **setup_args) -> dict:
     resume = run.resume_checkpoint()
     start, history = load_checkpoint(acc, resume) if resume else (0, [])
     window: list[dict] = []
-    progress = tqdm(total=tr.steps, initial=start, desc=run.cfg.method.name, disable=not acc.is_main_process,
-                    dynamic_ncols=True)
+    progress = tqdm(
+        total=tr.steps, initial=start, desc=run.cfg.method.name, disable=not acc.is_main_process, dynamic_ncols=True
+    )
 
     def log(done: int) -> None:
         nonlocal window
@@ -242,21 +310,27 @@ def fit(run, **setup_args) -> dict:
                 preemption.hand_over()
             if request.stop:
                 last = latest_checkpoint(checkpoints)
-                raise request.stopped(f"at iteration {done}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet")
+                raise request.stopped(
+                    f"at iteration {done}", f"resume=auto continues from {last}" if last else "no sealed checkpoint yet"
+                )
     finally:
         preemption.uninstall()
     progress.close()
     if not all_finite(acc, tr.policy, tr.critic):  # a run shorter than save_steps was never checked
         last = latest_checkpoint(checkpoints)
-        raise DivergenceError(f"the weights are non-finite after iteration {tr.steps}; the final model was not saved"
-                              + (f"; {last} is the last finite checkpoint" if last else ""))
+        raise DivergenceError(
+            f"the weights are non-finite after iteration {tr.steps}; the final model was not saved"
+            + (f"; {last} is the last finite checkpoint" if last else "")
+        )
     # Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes them whole.
     policy_state, critic_state = whole_state_dict(acc, tr.policy), whole_state_dict(acc, tr.critic)
     run.save_model(acc.unwrap_model(tr.policy), run.tokenizer, state_dict=policy_state)
     if acc.is_main_process:
         if critic_state is not None:  # keys of the Critic wrapper: model.<name>
             critic_state = {key.removeprefix("model."): value for key, value in critic_state.items()}
-        save_pretrained_atomic(acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", state_dict=critic_state)
+        save_pretrained_atomic(
+            acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", state_dict=critic_state
+        )
     first, last = (history[0], history[-1]) if history else ({}, {})
     return {
         "train/steps": tr.steps,

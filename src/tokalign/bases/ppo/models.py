@@ -41,7 +41,9 @@ def load_critic(path: str, dtype: str, pad_token_id: int, trust_remote_code: boo
         hf_logging.set_verbosity_error()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
+            path,
+            num_labels=1,
+            dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
             trust_remote_code=trust_remote_code,
         )
     finally:
@@ -53,8 +55,11 @@ def load_critic(path: str, dtype: str, pad_token_id: int, trust_remote_code: boo
 def response_logits(model, input_ids, attention_mask, position_ids, num_response: int) -> torch.Tensor:
     """(B, R, V) logits predicting the R response tokens (the last R columns of input_ids)."""
     out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        logits_to_keep=num_response + 1, use_cache=False,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=num_response + 1,
+        use_cache=False,
     )
     return out.logits[:, :-1].float()
 

@@ -77,9 +77,16 @@ def colocated_engine(run, *, max_num_seqs: int):
     if not uses_vllm(cfg.get("rollout")):
         return None
     dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(option(cfg.trainer.precision), option(cfg.model.dtype))
-    return VLLMEngine.start(run.model_path, cfg.rollout, colocated=True, seed=cfg.seed, dtype=dtype,
-                      max_model_len=cfg.trainer.max_length, max_num_seqs=max_num_seqs,
-                      trust_remote_code=cfg.model.trust_remote_code)
+    return VLLMEngine.start(
+        run.model_path,
+        cfg.rollout,
+        colocated=True,
+        seed=cfg.seed,
+        dtype=dtype,
+        max_model_len=cfg.trainer.max_length,
+        max_num_seqs=max_num_seqs,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
 
 
 def pad_responses(completions: list[list[int]], pad_token_id: int, device) -> torch.Tensor:
@@ -89,8 +96,9 @@ def pad_responses(completions: list[list[int]], pad_token_id: int, device) -> to
 
 
 @torch.no_grad()
-def sample(policy, tokenizer, prompts: list, m, *, max_prompt_len: int, device, engine=None, version: int = 0,
-           seed: int = 0) -> tuple[torch.Tensor, ...]:
+def sample(
+    policy, tokenizer, prompts: list, m, *, max_prompt_len: int, device, engine=None, version: int = 0, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
     """Left-padded prompts + sampled responses: (input_ids, attention_mask, responses, response mask).
 
     With a vLLM `engine`, the policy's weights after `version` updates are pushed to it first
@@ -104,17 +112,29 @@ def sample(policy, tokenizer, prompts: list, m, *, max_prompt_len: int, device, 
         was_training = policy.training
         policy.eval()
         sequences = policy.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=m.max_new_tokens, do_sample=True,
-            temperature=m.temperature, top_k=m.top_k, top_p=m.top_p,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=m.max_new_tokens,
+            do_sample=True,
+            temperature=m.temperature,
+            top_k=m.top_k,
+            top_p=m.top_p,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         policy.train(was_training)
-        responses = sequences[:, prompt_ids.shape[1]:]
+        responses = sequences[:, prompt_ids.shape[1] :]
     else:
         engine.sync(policy, version)
         unpadded = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
-        completions = engine.sample(unpadded, max_new_tokens=m.max_new_tokens, temperature=m.temperature,
-                                    top_p=m.top_p, top_k=m.top_k, seed=seed)
+        completions = engine.sample(
+            unpadded,
+            max_new_tokens=m.max_new_tokens,
+            temperature=m.temperature,
+            top_p=m.top_p,
+            top_k=m.top_k,
+            seed=seed,
+        )
         responses = pad_responses(completions, tokenizer.pad_token_id, device)
     mask = response_mask(responses, tokenizer.eos_token_id)
     responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)

@@ -36,20 +36,39 @@ TokenRewards = Callable[[Scored, torch.Tensor, object], tuple[torch.Tensor, dict
 
 def kl_score_rewards(s: Scored, mask: torch.Tensor, m) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's reward: −β_KL · KL_t (k1 or k3) on every token, the score on the last real one."""
-    rewards = kl_penalty_rewards(s.old_logps, s.logps["ref"], mask, s.scores, kl_coef=m.kl_coef, estimator=m.kl_estimator)
+    rewards = kl_penalty_rewards(
+        s.old_logps, s.logps["ref"], mask, s.scores, kl_coef=m.kl_coef, estimator=m.kl_estimator
+    )
     return rewards, {}
 
 
 @torch.no_grad()
-def score(policy, frozen: dict, critic, reward_fn, tokenizer, batch: dict, input_ids, attention_mask, responses, mask,
-          m, *, forward_batch: int) -> Scored:
+def score(
+    policy,
+    frozen: dict,
+    critic,
+    reward_fn,
+    tokenizer,
+    batch: dict,
+    input_ids,
+    attention_mask,
+    responses,
+    mask,
+    m,
+    *,
+    forward_batch: int,
+) -> Scored:
     """Forward passes in chunks of `forward_batch` rows, then the reward function on decoded responses."""
     positions = position_ids(attention_mask)
     num_response = responses.shape[1]
     temperature = logprob_temperature(m)
     old, logps, values = [], {name: [] for name in frozen}, []
     for i in range(0, len(input_ids), forward_batch):
-        part = (input_ids[i : i + forward_batch], attention_mask[i : i + forward_batch], positions[i : i + forward_batch])
+        part = (
+            input_ids[i : i + forward_batch],
+            attention_mask[i : i + forward_batch],
+            positions[i : i + forward_batch],
+        )
         tokens = responses[i : i + forward_batch]
         old.append(token_logps(response_logits(policy, *part, num_response), tokens, temperature))
         for name, model in frozen.items():
@@ -57,8 +76,9 @@ def score(policy, frozen: dict, critic, reward_fn, tokenizer, batch: dict, input
         values.append(critic(*part, num_response))
     completions = tokenizer.batch_decode(responses, skip_special_tokens=True)
     columns = {k: v for k, v in batch.items() if k != "prompt"}
-    scores = torch.tensor(reward_fn(list(batch["prompt"]), completions, **columns), dtype=torch.float32,
-                          device=input_ids.device)
+    scores = torch.tensor(
+        reward_fn(list(batch["prompt"]), completions, **columns), dtype=torch.float32, device=input_ids.device
+    )
     if m.score_clip is not None:
         scores = scores.clamp(-m.score_clip, m.score_clip)
     return Scored(torch.cat(old), {name: torch.cat(v) for name, v in logps.items()}, torch.cat(values), scores)

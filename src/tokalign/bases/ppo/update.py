@@ -13,8 +13,12 @@ from tokalign.errors import DivergenceError
 from tokalign.losses import masked_mean, ppo_policy_loss, ppo_value_loss
 
 METRICS = {
-    "policy/loss": "policy_loss", "value/loss": "value_loss", "policy/entropy": "entropy",
-    "policy/clipfrac": "clipfrac", "policy/approx_kl": "approx_kl", "value/clipfrac": "value_clipfrac",
+    "policy/loss": "policy_loss",
+    "value/loss": "value_loss",
+    "policy/entropy": "entropy",
+    "policy/clipfrac": "clipfrac",
+    "policy/approx_kl": "approx_kl",
+    "value/clipfrac": "value_clipfrac",
 }
 
 
@@ -32,17 +36,26 @@ def losses(logps: torch.Tensor, values: torch.Tensor, part: Rollout, m) -> tuple
     per_sequence = m.loss_normalization == "sequence"
     if per_sequence:
         advantages = advantages * (mask.sum() / (len(mask) * mask.sum(-1, keepdim=True).clamp(min=1)))
-    policy_loss, stats = ppo_policy_loss(logps, part.old_logps, advantages, mask, clip_eps=m.clip_eps,
-                                         segment_ids=part.segment_ids, level=m.policy_loss_level)
+    policy_loss, stats = ppo_policy_loss(
+        logps,
+        part.old_logps,
+        advantages,
+        mask,
+        clip_eps=m.clip_eps,
+        segment_ids=part.segment_ids,
+        level=m.policy_loss_level,
+    )
     if per_sequence:
+
         def row_loss(v, old, returns, row_mask):
             return ppo_value_loss(v[None], old[None], returns[None], row_mask[None], clip_eps_value=m.clip_eps_value)
 
         value_losses, value_stats = torch.func.vmap(row_loss)(values, part.old_values, part.returns, mask)
         value_loss, value_stats = value_losses.mean(), {k: v.mean() for k, v in value_stats.items()}
     else:
-        value_loss, value_stats = ppo_value_loss(values, part.old_values, part.returns, mask,
-                                                 clip_eps_value=m.clip_eps_value)
+        value_loss, value_stats = ppo_value_loss(
+            values, part.old_values, part.returns, mask, clip_eps_value=m.clip_eps_value
+        )
     return policy_loss, value_loss, {**stats, **value_stats}
 
 
@@ -67,12 +80,18 @@ def ppo_update(actor, critic, r: Rollout, m, *, micro_batch: int) -> dict[str, f
                 values = critic.model(*inputs, num_response)
                 policy_loss, value_loss, stats = losses(logps, values, part, m)
                 if not (math.isfinite(policy_loss.item()) and math.isfinite(value_loss.item())):
-                    raise DivergenceError(f"the PPO loss became non-finite (policy {policy_loss.item()}, value "
-                                          f"{value_loss.item()}); nothing was saved. Lower trainer.learning_rate")
+                    raise DivergenceError(
+                        f"the PPO loss became non-finite (policy {policy_loss.item()}, value "
+                        f"{value_loss.item()}); nothing was saved. Lower trainer.learning_rate"
+                    )
                 actor.backward(policy_loss)
                 critic.backward(value_loss)
-                stats = {**stats, "policy/loss": policy_loss.detach(), "value/loss": value_loss.detach(),
-                         "policy/entropy": masked_mean(entropy(logits.detach(), temperature), part.mask)}
+                stats = {
+                    **stats,
+                    "policy/loss": policy_loss.detach(),
+                    "value/loss": value_loss.detach(),
+                    "policy/entropy": masked_mean(entropy(logits.detach(), temperature), part.mask),
+                }
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + float(value)
                 count += 1

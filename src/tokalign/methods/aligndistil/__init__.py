@@ -35,26 +35,56 @@ PER_TOKEN = (Variant.aligndistil, Variant.adaptive)  # α_t from ‖π_dpo − �
 class Config(MethodConfig):
     algorithm: str = "aligndistil"
     name: str = "aligndistil"
-    variant: Variant = knob(Variant.aligndistil, help="basic: π_dpo mixed with π_ref (Thm 1) | contrast: π_dpo extrapolated "
-                                                      "from the reverse DPO | aligndistil: contrast with a per-token weight "
-                                                      "(Eq. 16-17) | adaptive: basic with a per-token weight")
-    beta0: float = knob(0.1, gt=0, help="β₀: scale of the DPO token reward and the β both DPO models train with (their --beta)")
-    kl_coef: Optional[float] = knob(None, gt=0, help="β, the KL coefficient of basic / contrast (their --beta2 there); null: beta0")
-    tvd_scale: Optional[float] = knob(None, ge=0, help="r in α_t = r‖π_dpo − π_base‖₁ + eps, aligndistil / adaptive (their "
-                                                       "--beta2 there); null: 10 off-policy, 15 on-policy (their scripts)")
-    eps: float = knob(1e-3, gt=0, help="ε in α_t (hard-coded in their code); where the models agree β_t = β₀/α_t → β₀/ε")
-    temperature: float = knob(1.0, gt=0, help="τ dividing the teacher's and the policy's logits (their --kd_temperature)")
-    length_norm: bool = knob(True, help="average each response's token losses (their --reward_len_norm); false: sum them")
-    chunk_size: Optional[int] = knob(512, ge=1, help="positions per chunk of the vocabulary-wide loss: memory O(chunk × V); "
-                                                     "null: all positions at once")
-    shift_positions: bool = knob(False, help="their off-by-one: the distributions predicting y_2 … y_{L+1}, not y_1 … y_L")
-    on_policy: bool = knob(False, help="distil on responses sampled from the policy, one optimiser step per rollout batch "
-                                       "(false: on the chosen responses, the paper's main setting)")
+    variant: Variant = knob(
+        Variant.aligndistil,
+        help="basic: π_dpo mixed with π_ref (Thm 1) | contrast: π_dpo extrapolated "
+        "from the reverse DPO | aligndistil: contrast with a per-token weight "
+        "(Eq. 16-17) | adaptive: basic with a per-token weight",
+    )
+    beta0: float = knob(
+        0.1, gt=0, help="β₀: scale of the DPO token reward and the β both DPO models train with (their --beta)"
+    )
+    kl_coef: Optional[float] = knob(
+        None, gt=0, help="β, the KL coefficient of basic / contrast (their --beta2 there); null: beta0"
+    )
+    tvd_scale: Optional[float] = knob(
+        None,
+        ge=0,
+        help="r in α_t = r‖π_dpo − π_base‖₁ + eps, aligndistil / adaptive (their "
+        "--beta2 there); null: 10 off-policy, 15 on-policy (their scripts)",
+    )
+    eps: float = knob(
+        1e-3, gt=0, help="ε in α_t (hard-coded in their code); where the models agree β_t = β₀/α_t → β₀/ε"
+    )
+    temperature: float = knob(
+        1.0, gt=0, help="τ dividing the teacher's and the policy's logits (their --kd_temperature)"
+    )
+    length_norm: bool = knob(
+        True, help="average each response's token losses (their --reward_len_norm); false: sum them"
+    )
+    chunk_size: Optional[int] = knob(
+        512,
+        ge=1,
+        help="positions per chunk of the vocabulary-wide loss: memory O(chunk × V); null: all positions at once",
+    )
+    shift_positions: bool = knob(
+        False, help="their off-by-one: the distributions predicting y_2 … y_{L+1}, not y_1 … y_L"
+    )
+    on_policy: bool = knob(
+        False,
+        help="distil on responses sampled from the policy, one optimiser step per rollout batch "
+        "(false: on the chosen responses, the paper's main setting)",
+    )
     max_new_tokens: Optional[int] = knob(None, ge=1, help="on-policy response length; null: up to trainer.max_length")
     sampling_temperature: float = knob(1.0, gt=0, help="on-policy sampling temperature, top-p 1 (their scripts)")
-    dpo_model: Optional[str] = knob(None, help="π_dpo (path or hub id); null: a DPO run of this setting at beta0, cached")
-    reverse_dpo_model: Optional[str] = knob(None, help="the reverse-DPO model of contrast / aligndistil (path or hub id); "
-                                                       "null: a DPO run on swapped pairs at beta0, cached")
+    dpo_model: Optional[str] = knob(
+        None, help="π_dpo (path or hub id); null: a DPO run of this setting at beta0, cached"
+    )
+    reverse_dpo_model: Optional[str] = knob(
+        None,
+        help="the reverse-DPO model of contrast / aligndistil (path or hub id); "
+        "null: a DPO run on swapped pairs at beta0, cached",
+    )
 
 
 def tvd_scale(m) -> float:
@@ -66,13 +96,19 @@ def tvd_scale(m) -> float:
 def check(cfg: DictConfig) -> None:
     m = cfg.method
     variant = Variant(option(m.variant))
-    require(m.kl_coef is None or variant not in PER_TOKEN,
-            f"method.kl_coef={m.kl_coef} is unused by variant={variant}, whose β_t = beta0 / α_t; it serves basic and contrast")
-    require(m.tvd_scale is None or variant in PER_TOKEN,
-            f"method.tvd_scale={m.tvd_scale} is unused by variant={variant}; it serves aligndistil and adaptive")
-    require(not m.reverse_dpo_model or variant in CONTRASTIVE,
-            f"method.reverse_dpo_model is unused by variant={variant}, whose base is the reference; "
-            "it serves contrast and aligndistil")
+    require(
+        m.kl_coef is None or variant not in PER_TOKEN,
+        f"method.kl_coef={m.kl_coef} is unused by variant={variant}, whose β_t = beta0 / α_t; it serves basic and contrast",
+    )
+    require(
+        m.tvd_scale is None or variant in PER_TOKEN,
+        f"method.tvd_scale={m.tvd_scale} is unused by variant={variant}; it serves aligndistil and adaptive",
+    )
+    require(
+        not m.reverse_dpo_model or variant in CONTRASTIVE,
+        f"method.reverse_dpo_model is unused by variant={variant}, whose base is the reference; "
+        "it serves contrast and aligndistil",
+    )
     require(m.max_new_tokens is None or m.on_policy, "method.max_new_tokens is for method.on_policy=true")
 
 
@@ -88,7 +124,9 @@ def train(run) -> dict:
     dpo = m.dpo_model or dpo_model_path(run, beta=m.beta0, knob="method.dpo_model")
     reverse = None
     if variant in CONTRASTIVE:
-        reverse = m.reverse_dpo_model or dpo_model_path(run, beta=m.beta0, reverse=True, knob="method.reverse_dpo_model")
+        reverse = m.reverse_dpo_model or dpo_model_path(
+            run, beta=m.beta0, reverse=True, knob="method.reverse_dpo_model"
+        )
     # The training arguments first: under ZeRO-3 every model below is then loaded sharded.
     args = SFTConfig(**trl_args(run, completion_only_loss=True))
     if reverse:
@@ -131,6 +169,11 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="aligndistil", config=Config, data=DataKind.preference, train=train, check=check, view=view,
+    name="aligndistil",
+    config=Config,
+    data=DataKind.preference,
+    train=train,
+    check=check,
+    view=view,
     description="AlignDistil (Zhang et al., ACL 2025): token-level distillation toward a DPO / reverse-DPO teacher",
 )

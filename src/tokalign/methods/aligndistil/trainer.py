@@ -29,8 +29,9 @@ IGNORE = -100
 
 def _logits(model, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
     """(B, keep, V) logits of the last `keep` positions."""
-    return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep,
-                 use_cache=False).logits
+    return model(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep, use_cache=False
+    ).logits
 
 
 def _pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -50,21 +51,50 @@ class AlignDistilTrainer(WindowExtrema, SFTTrainer):
 
     loss_is_scaled_for_ga = False  # per-response means: the Trainer averages the micro-batches
 
-    def __init__(self, model, *, args, processing_class, dpo_model, base_model=None, variant: str = "aligndistil",
-                 beta0: float = 0.1, kl_coef: float | None = None, tvd_scale: float = 10.0, eps: float = 1e-3,
-                 temperature: float = 1.0, length_norm: bool = True, chunk_size: int | None = None,
-                 shift_positions: bool = False, on_policy: bool = False, max_new_tokens: int | None = None,
-                 sampling_temperature: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        model,
+        *,
+        args,
+        processing_class,
+        dpo_model,
+        base_model=None,
+        variant: str = "aligndistil",
+        beta0: float = 0.1,
+        kl_coef: float | None = None,
+        tvd_scale: float = 10.0,
+        eps: float = 1e-3,
+        temperature: float = 1.0,
+        length_norm: bool = True,
+        chunk_size: int | None = None,
+        shift_positions: bool = False,
+        on_policy: bool = False,
+        max_new_tokens: int | None = None,
+        sampling_temperature: float = 1.0,
+        **kwargs,
+    ):
         sizes = {m.config.vocab_size for m in (model, dpo_model, base_model) if m is not None and hasattr(m, "config")}
         if len(sizes) > 1:
-            raise ValueError(f"the policy, DPO and base models must share the vocabulary; their output sizes are {sorted(sizes)}")
-        self.loss_settings = dict(variant=variant, beta0=beta0, beta=kl_coef, tvd_scale=tvd_scale, eps=eps,
-                                  temperature=temperature, length_norm=length_norm, chunk_size=chunk_size,
-                                  shift_positions=shift_positions)
+            raise ValueError(
+                f"the policy, DPO and base models must share the vocabulary; their output sizes are {sorted(sizes)}"
+            )
+        self.loss_settings = dict(
+            variant=variant,
+            beta0=beta0,
+            beta=kl_coef,
+            tvd_scale=tvd_scale,
+            eps=eps,
+            temperature=temperature,
+            length_norm=length_norm,
+            chunk_size=chunk_size,
+            shift_positions=shift_positions,
+        )
         self.on_policy, self.max_new_tokens, self.sampling_temperature = on_policy, max_new_tokens, sampling_temperature
         super().__init__(model, args=args, processing_class=processing_class, **kwargs)
         if base_model is None and not is_peft_model(self.model):
-            raise ValueError("base_model is needed unless the policy is a PEFT model (its adapters disabled are the reference)")
+            raise ValueError(
+                "base_model is needed unless the policy is a PEFT model (its adapters disabled are the reference)"
+            )
         self.dpo_model = prepare_frozen(self, dpo_model)
         self.base_model = None if base_model is None else prepare_frozen(self, base_model)
 
@@ -80,14 +110,22 @@ class AlignDistilTrainer(WindowExtrema, SFTTrainer):
         prompt_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
         prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         budget = self.max_new_tokens or max(1, self.args.max_length - width)
-        with unwrap_model_for_generation(model, self.accelerator,
-                                         gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as policy:
+        with unwrap_model_for_generation(
+            model, self.accelerator, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+        ) as policy:
             training = policy.training
             policy.eval()
             try:
                 sampled = policy.generate(
-                    input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=self.sampling_temperature,
-                    top_p=1.0, top_k=0, max_new_tokens=budget, pad_token_id=pad_id, eos_token_id=eos_id,
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    do_sample=True,
+                    temperature=self.sampling_temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    max_new_tokens=budget,
+                    pad_token_id=pad_id,
+                    eos_token_id=eos_id,
                 )[:, width:].tolist()
             finally:
                 policy.train(training)

@@ -50,18 +50,24 @@ class Config(grpo.Config):
     k_init: float = knob(0.2, gt=0, le=1, help="share of the kept samples' tokens trained on, at the start")
     k_final: float = knob(0.5, gt=0, le=1, help="that share at the end")
     schedule: Schedule = knob(Schedule.linear, help="linear: (N, K) move with progress | constant: (n_init, k_init)")
-    sample_scope: SampleScope = knob(SampleScope.group, help="group: N per group | batch: N x groups from the pooled batch")
+    sample_scope: SampleScope = knob(
+        SampleScope.group, help="group: N per group | batch: N x groups from the pooled batch"
+    )
     token_scope: TokenScope = knob(TokenScope.batch, help="batch: rank all kept tokens together | sequence: per row")
     renormalize: bool = knob(False, help="PODS: re-normalise the kept samples' advantages within each group")
-    token_normalization: TokenNormalization = knob(TokenNormalization.kept, help="kept: loss over kept tokens | all: over all (TRL top-entropy style)")
+    token_normalization: TokenNormalization = knob(
+        TokenNormalization.kept, help="kept: loss over kept tokens | all: over all (TRL top-entropy style)"
+    )
 
 
 def check(cfg: DictConfig) -> None:
     grpo.check(cfg)
     m = cfg.method
     for key in ("n_init", "n_final") if option(m.schedule) == "linear" else ("n_init",):
-        require(m[key] <= m.num_generations,
-                f"method.{key}={m[key]} keeps more samples than a group has (method.num_generations={m.num_generations})")
+        require(
+            m[key] <= m.num_generations,
+            f"method.{key}={m[key]} keeps more samples than a group has (method.num_generations={m.num_generations})",
+        )
 
 
 def train(run) -> dict:
@@ -70,9 +76,16 @@ def train(run) -> dict:
 
     m = run.cfg.method
     trainer_cls = functools.partial(
-        D3SGRPOTrainer, n_init=m.n_init, n_final=m.n_final, k_init=m.k_init, k_final=m.k_final,
-        schedule=option(m.schedule), sample_scope=option(m.sample_scope), token_scope=option(m.token_scope),
-        renormalize=m.renormalize, token_normalization=option(m.token_normalization),
+        D3SGRPOTrainer,
+        n_init=m.n_init,
+        n_final=m.n_final,
+        k_init=m.k_init,
+        k_final=m.k_final,
+        schedule=option(m.schedule),
+        sample_scope=option(m.sample_scope),
+        token_scope=option(m.token_scope),
+        renormalize=m.renormalize,
+        token_normalization=option(m.token_normalization),
     )
     trainer = grpo.build_trainer(run, trainer_cls, steps_per_generation=1)
     return run_trainer(run, trainer) | trainer.usage_summary()
@@ -85,6 +98,11 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="d3s_grpo", config=Config, data=DataKind.prompt, train=train, check=check, view=view,
+    name="d3s_grpo",
+    config=Config,
+    data=DataKind.prompt,
+    train=train,
+    check=check,
+    view=view,
     description="D³S dual-level down-sampling for GRPO (arXiv 2509.22115); PODS as a preset",
 )

@@ -53,9 +53,18 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
     """GRPOTrainer that trains on the D³S-selected samples and tokens (and PODS with renormalize)."""
 
     def __init__(
-        self, *args, n_init: int, n_final: int, k_init: float, k_final: float, schedule: str = "linear",
-        sample_scope: str = "group", token_scope: str = "batch", renormalize: bool = False,
-        token_normalization: str = "kept", **kwargs,
+        self,
+        *args,
+        n_init: int,
+        n_final: int,
+        k_init: float,
+        k_final: float,
+        schedule: str = "linear",
+        sample_scope: str = "group",
+        token_scope: str = "batch",
+        renormalize: bool = False,
+        token_normalization: str = "kept",
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         if schedule not in ("linear", "constant"):
@@ -92,12 +101,18 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
         self._metrics["train"]["schedule/k"].append(k)
         raw_rewards, self._raw_rewards = self._raw_rewards, None
         if self.renormalize and raw_rewards is None:
-            raise RuntimeError("PODS re-normalises raw rewards, but TRL did not compute this batch's through _calculate_rewards")
+            raise RuntimeError(
+                "PODS re-normalises raw rewards, but TRL did not compute this batch's through _calculate_rewards"
+            )
         local = output["advantages"]
         num_rows = local.numel()
         gathered = self.accelerator.gather(local)  # every rank selects on the same pooled advantages
         kept, kept_advantages = select_samples(
-            gathered, n, group_size=self.num_generations, scope=self.sample_scope, renormalize=self.renormalize,
+            gathered,
+            n,
+            group_size=self.num_generations,
+            scope=self.sample_scope,
+            renormalize=self.renormalize,
             rewards=raw_rewards,
         )
         start = self.accelerator.process_index * num_rows
@@ -117,7 +132,8 @@ class D3SGRPOTrainer(AccountingGRPOTrainer):
             output[KEEP_RATIO] = torch.tensor(k, dtype=torch.float64)  # float32 would round ⌈K·n⌉ up
             trained = self._kept_token_count(valid, k)
         output["num_items_in_batch"] = torch.tensor(
-            trained if self.token_normalization == "kept" else valid_tokens, device=local.device)
+            trained if self.token_normalization == "kept" else valid_tokens, device=local.device
+        )
         return output, gathered[kept], trained
 
     def _kept_token_count(self, valid: torch.Tensor, k: float) -> int:

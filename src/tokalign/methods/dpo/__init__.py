@@ -16,10 +16,15 @@ def train(run) -> dict:
     from tokalign.bases.trl import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
-    args = DPOConfig(**trl_args(
-        run, beta=m.beta, label_smoothing=m.label_smoothing, loss_type=[option(m.loss_type)],
-        precompute_ref_log_probs=m.precompute_ref_log_probs,
-    ))
+    args = DPOConfig(
+        **trl_args(
+            run,
+            beta=m.beta,
+            label_smoothing=m.label_smoothing,
+            loss_type=[option(m.loss_type)],
+            precompute_ref_log_probs=m.precompute_ref_log_probs,
+        )
+    )
     trainer = DPOTrainer(
         model=run.load_policy(),
         ref_model=None if run.cfg.model.lora.enabled else run.load_policy(),
@@ -38,6 +43,10 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="dpo", config=Config, data=DataKind.preference, train=train, view=view,
+    name="dpo",
+    config=Config,
+    data=DataKind.preference,
+    train=train,
+    view=view,
     description="DPO (Rafailov et al., 2023) on TRL's DPOTrainer",
 )

@@ -23,6 +23,11 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="grpo", config=Config, data=DataKind.prompt, train=train, check=check, view=view,
+    name="grpo",
+    config=Config,
+    data=DataKind.prompt,
+    train=train,
+    check=check,
+    view=view,
     description="GRPO / GSPO (Shao et al., 2024) on TRL's GRPOTrainer",
 )

@@ -22,6 +22,11 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="ppo", config=Config, data=DataKind.prompt, train=train, check=check, view=view,
+    name="ppo",
+    config=Config,
+    data=DataKind.prompt,
+    train=train,
+    check=check,
+    view=view,
     description="PPO with a critic, GAE and KL-in-reward; macro actions (MA-RLHF) with method=ma_ppo",
 )

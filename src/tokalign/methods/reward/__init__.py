@@ -51,12 +51,22 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> tuple[dict, list[str], list[list
     chosen = scorer(data["prompt"], data["chosen"])
     rejected = scorer(data["prompt"], data["rejected"])
     n = max(1, len(chosen))
-    metrics = {"eval/pairwise_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
-               "eval/mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n}
-    rows = [[prompt_text(p), c[-1]["content"], r[-1]["content"], sc - sr] for p, c, r, sc, sr in
-            zip(data["prompt"], data["chosen"], data["rejected"], chosen, rejected)]
+    metrics = {
+        "eval/pairwise_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
+        "eval/mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n,
+    }
+    rows = [
+        [prompt_text(p), c[-1]["content"], r[-1]["content"], sc - sr]
+        for p, c, r, sc, sr in zip(data["prompt"], data["chosen"], data["rejected"], chosen, rejected)
+    ]
     return metrics, ["prompt", "chosen", "rejected", "score_margin"], rows[: cfg.eval.num_table_rows]
 
 
-METHOD = Method(name="reward", config=Config, data=DataKind.preference, train=train, evaluate=evaluate,
-                description="Bradley-Terry reward model on TRL's RewardTrainer")
+METHOD = Method(
+    name="reward",
+    config=Config,
+    data=DataKind.preference,
+    train=train,
+    evaluate=evaluate,
+    description="Bradley-Terry reward model on TRL's RewardTrainer",
+)

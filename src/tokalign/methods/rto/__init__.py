@@ -28,14 +28,22 @@ class Config(ppo.Config):
     score_clip: Optional[float] = knob(10.0, gt=0, help="clip the score to ±score_clip (their code: 10)")
     kl_coef: float = knob(0.01, ge=0, help="β₂ of the per-token KL penalty (their init_kl_coef 0.01, fixed)")
     temperature: float = knob(1.0, gt=0, help="sampling temperature (their script: 1)")
-    top_k: int = knob(0, ge=0, help="top-k sampling (0: off; their code passes top_k=None to generate: the full distribution)")
+    top_k: int = knob(
+        0, ge=0, help="top-k sampling (0: off; their code passes top_k=None to generate: the full distribution)"
+    )
     # RTO
     dpo_scale: float = knob(0.05, ge=0, help="β₁ of the dense reward β₁ (log π_dpo − log π_dpo_ref) (0: off, PPO)")
-    dpo_clip: Optional[float] = knob(0.05, ge=0, help="clip each token's dense reward to ±dpo_clip after scaling (null or 0: none)")
+    dpo_clip: Optional[float] = knob(
+        0.05, ge=0, help="clip each token's dense reward to ±dpo_clip after scaling (null or 0: none)"
+    )
     score_coef: float = knob(1.0, ge=0, help="β₃: weight of the score on the last token")
-    dpo_model: Optional[str] = knob(None, help="a DPO checkpoint (path or hub id); null: train one on this setting, cached")
+    dpo_model: Optional[str] = knob(
+        None, help="a DPO checkpoint (path or hub id); null: train one on this setting, cached"
+    )
     dpo_beta: float = knob(0.1, gt=0, help="β of the DPO run that builds the DPO model when dpo_model is null")
-    dpo_ref_model: Optional[str] = knob(None, help="the DPO model's own reference; null: the PPO reference (their code always used it)")
+    dpo_ref_model: Optional[str] = knob(
+        None, help="the DPO model's own reference; null: the PPO reference (their code always used it)"
+    )
 
 
 def check(cfg: DictConfig) -> None:
@@ -43,9 +51,14 @@ def check(cfg: DictConfig) -> None:
 
     ppo.check(cfg)
     m = cfg.method
-    require(m.dpo_scale == 0 or bool(m.dpo_model) or world_size(cfg.launcher) == 1 or (cached_path(cfg, beta=m.dpo_beta) / "config.json").exists(),
-            "method.dpo_model is empty and this run has several processes: train the DPO model first (a method=dpo run "
-            "of the same setting, or this run with one process) or pass method.dpo_model=<its run dir>/model")
+    require(
+        m.dpo_scale == 0
+        or bool(m.dpo_model)
+        or world_size(cfg.launcher) == 1
+        or (cached_path(cfg, beta=m.dpo_beta) / "config.json").exists(),
+        "method.dpo_model is empty and this run has several processes: train the DPO model first (a method=dpo run "
+        "of the same setting, or this run with one process) or pass method.dpo_model=<its run dir>/model",
+    )
 
 
 def train(run) -> dict:
@@ -61,6 +74,11 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="rto", config=Config, data=DataKind.prompt, train=train, check=check, view=view,
+    name="rto",
+    config=Config,
+    data=DataKind.prompt,
+    train=train,
+    check=check,
+    view=view,
     description="RTO (Zhong et al., ICML 2025): PPO with a DPO model's dense token rewards",
 )

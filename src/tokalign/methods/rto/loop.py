@@ -18,8 +18,17 @@ def rto_rewards(s: Scored, mask: torch.Tensor, m) -> tuple[torch.Tensor, dict[st
     """The per-token RTO reward from the scored rollout (`logps["dpo"]`, optionally `logps["dpo_ref"]`; neither
     when `dpo_scale` is 0, which is PPO's reward)."""
     return rto_token_rewards(
-        s.old_logps, s.logps["ref"], s.logps.get("dpo", s.logps["ref"]), s.scores, mask, kl_coef=m.kl_coef, dpo_scale=m.dpo_scale,
-        dpo_clip=m.dpo_clip, score_coef=m.score_coef, score_clip=m.score_clip, dpo_ref_logps=s.logps.get("dpo_ref"),
+        s.old_logps,
+        s.logps["ref"],
+        s.logps.get("dpo", s.logps["ref"]),
+        s.scores,
+        mask,
+        kl_coef=m.kl_coef,
+        dpo_scale=m.dpo_scale,
+        dpo_clip=m.dpo_clip,
+        score_coef=m.score_coef,
+        score_clip=m.score_clip,
+        dpo_ref_logps=s.logps.get("dpo_ref"),
         kl_estimator=m.kl_estimator,
     )
 

@@ -13,15 +13,26 @@ from tokalign.losses import rto_token_rewards
 from tokalign.methods.rto import Config
 from tokalign.methods.rto.loop import rto_rewards
 
-LEGEND = ("Colour: the dense DPO reward d_t = clip(β₁ (log π_dpo − log π_ref), ±c) of each token; reward r_t = d_t − "
-          "β₂ KL_t (+ the score on the last token); advantage Â_t from GAE over those rewards.")
+LEGEND = (
+    "Colour: the dense DPO reward d_t = clip(β₁ (log π_dpo − log π_ref), ±c) of each token; reward r_t = d_t − "
+    "β₂ KL_t (+ the score on the last token); advantage Â_t from GAE over those rewards."
+)
 
 
 def dense_reward(s: Scored, mask: torch.Tensor, m) -> dict[str, torch.Tensor]:
     """d_t alone: RTO's reward with the KL and score terms off."""
-    d, _ = rto_token_rewards(s.old_logps, s.logps["ref"], s.logps.get("dpo", s.logps["ref"]), s.scores, mask, kl_coef=0.0,
-                             dpo_scale=m.dpo_scale, dpo_clip=m.dpo_clip, score_coef=0.0,
-                             dpo_ref_logps=s.logps.get("dpo_ref"))
+    d, _ = rto_token_rewards(
+        s.old_logps,
+        s.logps["ref"],
+        s.logps.get("dpo", s.logps["ref"]),
+        s.scores,
+        mask,
+        kl_coef=0.0,
+        dpo_scale=m.dpo_scale,
+        dpo_clip=m.dpo_clip,
+        score_coef=0.0,
+        dpo_ref_logps=s.logps.get("dpo_ref"),
+    )
     return {"dpo_reward": d}
 
 
@@ -40,5 +51,12 @@ def dpo_models(ctx: ViewContext) -> dict:
 
 def rto_view(ctx: ViewContext):
     frozen = dpo_models(ctx)
-    return macro_view(ctx, schema=Config, frozen=frozen, token_rewards=rto_rewards, extra_values=dense_reward,
-                      color="dpo_reward", legend=LEGEND)
+    return macro_view(
+        ctx,
+        schema=Config,
+        frozen=frozen,
+        token_rewards=rto_rewards,
+        extra_values=dense_reward,
+        color="dpo_reward",
+        legend=LEGEND,
+    )

@@ -31,5 +31,6 @@ def train(run) -> dict:
     return run_trainer(run, trainer)
 
 
-METHOD = Method(name="sft", config=Config, data=DataKind.sft, train=train,
-                description="supervised fine-tuning on TRL's SFTTrainer")
+METHOD = Method(
+    name="sft", config=Config, data=DataKind.sft, train=train, description="supervised fine-tuning on TRL's SFTTrainer"
+)

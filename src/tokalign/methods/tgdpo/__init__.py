@@ -21,13 +21,19 @@ class Config(MethodConfig):
     name: str = "tgdpo"
     beta: float = knob(0.1, gt=0, help="DPO's KL coefficient (their 8B recipe: 0.1)")
     alpha: float = knob(0.5, ge=0, help="strength of the token weights f = 1 ± α r̂ (paper: 0.5; ablation 0.5/1/2)")
-    guidance_beta: Optional[float] = knob(None, gt=0, help="β_g in r̂ = β_g (log π_g − log π_ref); null: beta (their code)")
+    guidance_beta: Optional[float] = knob(
+        None, gt=0, help="β_g in r̂ = β_g (log π_g − log π_ref); null: beta (their code)"
+    )
     f_min: Optional[float] = knob(None, help="clamp token weights f >= f_min; null: unclamped (their code)")
-    dpo_model: Optional[str] = knob(None, help="the guidance: a DPO checkpoint (path or hub id); null: train one on "
-                                               "this setting, cached")
+    dpo_model: Optional[str] = knob(
+        None, help="the guidance: a DPO checkpoint (path or hub id); null: train one on this setting, cached"
+    )
     guidance_model: Optional[str] = knob(None, help="deprecated: use dpo_model")
-    precompute: bool = knob(True, help="reference + guidance per-token log-probs once per dataset (all processes; "
-                                       "ZeRO-3: sharded weights), cached on disk")
+    precompute: bool = knob(
+        True,
+        help="reference + guidance per-token log-probs once per dataset (all processes; "
+        "ZeRO-3: sharded weights), cached on disk",
+    )
 
 
 def guidance_beta(m) -> float:
@@ -56,10 +62,16 @@ def train(run) -> dict:
 
     m = run.cfg.method
     path = guidance_path(run)  # may train it first (one process)
-    return train_token_dpo(run, TGDPOTrainer, lambda: dict(
-        guidance_model=load_frozen(run, path, "guidance model"), alpha=m.alpha, guidance_beta=m.guidance_beta,
-        f_min=m.f_min,
-    ))
+    return train_token_dpo(
+        run,
+        TGDPOTrainer,
+        lambda: dict(
+            guidance_model=load_frozen(run, path, "guidance model"),
+            alpha=m.alpha,
+            guidance_beta=m.guidance_beta,
+            f_min=m.f_min,
+        ),
+    )
 
 
 def view(ctx):
@@ -69,6 +81,10 @@ def view(ctx):
 
 
 METHOD = Method(
-    name="tgdpo", config=Config, data=DataKind.preference, train=train, view=view,
+    name="tgdpo",
+    config=Config,
+    data=DataKind.preference,
+    train=train,
+    view=view,
     description="TGDPO (Zhu et al., ICML 2025): token-weighted DPO guided by a DPO model's token rewards",
 )

@@ -21,17 +21,40 @@ class TGDPOTrainer(TokenDPOTrainer):
 
     sources = ("ref", "guidance")
 
-    def __init__(self, model, ref_model=None, *, args, processing_class, guidance_model, alpha: float,
-                 guidance_beta: float | None = None, f_min: float | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        *,
+        args,
+        processing_class,
+        guidance_model,
+        alpha: float,
+        guidance_beta: float | None = None,
+        f_min: float | None = None,
+        **kwargs,
+    ):
         self.alpha, self.guidance_beta, self.f_min = alpha, guidance_beta, f_min
-        super().__init__(model, ref_model, args=args, processing_class=processing_class,
-                         frozen_models={"guidance": guidance_model}, **kwargs)
+        super().__init__(
+            model,
+            ref_model,
+            args=args,
+            processing_class=processing_class,
+            frozen_models={"guidance": guidance_model},
+            **kwargs,
+        )
 
     def frozen_token_values(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"ref": self.reference_logps(inputs), "guidance": self.frozen_logps("guidance", inputs)}
 
     def token_loss(self, policy, values, mask):
         return tgdpo_loss(
-            *policy.chunk(2), *values["ref"].chunk(2), *values["guidance"].chunk(2), *mask.chunk(2),
-            beta=self.beta, alpha=self.alpha, guidance_beta=self.guidance_beta, f_min=self.f_min,
+            *policy.chunk(2),
+            *values["ref"].chunk(2),
+            *values["guidance"].chunk(2),
+            *mask.chunk(2),
+            beta=self.beta,
+            alpha=self.alpha,
+            guidance_beta=self.guidance_beta,
+            f_min=self.f_min,
         )

@@ -35,7 +35,9 @@ def _prompt_ids(tokenizer, prompt: Any) -> list[int]:
     """Token ids of a prompt, as TRL's DPOTrainer tokenizes it (chat template with the generation prompt)."""
     if isinstance(prompt, str):
         return tokenizer(text=prompt)["input_ids"]
-    return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    return tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)[
+        "input_ids"
+    ]
 
 
 def revision_prompt_ids(example: dict[str, Any], tokenizer, templates: dict[str, str]) -> dict[str, list[int]]:
@@ -73,16 +75,18 @@ class DataCollatorForRevisions(DataCollatorForTokenPreference):
                 end = k if self.truncation_mode == "keep_start" else len(completion)
                 seq = prompt + completion[:end]
                 if self.max_length is not None and self.truncation_mode == "keep_end":
-                    seq = seq[-(self.max_length + max(0, len(prompt) - len(e["prompt_ids"]))):]
+                    seq = seq[-(self.max_length + max(0, len(prompt) - len(e["prompt_ids"]))) :]
                 ids.append(torch.tensor(seq))
                 masks.append(torch.tensor([0] * (len(seq) - k) + [1] * k))
             padded = dict(
-                input_ids=(ids, self.pad_token_id), attention_mask=([torch.ones_like(x) for x in ids], 0),
+                input_ids=(ids, self.pad_token_id),
+                attention_mask=([torch.ones_like(x) for x in ids], 0),
                 completion_mask=(masks, 0),
             )
             for name, (tensors, value) in padded.items():
-                out[f"{kind}_{name}"] = pad(tensors, padding_value=value, padding_side="right",
-                                            pad_to_multiple_of=self.pad_to_multiple_of)
+                out[f"{kind}_{name}"] = pad(
+                    tensors, padding_value=value, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
+                )
         return out
 
 
@@ -97,24 +101,48 @@ class TREGTrainer(TokenDPOTrainer):
     sources = ("ref", "token_reward")
     input_columns = (*TokenDPOTrainer.input_columns, *(f"{kind}_prompt_ids" for kind in REVISIONS))
 
-    def __init__(self, model, ref_model=None, *, args, processing_class, alpha: float, weighting: str = "adaptive",
-                 better_prompt: str = BETTER, worse_prompt: str = WORSE, token_reward_model=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        *,
+        args,
+        processing_class,
+        alpha: float,
+        weighting: str = "adaptive",
+        better_prompt: str = BETTER,
+        worse_prompt: str = WORSE,
+        token_reward_model=None,
+        **kwargs,
+    ):
         self.alpha, self.weighting = alpha, weighting
         self.revision_prompts = {"better": better_prompt, "worse": worse_prompt}
         self.own_scorer = token_reward_model is not None
-        super().__init__(model, ref_model, args=args, processing_class=processing_class,
-                         frozen_models={"token_reward": token_reward_model} if self.own_scorer else {}, **kwargs)
+        super().__init__(
+            model,
+            ref_model,
+            args=args,
+            processing_class=processing_class,
+            frozen_models={"token_reward": token_reward_model} if self.own_scorer else {},
+            **kwargs,
+        )
 
     def make_collator(self, processing_class, args) -> DataCollatorForRevisions:
         return DataCollatorForRevisions(
-            pad_token_id=processing_class.pad_token_id, max_length=args.max_length,
-            truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of, sources=self.sources,
+            pad_token_id=processing_class.pad_token_id,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            sources=self.sources,
         )
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        return dataset.map(revision_prompt_ids, fn_kwargs={"tokenizer": processing_class, "templates": self.revision_prompts},
-                           desc=f"Tokenizing the revision prompts of the {dataset_name} dataset")
+        return dataset.map(
+            revision_prompt_ids,
+            fn_kwargs={"tokenizer": processing_class, "templates": self.revision_prompts},
+            desc=f"Tokenizing the revision prompts of the {dataset_name} dataset",
+        )
 
     def frozen_token_values(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = inputs["completion_mask"][:, 1:].bool()
@@ -123,12 +151,21 @@ class TREGTrainer(TokenDPOTrainer):
             revised = {name: inputs[f"{kind}_{name}"] for name in REVISED}
             logps = self.frozen_logps("token_reward", revised) if self.own_scorer else self.reference_logps(revised)
             scored = revised["completion_mask"][:, 1:].bool()
-            scores[kind] = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(mask, logps[scored])
-        return {"ref": self.reference_logps(inputs),
-                "token_reward": contrastive_token_rewards(scores["better"], scores["worse"], mask)}
+            scores[kind] = torch.zeros(mask.shape, dtype=logps.dtype, device=logps.device).masked_scatter(
+                mask, logps[scored]
+            )
+        return {
+            "ref": self.reference_logps(inputs),
+            "token_reward": contrastive_token_rewards(scores["better"], scores["worse"], mask),
+        }
 
     def token_loss(self, policy, values, mask):
         return treg_loss(
-            *policy.chunk(2), *values["ref"].chunk(2), *values["token_reward"].chunk(2), *mask.chunk(2),
-            beta=self.beta, alpha=self.alpha, weighting=self.weighting,
+            *policy.chunk(2),
+            *values["ref"].chunk(2),
+            *values["token_reward"].chunk(2),
+            *mask.chunk(2),
+            beta=self.beta,
+            alpha=self.alpha,
+            weighting=self.weighting,
         )
