@@ -31,7 +31,7 @@ def join(launcher) -> None:
         deepspeed.init_distributed(dist_backend=backend(launcher.backend), auto_mpi_discovery=False)
         # The HF Trainer would set up accelerate's state without a backend, which on CPUs
         # counts a single process; configured here, the training arguments reuse it
-        # (accelerator_config.use_configured_state, see methods.trl_support.trl_args).
+        # (accelerator_config.use_configured_state, see tokalign.bases.trl.trl_args).
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         PartialState(backend=backend(launcher.backend))
     elif not dist.is_initialized():
