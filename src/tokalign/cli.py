@@ -320,9 +320,11 @@ def train(argv: list[str]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from tokalign.artifacts.tracking import quiet
         from tokalign.cluster.preemption import Stopped
         from tokalign.runtime.launch import launch
 
+        quiet()  # a SLURM job runs this in its own process, which never went through main()
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
             cfg.logger.group = Path(hydra_cfg.sweep.dir).name  # a sweep's runs are one W&B group

@@ -37,7 +37,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         num_train_epochs=t.num_epochs,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        activation_checkpointing=t.gradient_checkpointing,
+        **{_CHECKPOINTING: t.gradient_checkpointing},
         logging_steps=t.logging_steps,
         logging_first_step=True,  # a run shorter than logging_steps still logs its first and last loss
         save_strategy="steps" if t.save_steps > 0 else "no",
@@ -69,6 +69,20 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         args.update(deepspeed=deepspeed_config(cfg), accelerator_config={"use_configured_state": True})
     args.update(method_args)
     return args
+
+
+def _checkpointing_name() -> str:
+    """Newer transformers call `gradient_checkpointing` `activation_checkpointing` (the old name warns);
+    5.17, the oldest supported (the GPU image's), knows only the old one."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+_CHECKPOINTING = _checkpointing_name()
 
 
 def _has_gpu() -> bool:
