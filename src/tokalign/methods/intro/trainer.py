@@ -14,7 +14,7 @@ import torch
 from trl.trainer.utils import pad
 
 from tokalign.bases.grpo.trainer import AccountingGRPOTrainer, loss_weights
-from tokalign.data.chat import as_messages, prompt_text
+from tokalign.data.chat import prompt_text, with_text
 from tokalign.losses import intro_candidates, intro_expected_loss, intro_loss
 
 POSTERIOR_IDS, POSTERIOR_MASK = "intro_posterior_ids", "intro_posterior_mask"
@@ -22,11 +22,7 @@ POSTERIOR_IDS, POSTERIOR_MASK = "intro_posterior_ids", "intro_posterior_mask"
 
 def posterior_prompt(prompt, answer: str, template: str):
     """The prompt with the answer appended (x⊕y), in the prompt's own form (text or chat messages)."""
-    text = template.format(x=prompt_text(prompt), y=answer)
-    if isinstance(prompt, str):
-        return text
-    messages = as_messages(prompt)
-    return [*messages[:-1], {**messages[-1], "content": text}]
+    return with_text(prompt, template.format(x=prompt_text(prompt), y=answer))
 
 
 def response_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
