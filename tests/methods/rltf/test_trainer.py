@@ -182,3 +182,16 @@ def test_linear_sd_schedule(make):
         trainer.state.global_step = step
         values.append(trainer.current_sd_coef())
     assert values[0] == 0 and values[-1] == pytest.approx(0.2) and values == sorted(values)
+
+
+def test_without_a_critic_function_the_critique_is_a_verdict(make):
+    from tokalign.methods.rltf import VERDICT
+
+    trainer = make(sd_coef=0.0)
+    trainer.critic = None
+    batch, turns = rollout(trainer, make.inputs)
+    (_, r0), _ = turns
+    B = len(make.inputs)
+    assert batch["completion_ids"].size(0) == B + int((r0 < 1).sum())
+    second_prompt = trainer.processing_class.decode(batch["prompt_ids"][B][batch["prompt_mask"][B].bool()])
+    assert f"critique: {VERDICT}" in second_prompt

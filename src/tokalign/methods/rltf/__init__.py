@@ -26,6 +26,7 @@ from tokalign.config import knob, option, require
 from tokalign.errors import ConfigError
 
 CRITICS = {"toy_math": "tokalign.data.toy_math:critique"}
+VERDICT = "the final answer is wrong"
 FEEDBACK_PROMPT = (
     "You are given a question and your previous attempt below. Your task is provide a critique of the attempt. "
     "Question: {prompt} Previous attempt: {attempt} Critique:"
@@ -64,7 +65,12 @@ class Config(grpo.Config):
         -5.0, help="SD trains a revision token only where log π(y1_t | x0) >= this (null: every token, plain AWR)"
     )
     fm_coef: float = knob(0.0, ge=0, help="λ_FM, feedback-modelling weight (the release: 0.1 in its fm runs; 0: off)")
-    critic: str = knob("toy_math", help="the critic: toy_math, or module:function(prompt, completion) -> str | None")
+    critic: str = knob(
+        "auto",
+        help="the critic: auto (toy_math's on dataset toy_math, else verdict) | toy_math | verdict (a reward below "
+        f"solved_reward gets '{VERDICT}') | module:function(prompt, completion) -> str | None",
+    )
+    solved_reward: float = knob(1.0, help="critic=verdict: a first-turn reward at least this needs no second turn")
     revision_template: str = knob(
         "{prompt} previous: {attempt} critique: {critique}",
         help="the second-turn prompt x1: {prompt} the question, {attempt} y0, {critique} c0",
@@ -74,19 +80,29 @@ class Config(grpo.Config):
     )
 
 
-def resolve_critic(spec: str) -> Callable[[str, str], Optional[str]]:
-    """The critic function a `method.critic` value names."""
+def resolve_critic(spec: str, dataset: str) -> Optional[Callable[[str, str], Optional[str]]]:
+    """The critic function a `method.critic` value names; None for the verdict critic."""
+    if spec == "auto":
+        spec = "toy_math" if dataset == "toy_math" else "verdict"
+    if spec == "verdict":
+        return None
     module, _, name = CRITICS.get(spec, spec).partition(":")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"method.critic={spec!r} is not a critic: {', '.join(CRITICS)} or module:function") from None
+        raise ConfigError(
+            f"method.critic={spec!r} is not a critic: auto, verdict, {', '.join(CRITICS)} or module:function"
+        ) from None
 
 
 def check(cfg: DictConfig) -> None:
     grpo.check(cfg)
     m = cfg.method
-    resolve_critic(m.critic)
+    resolve_critic(m.critic, cfg.dataset.source)
+    require(
+        m.critic != "toy_math" or cfg.dataset.source == "toy_math",
+        f"method.critic=toy_math reads toy_math prompts, not dataset.source={cfg.dataset.source}: use auto, verdict or module:function",
+    )
     for field in ("{prompt}", "{attempt}", "{critique}"):
         require(field in m.revision_template, f"method.revision_template must contain {field}")
     for field in ("{prompt}", "{attempt}"):
@@ -101,7 +117,8 @@ def train(run) -> dict:
     m = run.cfg.method
     trainer_cls = functools.partial(
         RLTFTrainer,
-        critic=resolve_critic(m.critic),
+        critic=resolve_critic(m.critic, run.cfg.dataset.source),
+        solved_reward=m.solved_reward,
         gamma=m.gamma,
         sd_coef=m.sd_coef,
         sd_schedule=option(m.sd_schedule),

@@ -29,6 +29,7 @@ from tokalign.losses import (
     rltf_sd_loss,
     rltf_turn_advantages,
 )
+from tokalign.methods.rltf import VERDICT
 
 _PER_TOKEN = ("completion_ids", "completion_mask", "tool_mask", "old_per_token_logps", "ref_per_token_logps",
               "sampling_per_token_logps", "importance_sampling_ratio")  # fmt: skip
@@ -73,7 +74,8 @@ class RLTFTrainer(AccountingGRPOTrainer):
     def __init__(
         self,
         *args,
-        critic,
+        critic=None,
+        solved_reward: float = 1.0,
         gamma: float = 0.1,
         sd_coef: float = 0.1,
         sd_schedule: str = "constant",
@@ -91,7 +93,7 @@ class RLTFTrainer(AccountingGRPOTrainer):
             raise ValueError(
                 "RLTF keeps its SD and FM rows per generation batch: steps_per_generation and num_iterations must be 1"
             )
-        self.critic, self.gamma = critic, gamma
+        self.critic, self.solved_reward, self.gamma = critic, solved_reward, gamma
         self.sd_coef, self.sd_schedule, self.sd_advantage = sd_coef, sd_schedule, sd_advantage
         self.logprob_floor = -math.inf if logprob_floor is None else logprob_floor
         self.fm_coef = fm_coef
@@ -126,8 +128,9 @@ class RLTFTrainer(AccountingGRPOTrainer):
             return super()._generate_and_score_completions(inputs)
         first, r0 = self._turn(inputs)
         attempts = self._decode(first)
-        critiques = [self.critic(prompt_text(x["prompt"]), a) for x, a in zip(inputs, attempts)]
         device = first["advantages"].device
+        local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
+        critiques = self._critiques(inputs, attempts, r0[local])
         revise = torch.tensor([c is not None for c in critiques], device=device)
         revise_all = self.accelerator.gather(revise)
         r1 = torch.zeros_like(r0)
@@ -143,7 +146,6 @@ class RLTFTrainer(AccountingGRPOTrainer):
         groups = torch.arange(r0.numel(), device=device) // self.num_generations
         reached = torch.stack([torch.ones_like(revise_all), revise_all], -1)
         advantages = rltf_turn_advantages(torch.stack([r0, r1], -1), reached, groups, gamma=self.gamma)
-        local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
         first["advantages"] = advantages[local, 0]
         rows = revise.nonzero().flatten()
         output = first
@@ -165,6 +167,12 @@ class RLTFTrainer(AccountingGRPOTrainer):
             self._side["fm"] = self._feedback_rows(inputs, attempts, critiques, rows, device)
         self._account(output, torch.cat([advantages[:, 0], advantages[revise_all, 1]]), trained)
         return output
+
+    def _critiques(self, inputs: list[dict], attempts: list[str], rewards: torch.Tensor) -> list[str | None]:
+        """The critic's reading of each attempt; without a critic function, a verdict from the reward."""
+        if self.critic is None:
+            return [None if r >= self.solved_reward else VERDICT for r in rewards.tolist()]
+        return [self.critic(prompt_text(x["prompt"]), a) for x, a in zip(inputs, attempts)]
 
     def _revision(self, example: dict, attempt: str, critique: str | None) -> str:
         return self.revision_template.format(
