@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
+from tests.html_spans import parse
 from tokalign.artifacts.tracking import read_metrics
 from tokalign.errors import ConfigError
 
@@ -27,6 +28,12 @@ def test_toy_run_end_to_end(train, mode):
     steps = [m for m in read_metrics(run_dir) if "train/loss" in m]
     assert len(steps) == 2
     assert all(k in steps[-1] for k in ("train/intro/w_mean", "train/intro/clip_frac", "train/intro/kept_rows"))
+    if mode == "sampled":
+        from tokalign.analysis.inspect import inspect_run
+
+        spans = parse(inspect_run(run_dir, num_examples=1).read_text())
+        assert spans and all({"data-w", "data-log_w"} <= set(s) for s in spans)
+        assert all(0 <= float(s["data-w"]) <= 200 for s in spans)
 
 
 @pytest.mark.parametrize(

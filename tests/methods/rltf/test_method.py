@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
+from tests.html_spans import parse
 from tokalign.artifacts.tracking import read_metrics
 from tokalign.errors import ConfigError
 
@@ -29,6 +30,10 @@ def test_toy_run_end_to_end_with_sd_and_fm(train):
     last = steps[-1]
     assert all(k in last for k in ("train/accuracy", "train/second_turn/reward", "train/rltf/fm_nll", "train/loss/fm"))
     assert steps[0].get("train/rltf/sd_coef", 0.0) == 0.0  # the linear schedule starts at 0
+    from tokalign.analysis.inspect import inspect_run
+
+    spans = parse(inspect_run(run_dir, num_examples=1).read_text())
+    assert spans and all({"data-a", "data-h"} <= set(s) for s in spans)  # GRPO's group view of the first turn
 
 
 @pytest.mark.parametrize(

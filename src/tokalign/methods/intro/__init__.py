@@ -83,11 +83,18 @@ def train(run) -> dict:
     return run_trainer(run, trainer) | trainer.usage_summary() | trainer.length_summary()
 
 
+def view(ctx):
+    from tokalign.methods.intro.view import intro_view
+
+    return intro_view(ctx)
+
+
 METHOD = Method(
     name="intro",
     config=Config,
     data=DataKind.prompt,
     train=train,
     check=check,
+    view=view,
     description="InTRO in-token rationality optimisation (arXiv 2511.09865) on GRPO's sampling",
 )

@@ -120,8 +120,10 @@ class InTROTrainer(AccountingGRPOTrainer):
                 policy, completion, mask, num_candidates=self.num_candidates,
                 temperature=self.candidate_temperature, generator=self.generator,
             )  # fmt: skip
-            log_p = torch.log_softmax(policy.float(), -1).gather(-1, candidates)
-            log_q = torch.log_softmax(posterior.float(), -1).gather(-1, candidates)
+            log_p, log_q = (  # log-softmax at the candidates only: no second (B, T, V) tensor
+                x.float().gather(-1, candidates) - torch.logsumexp(x.float(), -1, keepdim=True)
+                for x in (policy, posterior)
+            )
             loss, metrics = intro_loss(log_p, log_q, mask, w_max=self.w_max)
         if not loss.requires_grad:  # no kept position in this batch: a zero that still reaches every weight
             loss = loss + 0 * policy.sum()

@@ -132,11 +132,18 @@ def train(run) -> dict:
     return run_trainer(run, trainer) | trainer.usage_summary()
 
 
+def view(ctx):
+    from tokalign.bases.grpo.view import group_view
+
+    return group_view(ctx)  # the first turn, the one evaluated: GRPO's group view
+
+
 METHOD = Method(
     name="rltf",
     config=Config,
     data=DataKind.prompt,
     train=train,
     check=check,
+    view=view,
     description="RLTF two-turn RL from text feedback (arXiv 2602.02482): self-distillation, feedback modelling",
 )
