@@ -195,3 +195,19 @@ def test_without_a_critic_function_the_critique_is_a_verdict(make):
     assert batch["completion_ids"].size(0) == B + int((r0 < 1).sum())
     second_prompt = trainer.processing_class.decode(batch["prompt_ids"][B][batch["prompt_mask"][B].bool()])
     assert f"critique: {VERDICT}" in second_prompt
+
+
+def test_a_rank_without_second_turns_runs_zero_weight_side_rows(make):
+    """Another rank's second turns make this one run the SD and FM forwards too, on rows that add 0."""
+    from trl import GRPOTrainer
+
+    trainer = make(sd_coef=0.5, fm_coef=0.1)
+    batch, turns = rollout(trainer, make.inputs)
+    (first, r0), (second, _) = turns
+    trainer._side = {}
+    trainer._side_rows(make.inputs, ["x"] * len(r0), [None] * len(r0), first, second, torch.ones(len(r0)),
+                       torch.zeros(0, dtype=torch.long))  # fmt: skip
+    assert trainer._side["sd"][3].sum() == 0 and trainer._side["fm"][3].sum() == 0
+    assert trainer._side["sd"][0].size(0) == trainer._side["fm"][0].size(0) == 1
+    loss = trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(loss, GRPOTrainer.compute_loss(trainer, trainer.model, batch))

@@ -132,7 +132,7 @@ class RLTFTrainer(AccountingGRPOTrainer):
         local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
         critiques = self._critiques(inputs, attempts, r0[local])
         revise = torch.tensor([c is not None for c in critiques], device=device)
-        revise_all = self.accelerator.gather(revise)
+        revise_all = self.accelerator.gather(revise.long()).bool()
         r1 = torch.zeros_like(r0)
         second = None
         if revise_all.any():  # every rank agrees, so every rank generates
@@ -155,18 +155,32 @@ class RLTFTrainer(AccountingGRPOTrainer):
             output = stack_turns(first, second_rows, self._tokenizer.pad_token_id)
         trained = int(self.accelerator.reduce(loss_weights(output).sum(), reduction="sum"))
         output["num_items_in_batch"] = torch.tensor(trained, device=device)
-        if self.sd_coef > 0 and second is not None and rows.numel():
-            sd_adv = advantages[local, 1]
+        if second is not None:
             if self.sd_advantage == "first_turn":
-                sd_adv = rltf_first_turn_advantages(r0, r1, revise_all, groups)[local]
-            self._side["sd"] = (
-                first["prompt_ids"][rows], first["prompt_mask"][rows],
-                second["completion_ids"][rows], second["completion_mask"][rows], sd_adv[rows],
-            )  # fmt: skip
-        if self.fm_coef > 0 and rows.numel():
-            self._side["fm"] = self._feedback_rows(inputs, attempts, critiques, rows, device)
+                sd_advantages = rltf_first_turn_advantages(r0, r1, revise_all, groups)[local]
+            else:
+                sd_advantages = advantages[local, 1]
+            self._side_rows(inputs, attempts, critiques, first, second, sd_advantages, rows)
         self._account(output, torch.cat([advantages[:, 0], advantages[revise_all, 1]]), trained)
         return output
+
+    def _side_rows(self, inputs, attempts, critiques, first, second, sd_advantages, rows) -> None:
+        """The SD rows (first-turn prompt, revision) and FM rows (feedback prompt, critique) of this rank's
+        second turns. When another rank has some and this one none, one row with an all-zero loss mask
+        stands in, so that every rank runs the same forwards (ZeRO-3 gathers weights in each)."""
+        placeholder = rows.numel() == 0
+        if placeholder:
+            rows = rows.new_zeros(1)
+        if self.sd_coef > 0:
+            completion_mask = second["completion_mask"][rows] * (0 if placeholder else 1)
+            self._side["sd"] = (
+                first["prompt_ids"][rows], first["prompt_mask"][rows],
+                second["completion_ids"][rows], completion_mask, sd_advantages[rows],
+            )  # fmt: skip
+        if self.fm_coef > 0:
+            critiques = ["" if placeholder else c for c in critiques]
+            prompt_ids, prompt_mask, reply_ids, reply_mask = self._feedback_rows(inputs, attempts, critiques, rows)
+            self._side["fm"] = (prompt_ids, prompt_mask, reply_ids, reply_mask * (0 if placeholder else 1))
 
     def _critiques(self, inputs: list[dict], attempts: list[str], rewards: torch.Tensor) -> list[str | None]:
         """The critic's reading of each attempt; without a critic function, a verdict from the reward."""
@@ -189,7 +203,7 @@ class RLTFTrainer(AccountingGRPOTrainer):
             metrics[f"second_turn/{key}"].extend(metrics[key][seen.get(key, 0) :])
             del metrics[key][seen.get(key, 0) :]
 
-    def _feedback_rows(self, inputs, attempts, critiques, rows, device) -> tuple[torch.Tensor, ...]:
+    def _feedback_rows(self, inputs, attempts, critiques, rows) -> tuple[torch.Tensor, ...]:
         """FM rows: the feedback prompt (question and attempt) as TRL tokenises prompts, the critique as the reply."""
         picked = rows.tolist()
         prompts = [
@@ -200,7 +214,7 @@ class RLTFTrainer(AccountingGRPOTrainer):
         prompt_ids = self._tokenize_prompts(prompts)[0]
         eos = [self._tokenizer.eos_token_id] if self._tokenizer.eos_token_id is not None else []
         replies = [self._tokenizer(critiques[i], add_special_tokens=False)["input_ids"] + eos for i in picked]
-        pad_id = self._tokenizer.pad_token_id
+        pad_id, device = self._tokenizer.pad_token_id, rows.device
         return (*padded(prompt_ids, pad_id, "left", device), *padded(replies, pad_id, "right", device))
 
     def _logps(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
