@@ -289,3 +289,24 @@ def test_bad_arguments_raise():
         intro_loss(policy[..., :2], posterior[..., :2], mask, w_max=0)
     with pytest.raises(ValueError, match="chunk_size"):
         intro_expected_loss(policy, posterior, tokens, mask, chunk_size=0)
+
+
+def test_public_signatures():
+    import inspect
+
+    def shape(fn):
+        return [(p.name, p.kind.name, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    keyword = "KEYWORD_ONLY"
+    empty = inspect.Parameter.empty
+    assert shape(intro_candidates)[3:] == [
+        ("num_candidates", keyword, 5), ("temperature", keyword, 1.0), ("generator", keyword, None)
+    ]  # fmt: skip
+    assert [name for name, _, _ in shape(intro_candidates)[:3]] == ["policy_logits", "tokens", "mask"]
+    assert shape(intro_loss) == [
+        ("policy_logps", "POSITIONAL_OR_KEYWORD", empty), ("posterior_logps", "POSITIONAL_OR_KEYWORD", empty),
+        ("mask", "POSITIONAL_OR_KEYWORD", empty), ("w_max", keyword, 200.0),
+    ]  # fmt: skip
+    assert shape(intro_expected_loss)[4:] == [
+        ("num_candidates", keyword, 5), ("w_max", keyword, 200.0), ("chunk_size", keyword, None)
+    ]  # fmt: skip

@@ -193,3 +193,22 @@ def test_linear_coef_hits_its_endpoints_and_clamps():
     assert linear_coef(-1.0, 0.2, 0.4) == 0.2 and linear_coef(3.0, 0.2, 0.4) == pytest.approx(0.4)
     values = [linear_coef(p / 10, 0.0, 0.1) for p in range(11)]
     assert values == sorted(values)
+
+
+def test_public_signatures():
+    import inspect
+
+    def keywords(fn):
+        return {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind.name == "KEYWORD_ONLY"}
+
+    def positional(fn):
+        return [p.name for p in inspect.signature(fn).parameters.values() if p.kind.name != "KEYWORD_ONLY"]
+
+    assert positional(rltf_turn_advantages) == ["turn_rewards", "turn_mask", "group_ids"]
+    assert keywords(rltf_turn_advantages) == {"gamma": 0.1}
+    assert positional(rltf_first_turn_advantages) == ["first_rewards", "final_rewards", "has_second_turn", "group_ids"]
+    assert positional(rltf_sd_loss) == ["policy_logps", "sampler_logps", "advantages", "mask"]
+    assert keywords(rltf_sd_loss) == {"coef": 0.1, "logprob_floor": -5.0, "reduction": "sum"}
+    assert positional(feedback_modeling_loss) == ["critique_logps", "critique_mask"]
+    assert keywords(feedback_modeling_loss) == {"coef": 0.1, "reduction": "sum"}
+    assert positional(linear_coef) == ["progress", "start", "end"]
