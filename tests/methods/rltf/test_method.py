@@ -44,6 +44,7 @@ def test_toy_run_end_to_end_with_sd_and_fm(train):
         ("method.critic=nowhere:nothing", "method.critic='nowhere:nothing' is not a critic"),
         ("method.revision_template='{prompt} {attempt}'", "method.revision_template must contain {critique}"),
         ("method.num_iterations=2", "RLTF makes one update per batch"),
+        ("method.scale_rewards=group", "centred without scaling"),
     ],
 )
 def test_a_bad_knob_is_one_line_and_exit_2(train, capsys, override, message):

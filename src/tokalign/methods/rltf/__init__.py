@@ -49,7 +49,7 @@ class Config(grpo.Config):
     name: str = "rltf"
     num_generations: int = knob(8, ge=2, help="G, first-turn attempts per prompt (the release: 8)")
     scale_rewards: grpo.ScaleRewards = knob(
-        grpo.ScaleRewards.none, help="advantage scaling: none (the release: centred, no std) | group | batch"
+        grpo.ScaleRewards.none, help="none: RLTF's advantages are centred, not scaled (the release); the only choice"
     )
     gamma: float = knob(0.1, ge=0, le=1, help="γ: a turn's return adds γ × the next turn's (the release: 0.1)")
     sd_coef: float = knob(0.1, ge=0, help="κ, self-distillation weight (the release: 0.1; 0: off)")
@@ -108,6 +108,10 @@ def check(cfg: DictConfig) -> None:
     for field in ("{prompt}", "{attempt}"):
         require(field in m.feedback_template, f"method.feedback_template must contain {field}")
     require(m.num_iterations == 1, f"method.num_iterations={m.num_iterations}: RLTF makes one update per batch (1)")
+    require(
+        option(m.scale_rewards) == "none",
+        f"method.scale_rewards={option(m.scale_rewards)}: RLTF's multi-turn advantages are centred without scaling (none)",
+    )
 
 
 def train(run) -> dict:
