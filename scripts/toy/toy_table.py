@@ -1,6 +1,6 @@
 """A paper's toy table, made one way: its reproduce script's laptop twin, timed, written into its docs page.
 
-    python scripts/toy/toy_table.py tgdpo            # one paper: tgdpo, ma_rlhf, d3s, treg, rto, aligndistil
+    python scripts/toy/toy_table.py tgdpo            # one paper: tgdpo, ma_rlhf, d3s, treg, rto, aligndistil, intro, rltf
     python scripts/toy/toy_table.py --all            # every paper, one after the other (`make toy-tables`)
     python scripts/toy/toy_table.py d3s --fresh      # discard the earlier runs under outputs/toy_tables/d3s first
     python scripts/toy/toy_table.py rto seed=0       # extra arguments: Hydra overrides for every run
@@ -34,7 +34,13 @@ REPO = Path(__file__).resolve().parents[2]
 # every paper with a reproduce script; its page is docs/<paper>.md
 PAPERS = sorted(p.stem.removeprefix("reproduce_") for p in (REPO / "scripts" / "reproduce").glob("reproduce_*.sh"))
 # the training curves worth showing on a paper's page, where not the loss
-CURVES = {"ma_rlhf": ["train/reward", "train/kl"], "d3s": ["train/accuracy"], "rto": ["train/reward"]}
+CURVES = {
+    "ma_rlhf": ["train/reward", "train/kl"],
+    "d3s": ["train/accuracy"],
+    "rto": ["train/reward"],
+    "intro": ["train/accuracy"],
+    "rltf": ["train/accuracy"],
+}
 CACHED = ("models", "dpo_models", "data", "token_logps")  # what runs build once and reuse from cache_dir
 
 

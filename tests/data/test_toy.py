@@ -105,3 +105,33 @@ def test_math_noise_and_unanswered_control_correctness(noise, unanswered, expect
     acc = sum(toy_math.exact_match_reward(r["completion"], r["answer"]) for r in rows) / len(rows)
     assert acc == expected
     assert all(r["completion"].startswith(r["prompt"].removeprefix("What is ").rstrip("?") + " =") for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("37 + 25 = 62", None),
+        ("37 + 25 = 72", "the tens digit is too high"),
+        ("37 + 25 = 61", "the units digit is too low"),
+        ("37 + 25 = 53", "the tens digit is too low and the units digit is too high"),
+        ("37 + 25 =", "no number after '='"),
+        ("", "no number after '='"),
+        ("37 + 25 = 620", "the number is too high: the answer has two digits"),
+        ("37 + 25 = 6", "the number is too low: the answer has two digits"),
+    ],
+)
+def test_math_critique_by_hand(completion, expected):
+    assert toy_math.critique("What is 37 + 25?", completion) == expected
+
+
+def test_math_critique_is_none_exactly_when_correct_and_never_gives_the_answer():
+    rng = random.Random(0)
+    for row in toy_math.rows(300, seed=1, noise=0.5, unanswered=0.1):
+        completion = row["completion"]
+        if rng.random() < 0.3:  # wrong by tens as well
+            completion = completion.rpartition("=")[0] + f"= {rng.randint(0, 120)}"
+        text = toy_math.critique(row["prompt"], completion)
+        assert (text is None) == (toy_math.exact_match_reward(completion, row["answer"]) == 1.0)
+        assert text is None or row["answer"] not in text
+    with pytest.raises(ValueError, match="toy_math prompt"):
+        toy_math.critique("Tell me about the garden.", "12")

@@ -13,3 +13,11 @@ def as_messages(prompt: Any) -> list[dict]:
 def prompt_text(prompt: Any) -> str:
     """The last user turn, for display and for programmatic rewards."""
     return prompt if isinstance(prompt, str) else as_messages(prompt)[-1]["content"]
+
+
+def with_text(prompt: Any, text: str) -> Any:
+    """The prompt with its last user turn replaced by `text`, in the prompt's own form (text or messages)."""
+    if isinstance(prompt, str):
+        return text
+    messages = as_messages(prompt)
+    return [*messages[:-1], {**messages[-1], "content": text}]

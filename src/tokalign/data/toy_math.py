@@ -53,6 +53,43 @@ def extract_answer(completion: str) -> str | None:
     return found[-1] if found else None
 
 
+_PROMPT = re.compile(r"What is (\d+) ([+-]) (\d+)\?")
+_PLACES = ("tens", "units")
+
+
+def _problem_of(prompt: str) -> tuple[int, str, int]:
+    found = _PROMPT.search(prompt)
+    if found is None:
+        raise ValueError(f"not a toy_math prompt: {prompt!r}")
+    return int(found[1]), found[2], int(found[3])
+
+
+def critique(prompt: str, completion: str) -> str | None:
+    """A deterministic critic for text-feedback methods: None when the completion is right.
+
+    Otherwise it names what is wrong without giving the answer: each wrong digit and its direction
+    ("the tens digit is too high"), a number of the wrong size ("the number is too high: the answer
+    has two digits"), or "no number after '='". Every answer has two digits, so a two-digit guess
+    is judged digit by digit, tens first.
+    """
+    expected = _answer(*_problem_of(prompt))
+    found = extract_answer(completion)
+    if found is None:
+        return "no number after '='"
+    guess = int(found)
+    if guess == expected:
+        return None
+    if not 10 <= guess <= 99:
+        direction = "high" if guess > expected else "low"
+        return f"the number is too {direction}: the answer has two digits"
+    wrong = [
+        f"the {place} digit is too {'high' if g > e else 'low'}"
+        for place, g, e in zip(_PLACES, divmod(guess, 10), divmod(expected, 10))
+        if g != e
+    ]
+    return " and ".join(wrong)
+
+
 def exact_match_reward(completion: str, answer: str) -> float:
     return 1.0 if extract_answer(completion) == str(answer).strip() else 0.0
 

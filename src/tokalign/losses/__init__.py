@@ -13,6 +13,7 @@ from tokalign.losses.d3s import (
     select_samples,
 )
 from tokalign.losses.dpo import dpo_loss, tgdpo_loss
+from tokalign.losses.intro import intro_candidates, intro_expected_loss, intro_loss
 from tokalign.losses.macro import (
     macro_gae,
     segment_broadcast,
@@ -28,6 +29,13 @@ from tokalign.losses.ppo import (
     ppo_value_loss,
     whiten,
 )
+from tokalign.losses.rltf import (
+    feedback_modeling_loss,
+    linear_coef,
+    rltf_first_turn_advantages,
+    rltf_sd_loss,
+    rltf_turn_advantages,
+)
 from tokalign.losses.rto import rto_token_rewards
 from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 
@@ -37,13 +45,21 @@ __all__ = [
     "d3s_schedule",
     "d3s_token_mask",
     "dpo_loss",
+    "feedback_modeling_loss",
     "gae",
+    "intro_candidates",
+    "intro_expected_loss",
+    "intro_loss",
     "kl_penalty_rewards",
+    "linear_coef",
     "macro_gae",
     "masked_mean",
     "max_variance_subset",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "rltf_first_turn_advantages",
+    "rltf_sd_loss",
+    "rltf_turn_advantages",
     "rto_token_rewards",
     "segment_broadcast",
     "segment_macro_actions",
