@@ -65,7 +65,10 @@ def text2grad_token_rewards(
             raise ValueError(f"{name} must be >= 0, got {value}")
     valid = mask.bool()
     labels = masked_fill_zero(span_labels.detach(), valid)
-    dtype = labels.dtype if labels.is_floating_point() else torch.get_default_dtype()
+    if labels.is_floating_point():
+        dtype = labels.dtype
+    else:  # integer labels take the KL's (or the default) floating type
+        dtype = kl.dtype if kl is not None and kl.is_floating_point() else torch.get_default_dtype()
     labels = labels.to(dtype)
     kl = torch.zeros_like(labels) if kl is None else masked_fill_zero(kl.detach().to(dtype), valid)
     scores = torch.zeros(mask.shape[0], dtype=dtype, device=mask.device) if score is None else score.detach()
