@@ -47,3 +47,9 @@ def test_toy_markers_round_trip_through_the_tiny_tokenizer(tiny_model):
         for text in (marker, " " + marker):
             ids = tokenizer.encode(text, add_special_tokens=False)
             assert tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text
+
+
+def test_empty_markers_and_prompt_leave_the_output_alone():
+    assert build_chain("", OUTPUTS, "p", {"p": "", "n": ""}, eos="</s>") == [("", False), (OUTPUTS["p"] + "</s>", True)]
+    pieces = build_chain("", OUTPUTS, "np", TOY_MARKERS)
+    assert "".join(t for t, _ in pieces) == "a bad note : the lake is dull . a good note : the lake is calm ."

@@ -31,15 +31,21 @@ def build_chain(
     ``outputs`` and ``markers`` map "p" (positive) and "n" (negative) to text; ``order`` is one of
     ``ORDERS`` ("pn": the positive output first). The prompt and every marker have no loss; every
     output with ``eos`` after it has (the authors' code), or only the last one with
-    ``last_only`` (the paper's "Training" paragraph). Pieces after the first start with
-    ``separator``, which belongs to the piece it starts (a marker's separator is not trained).
+    ``last_only`` (the paper's "Training" paragraph). A piece that follows text starts with
+    ``separator``, which belongs to it (a marker's is not trained); an empty marker is left out, so
+    order "p" with no markers and no prompt is the positive output alone.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     pieces = [(prompt, False)]
+
+    def lead() -> str:
+        return separator if any(text for text, _ in pieces) else ""
+
     for i, kind in enumerate(order):
-        pieces.append((separator + markers[kind], False))
-        pieces.append((separator + outputs[kind] + eos, not last_only or i == len(order) - 1))
+        if markers[kind]:
+            pieces.append((lead() + markers[kind], False))
+        pieces.append((lead() + outputs[kind] + eos, not last_only or i == len(order) - 1))
     return pieces
 
 
