@@ -197,5 +197,11 @@ def test_toy_run_end_to_end(train):
     rows = [r for r in read_metrics(run_dir) if "train/reward" in r]
     assert len(rows) == 2 and all(r["train/text2grad/dropped_rows"] == 0 for r in rows)
     assert any(r["train/text2grad/negative_share"] + r["train/text2grad/positive_share"] > 0 for r in rows)
+    from tests.html_spans import parse
+    from tokalign.analysis.inspect import inspect_run
+
+    spans = parse(inspect_run(run_dir, num_examples=2).read_text())
+    assert spans and all({"data-label", "data-advantage", "data-reward"} <= set(span) for span in spans)
+    assert {float(span["data-label"]) for span in spans} <= {-1.0, 0.0, 1.0}
     clauses = train(*common, "+arm=text2grad/text2grad", "method.gae_restart=punctuation")
     assert len([r for r in read_metrics(clauses) if "train/reward" in r]) == 2

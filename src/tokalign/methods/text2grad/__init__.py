@@ -81,11 +81,18 @@ def train(run) -> dict:
     return fit(run)
 
 
+def view(ctx):
+    from tokalign.methods.text2grad.view import text2grad_view
+
+    return text2grad_view(ctx)
+
+
 METHOD = Method(
     name="text2grad",
     config=Config,
     data=DataKind.prompt,
     train=train,
     check=check,
+    view=view,
     description="Text2Grad (Wang et al., ICLR 2026): PPO on token rewards from a critique's good and poor spans",
 )
