@@ -205,3 +205,19 @@ def test_toy_run_end_to_end(train):
     assert {float(span["data-label"]) for span in spans} <= {-1.0, 0.0, 1.0}
     clauses = train(*common, "+arm=text2grad/text2grad", "method.gae_restart=punctuation")
     assert len([r for r in read_metrics(clauses) if "train/reward" in r]) == 2
+
+
+@pytest.mark.slow
+def test_a_generative_critic_whose_answers_do_not_parse_trains_nothing_and_says_so(train, tiny_model):
+    """The tiny model as the critic writes no JSON: every row is dropped and counted, the step trains on nothing."""
+    run_dir = train(
+        "method=text2grad",
+        f"method.critic_model={tiny_model}",
+        "method.critic_max_new_tokens=8",
+        "trainer.per_device_batch_size=2",
+        "method.max_new_tokens=8",
+        "eval.at_end=false",
+        "trainer.max_steps=1",
+    )
+    (row,) = [r for r in read_metrics(run_dir) if "train/reward" in r]
+    assert row["train/text2grad/dropped_rows"] == 2 and row["train/policy_loss"] == 0.0
