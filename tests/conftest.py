@@ -60,7 +60,8 @@ def compose_config(*overrides: str):
 
 def paper_overrides(*overrides: str) -> list[str]:
     """What a user must add to a paper experiment that needs their own models: a reward model where the
-    experiment leaves `method.reward` required (`???`: MA-RLHF's and RTO's, trained or converted first)."""
+    experiment leaves `method.reward` required (`???`: MA-RLHF's and RTO's, trained or converted first),
+    a critic where it leaves `method.critic_model` required (Text2Grad's)."""
     from omegaconf import OmegaConf
 
     from tokalign.cli import conf_dir
@@ -71,12 +72,11 @@ def paper_overrides(*overrides: str) -> list[str]:
         if o.startswith("experiment=")
     ]
     methods = [OmegaConf.load(f).get("method") for f in files]
-    if not any(m is not None and OmegaConf.is_missing(m, "reward") for m in methods):
-        return []
     rm = Path(tempfile.gettempdir()) / "tokalign-test-rm"
     (rm / "model").mkdir(parents=True, exist_ok=True)
     (rm / "model" / "config.json").write_text("{}")
-    return [f"method.reward=model:{rm}"]
+    added = {"reward": f"method.reward=model:{rm}", "critic_model": f"method.critic_model={rm / 'model'}"}
+    return [arg for key, arg in added.items() if any(m is not None and OmegaConf.is_missing(m, key) for m in methods)]
 
 
 def sweep_params(experiment: str) -> dict[str, list[str]]:

@@ -25,7 +25,7 @@ def _compose(*overrides: str):
 
 
 def test_every_paper_has_its_setting_its_twin_and_its_arms():
-    assert PAPERS == ["aligndistil", "d3s", "intro", "ma_rlhf", "rltf", "rto", "tgdpo", "treg"]
+    assert PAPERS == ["aligndistil", "coh", "d3s", "intro", "ma_rlhf", "rltf", "rto", "text2grad", "tgdpo", "treg"]
     folders = {p.name for p in (CONF / "arm").iterdir()}
     assert folders == {*PAPERS, "baseline"}
     assert all((CONF / "experiment" / f"{paper}.yaml").exists() for paper in PAPERS)

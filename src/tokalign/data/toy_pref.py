@@ -101,6 +101,60 @@ def gold_reward(prompt: str, response: str) -> float:
     return float(score)
 
 
+def critique(prompt: str, response: str) -> dict:
+    """A critic's reading of the gold rule: ``{text, good_words, poor_words}``.
+
+    ``good_words`` and ``poor_words`` are [start, end) character spans of ``response`` (one per
+    word occurrence, in order). Poor: an unpleasant word, the second and later use of an
+    adjective, adjectives past the density cap (a third of the words), words past MAX_WORDS.
+    Good: the first use of each of the first SENTIMENT_CAP distinct pleasant words, and the
+    first mention of the prompt's topic; a word that is both is poor. ``text`` says what is wrong
+    and right in words, without writing a better note.
+    """
+    matches = list(_WORD.finditer(response.lower()))
+    words = [m.group() for m in matches]
+    topic = topic_of(prompt)
+    notes: list[str] = []
+    poor: dict[int, str] = {}
+    seen: set[str] = set()
+    adjectives = 0
+    for i, word in enumerate(words):
+        if i >= MAX_WORDS:
+            poor.setdefault(i, f"the note runs too long from '{word}' on")
+        if word not in ADJECTIVES:
+            continue
+        adjectives += 1
+        if word in seen:
+            poor.setdefault(i, f"'{word}' is used again")
+        elif word in NEGATIVE:
+            poor.setdefault(i, f"'{word}' is unpleasant")
+        if adjectives > len(words) / 3:
+            poor.setdefault(i, f"'{word}' is one adjective too many")
+        seen.add(word)
+    good: list[int] = []
+    pleasant: list[str] = []
+    for i, word in enumerate(words):
+        first = words.index(word) == i
+        if first and word in POSITIVE and len(pleasant) < SENTIMENT_CAP:
+            pleasant.append(word)
+            if i not in poor:
+                good.append(i)
+                notes.append(f"'{word}' is pleasant")
+        elif first and word == topic and i not in poor:
+            good.append(i)
+            notes.append("it names the topic")
+    notes += [reason for i, reason in sorted(poor.items()) if i <= MAX_WORDS]  # one note for the overlong tail
+    if topic is not None and topic not in words:
+        notes.append("it does not name the topic")
+    if len(words) < MIN_WORDS:
+        notes.append("the note is too short")
+    return {
+        "text": ". ".join(notes) + "." if notes else "nothing to say.",
+        "good_words": [matches[i].span() for i in good],
+        "poor_words": [matches[i].span() for i in sorted(poor)],
+    }
+
+
 def word_salad(response: str) -> bool:
     """Repetition or stuffing: an adjective used three times or more, adjectives making up more
     than half of 4+ words, or under 40% distinct words among 8+ words."""

@@ -6,6 +6,7 @@ Conventions: (B, T) per-token tensors align with a (B, T) 0/1 response mask and 
 """
 
 from tokalign.losses.aligndistil import aligndistil_loss
+from tokalign.losses.coh import coh_loss, forgetful_causal_mask
 from tokalign.losses.d3s import (
     d3s_schedule,
     d3s_token_mask,
@@ -37,15 +38,25 @@ from tokalign.losses.rltf import (
     rltf_turn_advantages,
 )
 from tokalign.losses.rto import rto_token_rewards
+from tokalign.losses.text2grad import (
+    clause_gae,
+    clause_mask,
+    text2grad_length_weights,
+    text2grad_token_rewards,
+)
 from tokalign.losses.treg import contrastive_token_rewards, treg_loss
 
 __all__ = [
     "aligndistil_loss",
+    "clause_gae",
+    "clause_mask",
+    "coh_loss",
     "contrastive_token_rewards",
     "d3s_schedule",
     "d3s_token_mask",
     "dpo_loss",
     "feedback_modeling_loss",
+    "forgetful_causal_mask",
     "gae",
     "intro_candidates",
     "intro_expected_loss",
@@ -66,6 +77,8 @@ __all__ = [
     "segment_sum",
     "segment_value_weights",
     "select_samples",
+    "text2grad_length_weights",
+    "text2grad_token_rewards",
     "tgdpo_loss",
     "treg_loss",
     "whiten",

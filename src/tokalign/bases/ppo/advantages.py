@@ -11,6 +11,8 @@ from tokalign.losses import macro_gae, segment_macro_actions, whiten
 # whiten(x, mask, shift_mean) over the whole rollout: `losses.whiten` in one process, over every
 # rank's rows under several (`engines.rollout_whiten`), so the process count never changes a result.
 Whiten = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+# (m, rewards, values, mask, segment_ids, whiten) -> (advantages, returns): the stage below, or a method's own.
+Advantages = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def segments(

@@ -20,7 +20,7 @@ from torch import nn
 from tokalign import rewards
 from tokalign.artifacts.checkpoint import latest_checkpoint
 from tokalign.artifacts.tracking import say
-from tokalign.bases.ppo.advantages import Whiten, advantages_and_returns, segments
+from tokalign.bases.ppo.advantages import Advantages, Whiten, advantages_and_returns, segments
 from tokalign.bases.ppo.checkpoint import load_checkpoint, save_checkpoint
 from tokalign.bases.ppo.config import reward_spec, settings
 from tokalign.bases.ppo.engines import (
@@ -34,7 +34,7 @@ from tokalign.bases.ppo.engines import (
 )
 from tokalign.bases.ppo.models import Critic, load_critic
 from tokalign.bases.ppo.rollout import Rollout, colocated_engine, prompt_batch, sample
-from tokalign.bases.ppo.scoring import TokenRewards, kl_score_rewards, score
+from tokalign.bases.ppo.scoring import Scored, TokenRewards, kl_score_rewards, score
 from tokalign.bases.ppo.update import ppo_update
 from tokalign.cluster import preemption
 from tokalign.config import option
@@ -62,10 +62,21 @@ class Trainer:
     rollout_size: int
     steps: int
     engine: Any = None  # a colocated vLLM engine (rollout.engine=vllm); None: the policy generates
+    advantages: Advantages = advantages_and_returns
+    # (scored, mask, m) -> the mask of the tokens trained on (a method may keep tokens or rows out); None: all
+    train_mask: Callable[[Scored, torch.Tensor, Any], torch.Tensor] | None = None
 
 
-def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards = kl_score_rewards) -> Trainer:
-    """Models and optimizers; `frozen_extra` adds frozen models (loaded whole) whose log-probs `token_rewards` reads."""
+def setup(
+    run,
+    *,
+    frozen_extra: dict | None = None,
+    token_rewards: TokenRewards = kl_score_rewards,
+    advantages: Advantages = advantages_and_returns,
+    train_mask: Callable[[Scored, torch.Tensor, Any], torch.Tensor] | None = None,
+) -> Trainer:
+    """Models and optimizers; `frozen_extra` adds frozen models (loaded whole) whose log-probs `token_rewards`
+    reads; `advantages` replaces the advantage stage and `train_mask` narrows the trained tokens."""
     from transformers import get_scheduler
 
     cfg, t = run.cfg, run.cfg.trainer
@@ -145,6 +156,8 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
         rollout_size,
         steps,
         colocated_engine(run, max_num_seqs=rollout_size),
+        advantages,
+        train_mask,
     )
 
 
@@ -177,9 +190,11 @@ def rollout(tr: Trainer, batch: dict, seed: int, step: int = 0) -> Rollout:
         m,
         forward_batch=t.per_device_batch_size,
     )
+    if tr.train_mask is not None:
+        mask = tr.train_mask(s, mask, m)
     token_rewards, reward_metrics = tr.token_rewards(s, mask, m)
     segment_ids = segments(m, mask, s.logps["ref"], responses, tr.run.tokenizer, seed, tr.nlp)
-    advantages, returns = advantages_and_returns(m, token_rewards, s.values, mask, segment_ids, tr.whiten)
+    advantages, returns = tr.advantages(m, token_rewards, s.values, mask, segment_ids, tr.whiten)
     return Rollout(
         input_ids,
         attention_mask,

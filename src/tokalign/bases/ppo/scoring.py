@@ -22,12 +22,15 @@ from tokalign.losses import kl_penalty_rewards
 
 @dataclass
 class Scored:
-    """(B, R) log-probs of the sampling policy (`old`) and of each frozen model by name, values, (B,) scores."""
+    """(B, R) log-probs of the sampling policy (`old`) and of each frozen model by name, values, (B,) scores;
+    the prompts and (B, R) response tokens, for rewards that read the text (a critic's)."""
 
     old_logps: torch.Tensor
     logps: dict[str, torch.Tensor]
     values: torch.Tensor
     scores: torch.Tensor
+    prompts: list | None = None
+    responses: torch.Tensor | None = None
 
 
 # token_rewards(scored, mask, m) -> ((B, R) rewards, {metric name: 0-dim tensor})
@@ -81,4 +84,11 @@ def score(
     )
     if m.score_clip is not None:
         scores = scores.clamp(-m.score_clip, m.score_clip)
-    return Scored(torch.cat(old), {name: torch.cat(v) for name, v in logps.items()}, torch.cat(values), scores)
+    return Scored(
+        torch.cat(old),
+        {name: torch.cat(v) for name, v in logps.items()},
+        torch.cat(values),
+        scores,
+        list(batch["prompt"]),
+        responses,
+    )
