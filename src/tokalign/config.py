@@ -255,8 +255,10 @@ class ModelConfig:
     path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
     dtype: DType = knob(DType.float32, help="weights' dtype when loading")
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
+    # The tiny model's: the default job (DPO on the offline toy pairs, 60 steps) at 2e-4 ends with 88% of
+    # its responses malformed and KL 28.6 to the reference; at 1e-4 none malformed, KL 0.80, win rate 0.70.
     learning_rate: float = knob(
-        2e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default"
+        1e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default"
     )
     max_length: int = knob(128, ge=2, help="prompt + response tokens for this model: trainer.max_length's default")
     max_new_tokens: int = knob(

@@ -127,7 +127,7 @@ def test_generation_lengths_and_learning_rate_follow_the_models_preset():
     tiny, smol = _compose("method=grpo"), _compose("method=grpo", "model=smollm2_135m")
     OmegaConf.resolve(tiny)
     OmegaConf.resolve(smol)
-    assert (tiny.trainer.learning_rate, tiny.method.max_completion_length, tiny.eval.max_new_tokens) == (2e-4, 48, 48)
+    assert (tiny.trainer.learning_rate, tiny.method.max_completion_length, tiny.eval.max_new_tokens) == (1e-4, 48, 48)
     assert (smol.trainer.learning_rate, smol.method.max_completion_length, smol.trainer.max_length) == (5e-6, 128, 512)
     own = _compose("method=grpo", "model=smollm2_135m", "method.max_completion_length=64", "trainer.learning_rate=1e-6")
     OmegaConf.resolve(own)
