@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config as _compose
 from tokalign.errors import ConfigError
-from tokalign.runtime.launch import first_host, rendezvous, worker_command
+from tokalign.runtime.launch import worker_command
+from tokalign.runtime.nodes import first_host, rendezvous
 
 
 def _cfg(*overrides: str):
