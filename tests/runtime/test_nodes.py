@@ -82,3 +82,11 @@ def test_a_node_sees_a_peer_die_but_not_finish(tmp_path):
         assert watch.dead() is None
         update_record(fd, exit=1)
     assert watch.dead().endswith("ended (exit status 1)")
+
+
+def test_node_r_stops_waiting_when_the_node_0_it_came_to_join_has_ended(tmp_path):
+    cfg0, cfg1 = _cfg(tmp_path, "launcher.node_rank=0"), _cfg(tmp_path, "launcher.node_rank=1")
+    with claim(tmp_path, record=nodes.job_record(cfg0)) as fd:
+        update_record(fd, ready=True, exit=1, ended=nodes.STARTED + 1)  # failed before node 1 looked
+    with pytest.raises(LaunchError, match=r"node 0 of this job \(pid .*\) ended \(exit status 1\) before this node"):
+        nodes.wait_for_node0(tmp_path, cfg1, print, timeout=30)

@@ -18,10 +18,10 @@ hand over to the scheduler's requeue.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +35,8 @@ from tokalign.config import option, world_size
 from tokalign.errors import DataError, LaunchError, ModelError
 from tokalign.runtime import nodes
 from tokalign.runtime.nodes import rendezvous
+
+NODES_HOSTFILE = "deepspeed_hostfile"
 
 
 def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> list[str]:
@@ -56,7 +58,9 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
         ]
     if runner == "deepspeed":
         cmd = [
-            shutil.which("deepspeed") or "deepspeed",
+            sys.executable,  # the `deepspeed` script of this environment, found without PATH
+            "-m",
+            "deepspeed.launcher.runner",
             "--no_local_rank",
             f"--num_gpus={la.num_gpus}",
             f"--num_nodes={la.num_nodes}",
@@ -65,8 +69,9 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
         ]
         if la.hostfile:
             cmd.append(f"--hostfile={la.hostfile}")
-        elif la.num_nodes > 1:
-            cmd += ["--no_ssh", f"--node_rank={la.node_rank}"]
+        elif la.num_nodes > 1:  # every node starts its own: the hostfile only counts the nodes' workers
+            hostfile = config_path.parent / NODES_HOSTFILE
+            cmd += [f"--hostfile={hostfile}", "--no_ssh", f"--node_rank={la.node_rank}"]
         return [*cmd, "--module", "tokalign.runtime.worker", str(config_path)]
     precision = {"fp32": "no"}.get(option(cfg.trainer.precision), option(cfg.trainer.precision))
     cmd = [
@@ -89,6 +94,12 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
         # `--cpu --num_processes N` would start a single process.
         cmd.append("--multi_gpu")
     return [*cmd, *worker]
+
+
+def nodes_hostfile(la: DictConfig) -> str:
+    """DeepSpeed's runner takes the job's shape from a hostfile even when each node starts itself
+    (`--no_ssh`); the names are only labels then."""
+    return "".join(f"node{i} slots={la.num_gpus}\n" for i in range(la.num_nodes))
 
 
 def write_resolved(cfg: DictConfig) -> Path:
@@ -159,7 +170,7 @@ def _run_node(cfg: DictConfig, cmd: list[str], lock_fd: int, attempt: str | None
         rc = _spawn(cmd, lock_fd, Path(cfg.output_dir), nodes.Peers.of(cfg, attempt) if attempt else None)
     finally:
         if attempt:
-            update_record(lock_fd, exit=rc)
+            update_record(lock_fd, exit=rc, ended=time.time())
     return rc
 
 
@@ -249,6 +260,8 @@ def launch(cfg: DictConfig, hydra_files: dict[str, str] | None = None) -> dict:
             return run_training(cfg)
         if cfg.launcher.name == "deepspeed":
             atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
+            if option(cfg.launcher.runner) == "deepspeed" and nodes.multi_node(cfg) and not cfg.launcher.hostfile:
+                atomic_text(run_dir / NODES_HOSTFILE, nodes_hostfile(cfg.launcher))
         if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
             cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
         else:

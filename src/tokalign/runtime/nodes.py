@@ -60,6 +60,7 @@ def rendezvous(la: DictConfig) -> tuple[str, int]:
 
 JOIN_TIMEOUT_S = 600.0  # how long node R waits for node 0 to claim the run directory
 POLL_S = 0.5
+STARTED = time.time()  # about when this process started (it is imported before any waiting)
 
 
 def node_lock(rank: int) -> str:
@@ -125,9 +126,11 @@ def wait_for_node0(run_dir: Path, cfg: DictConfig, say, timeout: float = JOIN_TI
                 return record
         else:
             held, last = read_record(run_dir / LOCK)
-            if not held and last and last.get("attempt") in seen:
+            if not held and last and _ended_attempt_of(last, cfg, seen):
+                status = f"exit status {last['exit']}" if "exit" in last else "killed"
                 raise LaunchError(
-                    f"node 0 of this job ({holder_text(last)}) stopped before starting its workers; its output says why"
+                    f"node 0 of this job ({holder_text(last)}) ended ({status}) before this node joined; "
+                    "its output says why"
                 )
         if time.monotonic() > deadline:
             raise LaunchError(
@@ -138,6 +141,15 @@ def wait_for_node0(run_dir: Path, cfg: DictConfig, say, timeout: float = JOIN_TI
             say(f"waiting for node 0 of this job ({job_key(cfg.launcher)}) to claim {run_dir}")
             said = True
         time.sleep(POLL_S)
+
+
+def _ended_attempt_of(record: dict, cfg: DictConfig, seen: set[str]) -> bool:
+    """Whether node 0's last attempt, now over, was the one this node came to join: seen running, or
+    of this job and ended after this process started."""
+    if record.get("attempt") in seen:
+        return True
+    same = record.get("job") == job_key(cfg.launcher) and record.get("config") == config_digest(cfg)
+    return same and record.get("ended", 0) >= STARTED
 
 
 @dataclass
