@@ -1,0 +1,39 @@
+"""A `launcher.num_nodes=2` job through `hydra/launcher=slurm` on a real two-node SLURM (conftest.py:
+`slurm_two_nodes`, two slurmd in network namespaces of their own): one process on each node, one
+run directory, node 0's results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.slurm.test_slurm import TINY, run_dirs, summary, sweep
+from tokalign.artifacts.tracking import read_metrics
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.mark.parametrize(
+    "launcher", [["launcher=ddp"], ["launcher=deepspeed", "launcher.zero_stage=2"]], ids=["ddp", "zero2"]
+)
+def test_a_two_node_job_runs_one_process_on_each_node(slurm_two_nodes, tmp_path, tiny_model, launcher):
+    out = tmp_path / "sweep"
+    r = sweep(
+        slurm_two_nodes,
+        out,
+        *launcher,
+        "launcher.num_nodes=2",
+        "launcher.num_gpus=1",
+        "method=dpo",
+        "trainer.max_steps=3",
+        "trainer.logging_steps=1",
+        *TINY,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir,) = run_dirs(out)
+    assert summary(run_dir)["train/steps"] == 3 and [m["step"] for m in read_metrics(run_dir)][:3] == [1, 2, 3]
+    node0, node1 = (json.loads((run_dir / lock).read_text()) for lock in (".tokalign.lock", ".tokalign.node1.lock"))
+    assert (node0["host"], node1["host"]) == ("tka", "tkb")  # each node's launcher on its own host
+    assert node0["job"] == node1["job"] and node0["job"].startswith("tka:29500 x2 slurm job ")
+    assert node0["attempt"] == node1["attempt"] and node0["exit"] == node1["exit"] == 0
