@@ -75,6 +75,11 @@ def test_a_node_sees_a_peer_die_but_not_finish(tmp_path):
     with claim(tmp_path, lock=nodes.node_lock(1), record={"node": 1, "attempt": attempt}) as fd:
         assert peers.dead() is None
     assert peers.dead().startswith("node 1 of this job (pid") and peers.dead().endswith("ended (killed)")
+    peers = nodes.Peers.of(cfg0, attempt)
+    with claim(tmp_path, lock=nodes.node_lock(1), record={"node": 1, "attempt": attempt}) as fd:
+        assert peers.dead() is None
+        update_record(fd, exit=1, stopped=True)  # cancelled: every node stops at the same step
+    assert peers.dead() is None and peers.ranks == []
     # node 1 watches node 0, which was running when it joined
     cfg1 = _cfg(tmp_path, "launcher.node_rank=1")
     with claim(tmp_path, record={"attempt": attempt}) as fd:

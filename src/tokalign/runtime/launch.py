@@ -165,12 +165,16 @@ def _run_node(cfg: DictConfig, cmd: list[str], lock_fd: int, attempt: str | None
     """This node's workers, start to end; in a multi-node job (`attempt`) the exit status is recorded
     in the node's lock before it is let go, which tells the other nodes whether it ended well."""
     say("launching " + " ".join(cmd))
-    rc = 1
+    rc, stopped = 1, False
     try:
         rc = _spawn(cmd, lock_fd, Path(cfg.output_dir), nodes.Peers.of(cfg, attempt) if attempt else None)
+    except preemption.Stopped:
+        stopped = True  # at a step boundary the workers of every node agreed on: not a node lost
+        raise
     finally:
         if attempt:
-            update_record(lock_fd, exit=rc, ended=time.time())
+            stopped = stopped or rc == preemption.EXIT_PREEMPTED
+            update_record(lock_fd, exit=rc, ended=time.time(), **({"stopped": True} if stopped else {}))
     return rc
 
 

@@ -12,7 +12,8 @@ the one line a second writer always gets.
 While the workers run, each launcher watches its peers' locks (node 0 every node that joined
 this attempt, the others node 0): a launcher records its exit status before it lets go of its
 lock, so a lock released without status 0 is a node that died, and the watcher stops its own
-workers too. Locks are `flock`s, which a shared file system (NFS v4, Lustre, GPFS) carries
+workers too. A node stopped by a signal (cancel, time limit, preemption) records that it was: the
+workers of every node agree on the step to stop at, so that is no lost node. Locks are `flock`s, which a shared file system (NFS v4, Lustre, GPFS) carries
 between hosts; the kernel drops them when the last process holding one exits, however it exits.
 """
 
@@ -176,8 +177,8 @@ class Peers:
             if held:
                 self.joined.add(rank)
             elif rank in self.joined:
-                if record.get("exit") == 0:
-                    self.ranks.remove(rank)  # finished its share
+                if record.get("exit") == 0 or record.get("stopped"):
+                    self.ranks.remove(rank)  # finished its share, or stopped at the step every node stops at
                     continue
                 status = f"exit status {record['exit']}" if "exit" in record else "killed"
                 return f"node {rank} of this job ({holder_text(record)}) ended ({status})"
