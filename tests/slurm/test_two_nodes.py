@@ -6,10 +6,11 @@ continues from the last sealed checkpoint."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from tests.slurm.test_slurm import TINY, run_dirs, summary, sweep, wait_for
+from tests.slurm.test_slurm import TINY, last_step, run_dirs, summary, sweep, wait_for
 from tokalign.artifacts.checkpoint import complete_checkpoints, step_of
 from tokalign.artifacts.tracking import read_metrics
 
@@ -72,3 +73,24 @@ def test_scancel_stops_both_nodes_at_a_step_and_resubmitting_continues(slurm_two
     assert final["train/steps"] == 200 and final["train/attempts"] == 2
     steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert steps == list(range(1, 201))  # rewound to the checkpoint: no step twice, none missing
+
+
+def test_usr2_checkpoints_both_nodes_requeues_and_resumes(slurm_two_nodes, tmp_path, tiny_model):
+    out = tmp_path / "sweep"
+    args = ("launcher=ddp", "launcher.num_nodes=2", "launcher.num_gpus=1", "method=dpo", "trainer.max_steps=300")
+    proc = sweep(slurm_two_nodes, out, *args, "trainer.save_steps=250", *TINY, background=True)
+    run_dir = wait_for("the run dir", lambda: next(iter(run_dirs(out)), None) if out.is_dir() else None, proc=proc)
+    wait_for("training steps", lambda: last_step(run_dir) >= 20, proc=proc)
+    (job,) = slurm_two_nodes.jobs(out)
+    slurm_two_nodes.run("scancel", "--signal=USR2", job)
+    proc.wait(timeout=300)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err[-3000:]
+    final = summary(run_dir)
+    assert final["train/steps"] == 300 and final["train/attempts"] == 2
+    # checkpointed when signalled (not at the scheduled save), then continued from there (rank 0's log)
+    log = (run_dir / "tokalign.log").read_text()
+    saved = re.search(r"preempted: saved checkpoint-(\d+), handing over for requeue", log)
+    assert saved and 20 <= int(saved.group(1)) < 250, log[-3000:]
+    step = int(saved.group(1))
+    assert f"resuming from {run_dir / 'checkpoints' / f'checkpoint-{step}'} (step {step})" in log
