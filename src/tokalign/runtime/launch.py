@@ -247,31 +247,36 @@ def launch(cfg: DictConfig, hydra_files: dict[str, str] | None = None) -> dict:
         return _join(cfg)
     record = nodes.job_record(cfg) if nodes.multi_node(cfg) else None
     with claim(run_dir, record=record) as lock_fd:
-        summary = run_dir / "summary.json"
-        if option(cfg.resume) == "auto" and summary.exists():
-            say(f"{run_dir} already finished (summary.json); nothing to do")
-            if record:
-                update_record(lock_fd, exit=0)
-            return json.loads(summary.read_text())
-        if option(cfg.resume) == "never":
-            check_unused(run_dir)
-        for name, text in (hydra_files or {}).items():
-            atomic_text(run_dir / ".hydra" / name, text)
-        config_path = write_resolved(cfg)
-        if cfg.launcher.name == "local":
-            from tokalign.runtime.run import run_training
+        try:
+            summary = run_dir / "summary.json"
+            if option(cfg.resume) == "auto" and summary.exists():
+                say(f"{run_dir} already finished (summary.json); nothing to do")
+                if record:
+                    update_record(lock_fd, exit=0, ended=time.time())
+                return json.loads(summary.read_text())
+            if option(cfg.resume) == "never":
+                check_unused(run_dir)
+            for name, text in (hydra_files or {}).items():
+                atomic_text(run_dir / ".hydra" / name, text)
+            config_path = write_resolved(cfg)
+            if cfg.launcher.name == "local":
+                from tokalign.runtime.run import run_training
 
-            return run_training(cfg)
-        if cfg.launcher.name == "deepspeed":
-            atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
-            if option(cfg.launcher.runner) == "deepspeed" and nodes.multi_node(cfg) and not cfg.launcher.hostfile:
-                atomic_text(run_dir / NODES_HOSTFILE, nodes_hostfile(cfg.launcher))
-        if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
-            cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
-        else:
-            cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
-        if record:
-            update_record(lock_fd, ready=True)  # the other nodes may start their workers on resolved.yaml
+                return run_training(cfg)
+            if cfg.launcher.name == "deepspeed":
+                atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
+                if option(cfg.launcher.runner) == "deepspeed" and nodes.multi_node(cfg) and not cfg.launcher.hostfile:
+                    atomic_text(run_dir / NODES_HOSTFILE, nodes_hostfile(cfg.launcher))
+            if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
+                cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
+            else:
+                cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
+            if record:
+                update_record(lock_fd, ready=True)  # the other nodes may start their workers on resolved.yaml
+        except BaseException:
+            if record:  # node 0 failed before its workers started: the other nodes stop waiting
+                update_record(lock_fd, exit=1, ended=time.time())
+            raise
         rc = _run_node(cfg, cmd, lock_fd, record and record["attempt"])
     if rc != 0:
         raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")
