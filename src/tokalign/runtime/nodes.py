@@ -11,7 +11,7 @@ the one line a second writer always gets.
 
 While the workers run, each launcher watches its peers' locks (node 0 every node that joined
 this attempt, the others node 0): a launcher records its exit status before it lets go of its
-lock, so a lock released without status 0 is a node that died, and the watcher stops its own
+lock, so a lock of this attempt released without status 0 is a node that died, and the watcher stops its own
 workers too. A node stopped by a signal (cancel, time limit, preemption) records that it was: the
 workers of every node agree on the step to stop at, so that is no lost node. Locks are `flock`s, which a shared file system (NFS v4, Lustre, GPFS) carries
 between hosts; the kernel drops them when the last process holding one exits, however it exits.
@@ -25,7 +25,7 @@ import re
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -155,31 +155,27 @@ def _ended_attempt_of(record: dict, cfg: DictConfig, seen: set[str]) -> bool:
 
 @dataclass
 class Peers:
-    """The other nodes' launchers, as their locks show them; `dead()` names one that ended badly."""
+    """The other nodes' launchers, as their locks show them; `dead()` names one that ended badly.
+    A node's lock names the attempt it joined: one that names this attempt and is let go has ended."""
 
     run_dir: Path
     attempt: str
     ranks: list[int]
-    joined: set[int] = field(default_factory=set)
 
     @classmethod
     def of(cls, cfg: DictConfig, attempt: str) -> Peers:
         la = cfg.launcher
-        if la.node_rank == 0:
-            return cls(Path(cfg.output_dir), attempt, list(range(1, la.num_nodes)))
-        return cls(Path(cfg.output_dir), attempt, [0], joined={0})  # it was running when this node joined
+        ranks = list(range(1, la.num_nodes)) if la.node_rank == 0 else [0]
+        return cls(Path(cfg.output_dir), attempt, ranks)
 
     def dead(self) -> str | None:
         for rank in list(self.ranks):
             held, record = read_record(self.run_dir / node_lock(rank))
-            if record is None or record.get("attempt") != self.attempt:
-                continue  # not (yet) of this attempt, or being written
-            if held:
-                self.joined.add(rank)
-            elif rank in self.joined:
-                if record.get("exit") == 0 or record.get("stopped"):
-                    self.ranks.remove(rank)  # finished its share, or stopped at the step every node stops at
-                    continue
-                status = f"exit status {record['exit']}" if "exit" in record else "killed"
-                return f"node {rank} of this job ({holder_text(record)}) ended ({status})"
+            if held or record is None or record.get("attempt") != self.attempt:
+                continue  # running, not (yet) of this attempt, or its record being written
+            if record.get("exit") == 0 or record.get("stopped"):
+                self.ranks.remove(rank)  # finished its share, or stopped at the step every node stops at
+                continue
+            status = f"exit status {record['exit']}" if "exit" in record else "killed"
+            return f"node {rank} of this job ({holder_text(record)}) ended ({status})"
         return None
