@@ -37,6 +37,7 @@ install_packages() {
     command -v slurmdbd >/dev/null || missing+=(slurmdbd)
     command -v munged >/dev/null || missing+=(munge)
     command -v mariadbd >/dev/null || missing+=(mariadb-server)
+    command -v ip >/dev/null || missing+=(iproute2)  # the two-node cluster's namespaces (two_nodes.sh)
     [ ${#missing[@]} = 0 ] && return 0
     say "installing ${missing[*]}"
     # Packages must not start their services: this script runs the daemons itself.

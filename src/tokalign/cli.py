@@ -157,6 +157,7 @@ def _preflight(argv: list[str]) -> None:
     from tokalign.artifacts.files import refuse_links_out
     from tokalign.artifacts.rundir import check_free, check_unused, check_writable
     from tokalign.config import option
+    from tokalign.runtime.nodes import check_joinable, multi_node
 
     cfg, _ = _compose(argv)
     name_local_data(cfg, argv)
@@ -165,7 +166,10 @@ def _preflight(argv: list[str]) -> None:
         del cfg["hydra"]
     cfg = validate(cfg)
     check_writable(run_dir)
-    check_free(run_dir)
+    if multi_node(cfg) and cfg.launcher.node_rank > 0:
+        check_joinable(Path(run_dir), cfg, same_config=False)  # node 0's run dir: only another job is refused
+    else:
+        check_free(run_dir)
     refuse_links_out(run_dir, "run dir")
     if option(cfg.resume) == "never":
         check_unused(run_dir)

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config as _compose
 from tokalign.errors import ConfigError
-from tokalign.runtime.launch import first_host, rendezvous, worker_command
+from tokalign.runtime.launch import worker_command
+from tokalign.runtime.nodes import first_host, rendezvous
 
 
 def _cfg(*overrides: str):
@@ -48,7 +49,9 @@ def test_single_node_commands_per_runner():
     native = worker_command(
         _cfg("launcher=deepspeed", "launcher.runner=deepspeed", "launcher.num_gpus=4"), path, "h", 1
     )
-    assert Path(native[0]).name == "deepspeed" and "--no_local_rank" in native and "--num_gpus=4" in native
+    assert (
+        native[1:3] == ["-m", "deepspeed.launcher.runner"] and "--no_local_rank" in native and "--num_gpus=4" in native
+    )
     assert native[-3:] == ["--module", "tokalign.runtime.worker", str(path)]
     tr = worker_command(_cfg("launcher=ddp", "launcher.runner=torchrun", "launcher.num_gpus=2"), path, "h", 7)
     assert tr[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in tr and "--master_port=7" in tr
@@ -74,7 +77,13 @@ def test_slurm_environment_sets_node_rank_and_master(monkeypatch):
         addr,
         port,
     )
-    assert {"--no_ssh", "--node_rank=1", "--num_nodes=2", "--master_addr=gpu03"} <= set(native)
+    assert {
+        "--no_ssh",
+        "--node_rank=1",
+        "--num_nodes=2",
+        "--master_addr=gpu03",
+        "--hostfile=/r/deepspeed_hostfile",
+    } <= set(native)
 
 
 def test_hostfile_runs_every_node_from_one():

@@ -38,6 +38,7 @@ class Cluster:
     state: Path
     conf: Path
     setup_s: float
+    prefix: tuple[str, ...] = ()  # how a client reaches the controller (the two-node one: its namespace)
 
     def env(self) -> dict[str, str]:
         path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
@@ -45,13 +46,15 @@ class Cluster:
 
     def tokalign(self, *args: str, background: bool = False, timeout: float = 240):
         """`tokalign <args>` as a user types it; the finished process (or the running one)."""
-        cmd = [str(Path(sys.executable).parent / "tokalign"), *args]
+        cmd = [*self.prefix, str(Path(sys.executable).parent / "tokalign"), *args]
         if background:
             return subprocess.Popen(cmd, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
 
     def run(self, *cmd: str) -> str:
-        return subprocess.run(list(cmd), env=self.env(), capture_output=True, text=True, check=True, timeout=60).stdout
+        return subprocess.run(
+            [*self.prefix, *cmd], env=self.env(), capture_output=True, text=True, check=True, timeout=60
+        ).stdout
 
     def jobs(self, sweep_dir: Path) -> list[str]:
         """Job ids of a sweep (`123_0`, ...; `123` when one job), from submitit's folders, oldest first."""
@@ -96,3 +99,38 @@ def slurm() -> Cluster:
         yield cluster
     finally:
         subprocess.run([str(SCRIPTS / "stop.sh"), str(state)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> Cluster:
+    """Two nodes, `tka` and `tkb`, each slurmd in a network and UTS namespace of its own
+    (scripts/slurm/two_nodes.sh); clients run in the controller's namespace. No accounting (sacct).
+    It runs beside the one-node cluster (its own munged, no database)."""
+    reason = _unavailable()
+    if reason and not REQUIRED:
+        pytest.skip(reason)
+    if not shutil.which("slurmd"):
+        subprocess.run([str(SCRIPTS / "start.sh"), "--install-only"], capture_output=True, text=True, timeout=900)
+    missing = [tool for tool in ("ip", "nsenter", "unshare") if not shutil.which(tool)]
+    if missing:
+        (pytest.fail if REQUIRED else pytest.skip)(
+            f"the two-node SLURM needs {', '.join(missing)} (iproute2, util-linux)"
+        )
+    state = Path(os.environ.get("TOKALIGN_SLURM2_DIR") or "/tmp/tokalign-slurm2")
+    script = str(SCRIPTS / "two_nodes.sh")
+    started = time.time()
+    up = subprocess.run([script, "start", str(state)], capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        subprocess.run([script, "stop", str(state)], capture_output=True)
+        (pytest.fail if REQUIRED else pytest.skip)(f"scripts/slurm/two_nodes.sh failed:\n{up.stderr[-3000:]}")
+    cluster = Cluster(
+        state=state,
+        conf=state / "etc" / "slurm.conf",
+        setup_s=time.time() - started,
+        prefix=("nsenter", "--net=/run/netns/tokalign-a"),
+    )
+    print(f"\nslurm2: up in {cluster.setup_s:.1f}s ({up.stderr.strip().splitlines()[-1]})")
+    try:
+        yield cluster
+    finally:
+        subprocess.run([script, "stop", str(state)], capture_output=True, timeout=120)

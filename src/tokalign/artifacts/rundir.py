@@ -1,7 +1,8 @@
 """Run directories: one writer each, no process that outlives the one that started it, and a safe way to read one.
 
 `claim(run_dir)` takes an exclusive `flock` on `<run_dir>/.tokalign.lock` and records who
-holds it (pid, host, time) for the message a second writer gets. The kernel drops the lock
+holds it (pid, host, time, and what a multi-node job adds: tokalign.runtime.nodes) for the
+message a second writer gets; `read_record` tells another process whether it is held and by whom. The kernel drops the lock
 when the last process holding its descriptor exits, however it exits, so a lock is never
 stale; a launch passes the descriptor to its workers' spawner, which keeps the directory
 claimed until the last worker is gone. `die_with_parent` arms Linux's parent-death signal.
@@ -41,40 +42,92 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else
 
 
 @contextlib.contextmanager
-def claim(run_dir: str | os.PathLike) -> Iterator[int]:
-    """Hold `run_dir` for this process (and the children given the descriptor); yields the descriptor."""
+def claim(run_dir: str | os.PathLike, lock: str = LOCK, record: dict | None = None) -> Iterator[int]:
+    """Hold `run_dir` for this process (and the children given the descriptor); yields the descriptor.
+
+    `lock` names the lock file (a node of a multi-node job other than node 0 holds one of its own),
+    `record` what is written into it besides who holds it (see tokalign.runtime.nodes)."""
     run_dir = Path(run_dir)
     with storage_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         refuse_links_out(run_dir, "run dir")
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(run_dir / lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             raise UserError(
                 f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose another hydra.run.dir"
             ) from None
-        record_holder(fd, os.getpid())
+        record_holder(fd, os.getpid(), **(record or {}))
         yield fd
     finally:
         os.close(fd)
 
 
-def record_holder(fd: int, pid: int) -> None:
+def _lock(fd: int, tries: int = 10) -> bool:
+    """Take the exclusive lock; a few tries, since another node's launcher may be probing it (`held`)."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.05)
+    return False
+
+
+def record_holder(fd: int, pid: int, **fields) -> None:
     """Write who holds the lock (for the message a second writer gets), replacing any earlier record."""
+    text = json.dumps({"pid": pid, "host": socket.gethostname(), "since": time.time(), **fields}).encode()
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": pid, "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+    os.pwrite(fd, text, 0)
+
+
+def update_record(fd: int, **fields) -> None:
+    """Add `fields` to the record of a lock this process holds."""
+    record = json.loads(os.pread(fd, 65536, 0) or b"{}")
+    record.update(fields)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+
+
+def read_record(path: str | os.PathLike) -> tuple[bool, dict | None]:
+    """(whether some process holds the lock at `path`, its record: None if absent or being written)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False, None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            held = False
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held = True
+        try:
+            record = json.loads(os.pread(fd, 65536, 0))
+        except ValueError:
+            record = None
+        return held, record if isinstance(record, dict) else None
+    finally:
+        os.close(fd)
+
+
+def holder_text(record: dict | None) -> str:
+    """'pid 12 on host (since ...)' of a lock's record."""
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["since"]))
+        return f"pid {record['pid']} on {record['host']} (since {since})"
+    except (TypeError, KeyError, ValueError, OverflowError):
+        return "another process"
 
 
 def _holder(fd: int) -> str:
     try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
-        who = f"pid {info['pid']} on {info['host']} (since {since})"
-    except (ValueError, KeyError, OSError):
+        info = json.loads(os.pread(fd, 65536, 0) or b"{}")
+    except (ValueError, OSError):
         return "another process"
-    if info["host"] == socket.gethostname() and not _running(info["pid"]):
+    who = holder_text(info)
+    if who != "another process" and info["host"] == socket.gethostname() and not _running(info["pid"]):
         who += ", which has ended; its workers are still stopping"
     return who
 
@@ -140,11 +193,10 @@ def check_free(run_dir: str | os.PathLike) -> None:
     except OSError:
         return  # no lock yet (or a link, which claim() refuses)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UserError(
-            f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose another hydra.run.dir"
-        ) from None
+        if not _lock(fd, tries=3):
+            raise UserError(
+                f"run dir {run_dir} is in use by {_holder(fd)}; wait for it to finish, or choose another hydra.run.dir"
+            )
     finally:
         os.close(fd)
 

@@ -1,7 +1,8 @@
 """Launchers: how a validated config becomes training processes, and who owns them.
 
-The parent (the `tokalign train` process, one per node) holds the run directory's lock,
-writes the resolved config to `<run_dir>/resolved.yaml` once, and then either trains in the
+The parent (the `tokalign train` process, one per node) holds the run directory's lock
+(node 0's; the others of a multi-node job join it: tokalign.runtime.nodes),
+writes the resolved config to `<run_dir>/resolved.yaml` once (node 0), and then either trains in the
 same process (`local`) or spawns one worker per device with `accelerate launch`, `torchrun`
 or `deepspeed`, each running `python -m tokalign.runtime.worker <run_dir>/resolved.yaml`: ranks never
 compose a config or create a directory of their own.
@@ -17,48 +18,25 @@ hand over to the scheduler's requeue.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.files import atomic_text
-from tokalign.artifacts.rundir import check_unused, claim, die_with_parent
+from tokalign.artifacts.rundir import check_unused, claim, die_with_parent, update_record
 from tokalign.artifacts.tracking import say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
 from tokalign.errors import DataError, LaunchError, ModelError
+from tokalign.runtime import nodes
+from tokalign.runtime.nodes import rendezvous
 
-DEFAULT_MULTINODE_PORT = 29500
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" -> "gpu03"."""
-    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not m:
-        raise ValueError(f"cannot read node list {nodelist!r}")
-    prefix, ranges = m.groups()
-    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rendezvous(la: DictConfig) -> tuple[str, int]:
-    """Master address and port of this run (the same on every node)."""
-    if la.num_nodes == 1:
-        return la.master_addr or "127.0.0.1", la.master_port or _free_port()
-    addr = la.master_addr or (first_host(la.nodelist) if la.nodelist else "")
-    return addr, la.master_port or DEFAULT_MULTINODE_PORT
+NODES_HOSTFILE = "deepspeed_hostfile"
 
 
 def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> list[str]:
@@ -80,7 +58,9 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
         ]
     if runner == "deepspeed":
         cmd = [
-            shutil.which("deepspeed") or "deepspeed",
+            sys.executable,  # the `deepspeed` script of this environment, found without PATH
+            "-m",
+            "deepspeed.launcher.runner",
             "--no_local_rank",
             f"--num_gpus={la.num_gpus}",
             f"--num_nodes={la.num_nodes}",
@@ -89,8 +69,9 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
         ]
         if la.hostfile:
             cmd.append(f"--hostfile={la.hostfile}")
-        elif la.num_nodes > 1:
-            cmd += ["--no_ssh", f"--node_rank={la.node_rank}"]
+        elif la.num_nodes > 1:  # every node starts its own: the hostfile only counts the nodes' workers
+            hostfile = config_path.parent / NODES_HOSTFILE
+            cmd += [f"--hostfile={hostfile}", "--no_ssh", f"--node_rank={la.node_rank}"]
         return [*cmd, "--module", "tokalign.runtime.worker", str(config_path)]
     precision = {"fp32": "no"}.get(option(cfg.trainer.precision), option(cfg.trainer.precision))
     cmd = [
@@ -115,6 +96,12 @@ def worker_command(cfg: DictConfig, config_path: Path, addr: str, port: int) -> 
     return [*cmd, *worker]
 
 
+def nodes_hostfile(la: DictConfig) -> str:
+    """DeepSpeed's runner takes the job's shape from a hostfile even when each node starts itself
+    (`--no_ssh`); the names are only labels then."""
+    return "".join(f"node{i} slots={la.num_gpus}\n" for i in range(la.num_nodes))
+
+
 def write_resolved(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.output_dir)
     return atomic_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg))
@@ -127,26 +114,36 @@ def _spawner_setup() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
+def _spawn(cmd: list[str], lock_fd: int, run_dir: Path, peers: nodes.Peers | None = None) -> int:
     """Run the workers' spawner as a child that dies with this process, passing SIGTERM on.
 
     SIGINT from a terminal and a scheduler's signals reach the workers themselves; this process
     only records them (tokalign.cluster.preemption), so a preemption waits for the workers' checkpoint
     before handing over to the scheduler's requeue. The spawner keeps the run-dir lock's
-    descriptor, so the directory stays claimed while any of it runs.
+    descriptor, so the directory stays claimed while any of it runs. In a multi-node job, a peer
+    node that dies (`peers`) stops this node's workers too.
     """
     proc = subprocess.Popen(cmd, pass_fds=(lock_fd,), preexec_fn=_spawner_setup)
     preemption.install()
     forwarded = False
+    dead = None
     try:
         while True:
             try:
-                rc = proc.wait(timeout=0.5)
+                rc = proc.wait(timeout=nodes.POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                if preemption.requests().stop and not forwarded:
+                if forwarded:
+                    continue
+                dead = peers.dead() if peers is not None else None
+                if preemption.requests().stop or dead:
                     proc.send_signal(signal.SIGTERM)
                     forwarded = True
+        if dead:
+            raise LaunchError(
+                f"{dead}; this node's workers were stopped too. resume=auto on every node continues {run_dir} "
+                "from its last sealed checkpoint"
+            )
         request = preemption.poll(sync=lambda flags: flags)
         if request.checkpoint or rc == preemption.EXIT_PREEMPTED:
             preemption.hand_over()
@@ -162,6 +159,23 @@ def _spawn(cmd: list[str], lock_fd: int, run_dir: Path) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _run_node(cfg: DictConfig, cmd: list[str], lock_fd: int, attempt: str | None) -> int:
+    """This node's workers, start to end; in a multi-node job (`attempt`) the exit status is recorded
+    in the node's lock before it is let go, which tells the other nodes whether it ended well."""
+    say("launching " + " ".join(cmd))
+    rc, stopped = 1, False
+    try:
+        rc = _spawn(cmd, lock_fd, Path(cfg.output_dir), nodes.Peers.of(cfg, attempt) if attempt else None)
+    except preemption.Stopped:
+        stopped = True  # at a step boundary the workers of every node agreed on: not a node lost
+        raise
+    finally:
+        if attempt:
+            stopped = stopped or rc == preemption.EXIT_PREEMPTED
+            update_record(lock_fd, exit=rc, ended=time.time(), **({"stopped": True} if stopped else {}))
+    return rc
 
 
 def _previous_run(run_dir: Path) -> list[str]:
@@ -224,32 +238,67 @@ def launch(cfg: DictConfig, hydra_files: dict[str, str] | None = None) -> dict:
     The model and dataset are checked first (check_sources), before anything is spawned.
     Only then is anything written: Hydra's record of the run (`hydra_files`, written into
     `<run_dir>/.hydra/` here rather than by Hydra, which would write before these checks), then
-    resolved.yaml.
+    resolved.yaml. Node R > 0 of a multi-node job writes none of these: it joins node 0's run
+    directory (tokalign.runtime.nodes).
     """
     check_sources(cfg)
     run_dir = Path(cfg.output_dir)
-    with claim(run_dir) as lock_fd:
-        summary = run_dir / "summary.json"
-        if option(cfg.resume) == "auto" and summary.exists():
-            say(f"{run_dir} already finished (summary.json); nothing to do")
-            return json.loads(summary.read_text())
-        if option(cfg.resume) == "never":
-            check_unused(run_dir)
-        for name, text in (hydra_files or {}).items():
-            atomic_text(run_dir / ".hydra" / name, text)
-        config_path = write_resolved(cfg)
-        if cfg.launcher.name == "local":
-            from tokalign.runtime.run import run_training
+    if nodes.multi_node(cfg) and cfg.launcher.node_rank > 0:
+        return _join(cfg)
+    record = nodes.job_record(cfg) if nodes.multi_node(cfg) else None
+    with claim(run_dir, record=record) as lock_fd:
+        try:
+            summary = run_dir / "summary.json"
+            if option(cfg.resume) == "auto" and summary.exists():
+                say(f"{run_dir} already finished (summary.json); nothing to do")
+                if record:
+                    update_record(lock_fd, exit=0, ended=time.time())
+                return json.loads(summary.read_text())
+            if option(cfg.resume) == "never":
+                check_unused(run_dir)
+            for name, text in (hydra_files or {}).items():
+                atomic_text(run_dir / ".hydra" / name, text)
+            config_path = write_resolved(cfg)
+            if cfg.launcher.name == "local":
+                from tokalign.runtime.run import run_training
 
-            return run_training(cfg)
-        if cfg.launcher.name == "deepspeed":
-            atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
-        if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
-            cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
-        else:
-            cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
-        say("launching " + " ".join(cmd))
-        rc = _spawn(cmd, lock_fd, run_dir)
+                return run_training(cfg)
+            if cfg.launcher.name == "deepspeed":
+                atomic_text(run_dir / "deepspeed.json", json.dumps(deepspeed_config(cfg), indent=2))
+                if option(cfg.launcher.runner) == "deepspeed" and nodes.multi_node(cfg) and not cfg.launcher.hostfile:
+                    atomic_text(run_dir / NODES_HOSTFILE, nodes_hostfile(cfg.launcher))
+            if cfg.launcher.name == "ddp" and world_size(cfg.launcher) == 1:
+                cmd = [sys.executable, "-m", "tokalign.runtime.worker", str(config_path)]  # nothing to synchronise
+            else:
+                cmd = worker_command(cfg, config_path, *rendezvous(cfg.launcher))
+            if record:
+                update_record(lock_fd, ready=True)  # the other nodes may start their workers on resolved.yaml
+        except BaseException:
+            if record:  # node 0 failed before its workers started: the other nodes stop waiting
+                update_record(lock_fd, exit=1, ended=time.time())
+            raise
+        rc = _run_node(cfg, cmd, lock_fd, record and record["attempt"])
     if rc != 0:
         raise LaunchError(f"launcher={cfg.launcher.name}: workers exited with status {rc} (run dir {run_dir})")
     return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def _join(cfg: DictConfig) -> dict:
+    """Node R > 0: once node 0 holds the run directory for this job, start this node's workers on its
+    resolved.yaml; returns {} (node 0 reports the run's metrics)."""
+    run_dir, rank = Path(cfg.output_dir), cfg.launcher.node_rank
+    with claim(run_dir, lock=nodes.node_lock(rank), record={"node": rank}) as lock_fd:
+        if option(cfg.resume) == "auto" and (run_dir / "summary.json").exists():
+            say(f"{run_dir} already finished (summary.json); nothing to do")
+            return {}
+        node0 = nodes.wait_for_node0(run_dir, cfg, say)
+        update_record(lock_fd, job=node0["job"], attempt=node0["attempt"])
+        say(f"node {rank} joins the job of pid {node0['pid']} on {node0['host']} ({node0['job']}) in {run_dir}")
+        cmd = worker_command(cfg, run_dir / "resolved.yaml", *rendezvous(cfg.launcher))
+        rc = _run_node(cfg, cmd, lock_fd, node0["attempt"])
+    if rc != 0:
+        raise LaunchError(
+            f"launcher={cfg.launcher.name}: node {rank}'s workers exited with status {rc} (run dir {run_dir})"
+        )
+    say(f"node {rank}: done; node 0 writes the run's results in {run_dir}")
+    return {}
