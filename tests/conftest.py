@@ -27,6 +27,16 @@ def library_log_handler():
     hf_logging.get_logger("transformers")
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state, fixed by the first run that makes it (mixed precision,
+    CPU or not); a CLI process runs one job, a test session runs many in turn, so each test starts without it."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     path = Path(os.environ.get("TOKALIGN_TEST_CACHE") or tmp_path_factory.mktemp("cache"))

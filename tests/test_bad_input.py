@@ -161,7 +161,7 @@ def test_help_of_every_command_names_its_arguments(capsys):
         assert out.startswith(f"usage: tokalign {command}") and f"  {argument}" in out
     run_cli("train", "--help")
     out = capsys.readouterr().out
-    assert "config groups" in out and "learning_rate: 0.0002  (${model.learning_rate})  # peak learning rate" in out
+    assert "config groups" in out and "learning_rate: 0.0001  (${model.learning_rate})  # peak learning rate" in out
 
 
 def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(tmp_path, capsys, monkeypatch):

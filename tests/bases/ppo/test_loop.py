@@ -63,7 +63,7 @@ def test_ma_ppo_with_reward_model_parsing_and_segment_loss(train):
         "method.kl_estimator=k3",
         "method.score_clip=2.5",
         "method.whiten_rewards=true",
-        "method.critic_learning_rate=1e-4",
+        "method.critic_learning_rate=5e-5",
         "trainer.max_steps=2",
         *SMALL,
     )
