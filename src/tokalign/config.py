@@ -245,6 +245,9 @@ class LoraSpec:
     alpha: int = knob(32, gt=0, help="adapter scaling")
     dropout: float = knob(0.05, ge=0, lt=1, help="adapter dropout")
     target_modules: Any = knob("all-linear", help="modules to adapt: all-linear or a list of names")
+    merge: bool = knob(
+        False, help="also save model/merged: the base with the adapter merged in (model/ holds the adapter)"
+    )
 
 
 @dataclass
@@ -476,6 +479,12 @@ def check_relations(cfg: DictConfig) -> None:
     require(
         not isinstance(lora_modules, (ListConfig, list)) or len(lora_modules) > 0,
         "model.lora.target_modules=[] is empty: name the modules to adapt, or all-linear",
+    )
+    lora = cfg.model.lora
+    require(
+        not (lora.enabled and option(cfg.rollout.engine) == "vllm" and cfg.eval.at_end and not lora.merge),
+        "rollout.engine=vllm evaluates the final model with vLLM, which reads whole weights: with "
+        "model.lora.enabled=true add model.lora.merge=true (model/merged)",
     )
     require(len(cfg.trainer.adam_betas) == 2, f"trainer.adam_betas={list(cfg.trainer.adam_betas)} needs two values")
     too_big = [k for k in e.pass_k if k > e.num_samples]

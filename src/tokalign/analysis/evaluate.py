@@ -78,6 +78,7 @@ class _Sampler:
 
     def generator(self, which: str):
         """What samples for `which`: its vLLM engine when the run's rollout group asks for one, else its model."""
+        from tokalign.modeling.lora import full_model_dir
         from tokalign.modeling.vllm_engine import VLLMEngine, uses_vllm
 
         if not uses_vllm(self.cfg.get("rollout")):
@@ -86,7 +87,7 @@ class _Sampler:
             if self.engine is not None:
                 self.engine[1].close()
             engine = VLLMEngine.start(
-                self.paths[which],
+                full_model_dir(self.paths[which]),
                 self.cfg.rollout,
                 colocated=False,
                 seed=self.cfg.seed,

@@ -30,6 +30,7 @@ from tokalign.config import (
     check_bounds,
     check_relations,
     launcher_schema,
+    require,
 )
 from tokalign.errors import ConfigError
 
@@ -91,6 +92,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     for spec in rewards.extra_specs(out.eval):
         rewards.parse(spec, "eval.extra_rewards")
     rewards.parse(out.dataset.on_policy.reward, "dataset.on_policy.reward")
+    require(
+        method.lora or not out.model.lora.enabled,
+        f"method={out.method.name} cannot train LoRA adapters: set model.lora.enabled=false (a full fine-tune)",
+    )
     if method.check is not None:
         method.check(out)
     return out

@@ -79,7 +79,9 @@ class Method:
     `check(cfg)` raises `ConfigError` for relations between knobs (the whole config, before
     anything heavy is built); `view(ctx)` returns the token view `tokalign inspect` renders;
     `evaluate(cfg, run_dir) -> (metrics, table columns, table rows)` replaces generation-based
-    evaluation (e.g. a reward model's pairwise accuracy).
+    evaluation (e.g. a reward model's pairwise accuracy). `lora`: the method trains LoRA adapters
+    when `model.lora.enabled` (and saves them through `RunContext.save_model`); a method without
+    it refuses LoRA at validation instead of ignoring it.
     """
 
     name: str
@@ -90,3 +92,4 @@ class Method:
     check: Callable[[DictConfig], None] | None = None
     view: Callable[[Any], Any] | None = None
     evaluate: Callable[[DictConfig, Path], tuple[dict, list[str], list[list[Any]]]] | None = None
+    lora: bool = False

@@ -77,19 +77,11 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def peft_config(run):
-    lora = run.cfg.model.lora
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig
+def peft_config(run, task: str = "CAUSAL_LM"):
+    """The run's LoRA config for a TRL trainer (None: LoRA off); task SEQ_CLS keeps the score head trainable."""
+    from tokalign.modeling.lora import lora_config
 
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    return lora_config(run.cfg.model.lora, task)
 
 
 def _finite_parameters(model) -> bool:
@@ -209,6 +201,10 @@ def run_trainer(run, trainer) -> dict[str, Any]:
     """Train (resuming when asked), save the final model atomically, return the last logged values."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    from tokalign.modeling.lora import describe_parameters
+
+    if run.rank == 0 and not getattr(run, "nested", False):  # a nested run's outer run says what it builds
+        say(describe_parameters(trainer.model, "trained model"))
     trainer.add_callback(TrackerCallback(run.tracker))
     trainer.add_callback(SealCallback())
     trainer.add_callback(PreemptionCallback())
@@ -219,9 +215,7 @@ def run_trainer(run, trainer) -> dict[str, Any]:
         preemption.uninstall()
     # Under ZeRO-3 each rank holds a shard: every rank takes part in gathering the weights.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_deepspeed_zero3_enabled() else None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = trainer.accelerator.unwrap_model(trainer.model)  # a PEFT model is saved as its adapter
     _check_final(model, state_dict, trainer.state.global_step, str(run.dir / "checkpoints"))
     run.save_model(model, trainer.processing_class, state_dict=state_dict)
     history = [h for h in trainer.state.log_history if "loss" in h]

@@ -165,10 +165,11 @@ class Run:
         return run_training(cfg, nested=True)
 
     def save_model(self, model: Any, tokenizer: Any, state_dict: dict | None = None) -> Path:
-        from tokalign.artifacts.checkpoint import save_pretrained_atomic
+        """A PEFT model is saved as its adapter (and, with model.lora.merge, a merged copy: tokalign.modeling.lora)."""
+        from tokalign.modeling.lora import save_trained
 
         if self.rank == 0:
-            save_pretrained_atomic(model, tokenizer, self.dir / "model", state_dict=state_dict)
+            save_trained(model, tokenizer, self.dir / "model", self.cfg.model, state_dict=state_dict)
         return self.dir / "model"
 
 
@@ -210,6 +211,7 @@ def run_training(cfg: DictConfig, rank: int = 0, nested: bool = False) -> dict[s
 def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
     from transformers import set_seed
 
+    from tokalign.modeling.lora import is_model_dir
     from tokalign.runtime.closing import print_closing_screen
 
     run_dir = Path(cfg.output_dir)
@@ -219,7 +221,7 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
     run = Run(cfg, rank=rank, nested=nested)
     trained = run_dir / TRAIN_METRICS
     try:
-        if run.resume and trained.exists() and (run_dir / "model" / "config.json").exists():
+        if run.resume and trained.exists() and is_model_dir(run_dir / "model"):
             if rank == 0:
                 finished_model(run_dir)  # a non-finite model/ is refused, not evaluated
                 say("the final model is already saved: running only what is missing (evaluation, summary)")

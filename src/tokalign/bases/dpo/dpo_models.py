@@ -21,6 +21,7 @@ from tokalign.artifacts.files import atomic_dir
 from tokalign.artifacts.tracking import stage
 from tokalign.config import world_size
 from tokalign.errors import ConfigError, ModelError
+from tokalign.modeling.lora import is_model_dir
 
 
 def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tuple[DictConfig, str]:
@@ -52,7 +53,7 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
     from filelock import FileLock
 
     final = cached_path(run.cfg, beta=beta, reverse=reverse)
-    if (final / "config.json").exists():
+    if is_model_dir(final):
         return final
     if world_size(run.cfg.launcher) > 1:
         raise ConfigError(
@@ -63,7 +64,7 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
     final.parent.parent.mkdir(parents=True, exist_ok=True)
     what = f"the {'reverse-' if reverse else ''}DPO model of {knob} (β={beta})"
     with FileLock(str(final.parent) + ".lock"):
-        if not (final / "config.json").exists():
+        if not is_model_dir(final):
 
             def train(tmp: Path) -> None:
                 with open_dict(sub):

@@ -40,6 +40,7 @@ from tokalign.cluster import preemption
 from tokalign.config import option
 from tokalign.errors import DivergenceError
 from tokalign.losses import masked_mean
+from tokalign.modeling import lora
 
 
 @dataclass
@@ -92,8 +93,13 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
         run.tokenizer.pad_token_id,
         cfg.model.trust_remote_code,
     )
+    # LoRA: the policy trains adapters; the critic its own adapters and value head (tokalign.bases.ppo.models)
+    policy = lora.wrap(policy, cfg.model.lora, lora.CAUSAL_LM, t.gradient_checkpointing)
+    critic.model = lora.wrap(critic.model, cfg.model.lora, lora.SEQ_CLS, t.gradient_checkpointing)
+    if accelerator.is_main_process:
+        say(f"{lora.describe_parameters(policy, 'policy')}; {lora.describe_parameters(critic, 'critic')}")
     for model in (policy, critic.model):
-        for module in model.modules():  # PPO ratios need identical rollout and update forwards
+        for module in model.modules():  # PPO ratios need identical rollout and update forwards (LoRA's dropout too)
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
         if t.gradient_checkpointing:
@@ -105,7 +111,8 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
         nlp = spacy.load(m.spacy_model)
 
     def optimizer(model, lr):
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
+        trained = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(trained, lr=lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
 
     critic_lr = m.critic_learning_rate if m.critic_learning_rate is not None else t.learning_rate
     actor_opt, critic_opt = optimizer(policy, t.learning_rate), optimizer(critic, critic_lr)
@@ -262,8 +269,6 @@ def fit(run, **setup_args) -> dict:
     """Train (resuming when asked), save the final policy and critic, return the summary's training metrics."""
     from tqdm.auto import tqdm
 
-    from tokalign.artifacts.checkpoint import save_pretrained_atomic
-
     t = run.cfg.trainer
     tr = setup(run, **setup_args)
     acc = tr.accelerator
@@ -328,8 +333,8 @@ def fit(run, **setup_args) -> dict:
     if acc.is_main_process:
         if critic_state is not None:  # keys of the Critic wrapper: model.<name>
             critic_state = {key.removeprefix("model."): value for key, value in critic_state.items()}
-        save_pretrained_atomic(
-            acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", state_dict=critic_state
+        lora.save_trained(
+            acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", run.cfg.model, state_dict=critic_state
         )
     first, last = (history[0], history[-1]) if history else ({}, {})
     return {

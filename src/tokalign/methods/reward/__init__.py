@@ -28,7 +28,7 @@ def train(run) -> dict:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from tokalign.bases.trl import run_trainer, trl_args
+    from tokalign.bases.trl import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -36,7 +36,13 @@ def train(run) -> dict:
     )
     model.config.pad_token_id = run.tokenizer.pad_token_id
     args = RewardConfig(**trl_args(run, center_rewards_coefficient=m.center_rewards_coefficient))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=run.train_data, processing_class=run.tokenizer)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=run.train_data,
+        processing_class=run.tokenizer,
+        peft_config=peft_config(run, task="SEQ_CLS"),  # the new score head trains whole beside the adapter
+    )
     return run_trainer(run, trainer)
 
 
@@ -69,4 +75,5 @@ METHOD = Method(
     train=train,
     evaluate=evaluate,
     description="Bradley-Terry reward model on TRL's RewardTrainer",
+    lora=True,
 )

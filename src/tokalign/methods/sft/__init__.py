@@ -32,5 +32,10 @@ def train(run) -> dict:
 
 
 METHOD = Method(
-    name="sft", config=Config, data=DataKind.sft, train=train, description="supervised fine-tuning on TRL's SFTTrainer"
+    name="sft",
+    config=Config,
+    data=DataKind.sft,
+    train=train,
+    description="supervised fine-tuning on TRL's SFTTrainer",
+    lora=True,
 )
