@@ -132,6 +132,10 @@ class DType(StrEnum):
     auto = "auto"
 
 
+# Members named as typed (OmegaConf matches names): model.quantization=4bit
+Quantization = StrEnum("Quantization", {"none": "none", "4bit": "4bit", "8bit": "8bit"})
+
+
 class TinyArch(StrEnum):
     llama = "llama"
     qwen2 = "qwen2"
@@ -257,6 +261,10 @@ class ModelConfig:
     hub_id: Optional[str] = knob(None, help="a Hugging Face Hub id (source=hub)")
     path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
     dtype: DType = knob(DType.float32, help="weights' dtype when loading")
+    quantization: Quantization = knob(
+        Quantization["none"],
+        help="none | 4bit (QLoRA: NF4) | 8bit: the trained model's frozen base quantized by bitsandbytes (CUDA; needs LoRA)",
+    )
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
     learning_rate: float = knob(
         2e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default"
@@ -481,6 +489,16 @@ def check_relations(cfg: DictConfig) -> None:
         "model.lora.target_modules=[] is empty: name the modules to adapt, or all-linear",
     )
     lora = cfg.model.lora
+    quantization = option(cfg.model.quantization)
+    require(
+        quantization == "none" or lora.enabled,
+        f"model.quantization={quantization} freezes a quantized base and trains adapters on it: "
+        "add model.lora.enabled=true",
+    )
+    require(
+        quantization == "none" or cfg.launcher.name != "deepspeed",
+        f"model.quantization={quantization} runs with launcher=local or launcher=ddp, not DeepSpeed",
+    )
     require(
         not (lora.enabled and option(cfg.rollout.engine) == "vllm" and cfg.eval.at_end and not lora.merge),
         "rollout.engine=vllm evaluates the final model with vLLM, which reads whole weights: with "

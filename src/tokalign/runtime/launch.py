@@ -34,6 +34,7 @@ from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
 from tokalign.errors import DataError, LaunchError, ModelError
+from tokalign.modeling import quantization
 
 DEFAULT_MULTINODE_PORT = 29500
 
@@ -195,6 +196,7 @@ def _hub_problem(repo_id: str, repo_type: str) -> str | None:
 def check_sources(cfg: DictConfig) -> None:
     """The model and dataset a run names can be had (a local path exists; a hub id is cached, or reachable
     and granted): one line now, not a failure in every worker later."""
+    quantization.check_available(cfg.model)
     path = cfg.model.get("path")
     if path and not (Path(str(path)).expanduser() / "config.json").exists():
         hint = (

@@ -67,10 +67,15 @@ class Run:
         self.tracker = Tracker(cfg, self.dir, rank=rank)
 
     def load_policy(self) -> Any:
+        """With model.quantization, quantized (tokalign.modeling.quantization): TRL prepares it for LoRA."""
+        from tokalign.modeling import quantization
         from tokalign.modeling.models import load_causal_lm
 
         return load_causal_lm(
-            self.model_path, dtype=option(self.cfg.model.dtype), trust_remote_code=self.cfg.model.trust_remote_code
+            self.model_path,
+            dtype=option(self.cfg.model.dtype),
+            trust_remote_code=self.cfg.model.trust_remote_code,
+            **quantization.load_kwargs(self.cfg.model),
         )
 
     def _check_disk(self) -> None:

@@ -31,8 +31,14 @@ def train(run) -> dict:
     from tokalign.bases.trl import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
+    from tokalign.modeling import quantization
+
     model = AutoModelForSequenceClassification.from_pretrained(
-        run.model_path, num_labels=1, dtype=torch.float32, trust_remote_code=run.cfg.model.trust_remote_code
+        run.model_path,
+        num_labels=1,
+        dtype=torch.float32,
+        trust_remote_code=run.cfg.model.trust_remote_code,
+        **quantization.load_kwargs(run.cfg.model),
     )
     model.config.pad_token_id = run.tokenizer.pad_token_id
     args = RewardConfig(**trl_args(run, center_rewards_coefficient=m.center_rewards_coefficient))
