@@ -266,6 +266,9 @@ class ModelConfig:
         help="none | 4bit (QLoRA: NF4) | 8bit: the trained model's frozen base quantized by bitsandbytes (CUDA; needs LoRA)",
     )
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
+    chat_template: Optional[str] = knob(
+        None, help="replaces the tokenizer's chat template: a Jinja template, chatml, or a .jinja file; null: its own"
+    )
     learning_rate: float = knob(
         2e-4, gt=0, help="a learning rate that suits this model: trainer.learning_rate's default"
     )

@@ -33,6 +33,7 @@ from tokalign.config import (
     require,
 )
 from tokalign.errors import ConfigError
+from tokalign.modeling import templates
 
 
 def register() -> None:
@@ -96,6 +97,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         method.lora or not out.model.lora.enabled,
         f"method={out.method.name} cannot train LoRA adapters: set model.lora.enabled=false (a full fine-tune)",
     )
+    templates.check_source(out.model.chat_template)
     if method.check is not None:
         method.check(out)
     return out

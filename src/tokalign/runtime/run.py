@@ -52,6 +52,7 @@ class Run:
         """Everything that can fail on the user's input (model, tokenizer, data, disk) is checked
         before the tracker starts a W&B run. A nested run (a model another run needs) says nothing
         of its own: its outer run says what it builds."""
+        from tokalign.modeling import templates
         from tokalign.modeling.models import load_tokenizer, resolve_model
 
         self.cfg = cfg
@@ -63,6 +64,7 @@ class Run:
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
         self._check_disk()
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        templates.apply(self.tokenizer, cfg.model.get("chat_template"))  # before any row is formatted
         self.train_data, self.data_metrics = self._train_data()
         self.tracker = Tracker(cfg, self.dir, rank=rank)
 
