@@ -183,6 +183,7 @@ class Resume(StrEnum):
 
 class LoggerName(StrEnum):
     wandb = "wandb"
+    tensorboard = "tensorboard"
     none = "none"
 
 
@@ -352,7 +353,9 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: LoggerName = knob(LoggerName.wandb, help="wandb | none (metrics.jsonl is always written)")
+    name: LoggerName = knob(
+        LoggerName.wandb, help="wandb | tensorboard (<run_dir>/tensorboard) | none (metrics.jsonl is always written)"
+    )
     project: str = knob("tokalign", help="W&B project")
     entity: Optional[str] = knob(None, help="W&B entity (team or user)")
     mode: WandbMode = knob(WandbMode.auto, help="auto: online when logged in, else offline (a syncable run dir)")

@@ -53,6 +53,7 @@ def register() -> None:
     store.store(group="dataset", name="toy_pref", node=DatasetConfig)
     store.store(group="logger", name="wandb", node=LoggerConfig)
     store.store(group="logger", name="none", node=LoggerConfig(name=LoggerName.none))
+    store.store(group="logger", name="tensorboard", node=LoggerConfig(name=LoggerName.tensorboard))
 
 
 def name_local_data(cfg: DictConfig, overrides: list[str]) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.files import atomic_text
 from tokalign.artifacts.rundir import check_unused, claim, die_with_parent
-from tokalign.artifacts.tracking import say
+from tokalign.artifacts.tracking import check_logger, say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
@@ -197,6 +197,7 @@ def check_sources(cfg: DictConfig) -> None:
     """The model and dataset a run names can be had (a local path exists; a hub id is cached, or reachable
     and granted): one line now, not a failure in every worker later."""
     quantization.check_available(cfg.model)
+    check_logger(cfg)
     path = cfg.model.get("path")
     if path and not (Path(str(path)).expanduser() / "config.json").exists():
         hint = (
