@@ -109,6 +109,14 @@ def _non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+def conf_dir() -> str:
+    """Configs ship inside the wheel as tokalign/conf; in a source checkout they are ./conf."""
+    from pathlib import Path
+
+    packaged = Path(__file__).parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
 def require(condition: bool, message: str) -> None:
     """A relation between knobs; `message` names the keys, the values and what is allowed."""
     if not condition:
@@ -318,6 +326,10 @@ class DatasetConfig:
         Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy"
     )
     on_policy: OnPolicySpec = knob(help="on-policy pair building (pairs=on_policy)", factory=OnPolicySpec)
+    mixture: list[Any] = knob(
+        help="weighted datasets, e.g. [{weight: 3, path: a.jsonl}, {weight: 1, preset: hh_rlhf}] (docs/real_models.md)",
+        factory=list,
+    )
 
 
 @dataclass

@@ -32,6 +32,7 @@ from tokalign.config import (
     launcher_schema,
     require,
 )
+from tokalign.data import mixture
 from tokalign.errors import ConfigError
 from tokalign.modeling import templates
 
@@ -99,6 +100,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         f"method={out.method.name} cannot train LoRA adapters: set model.lora.enabled=false (a full fine-tune)",
     )
     templates.check_source(out.model.chat_template)
+    mixture.check(out.dataset)
     if method.check is not None:
         method.check(out)
     return out

@@ -33,6 +33,7 @@ from tokalign.artifacts.tracking import check_logger, say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
+from tokalign.data import mixture
 from tokalign.errors import DataError, LaunchError, ModelError
 from tokalign.modeling import quantization
 
@@ -206,13 +207,14 @@ def check_sources(cfg: DictConfig) -> None:
             else ""
         )
         raise ModelError(f"model.path={path} is not a Hugging Face checkpoint directory (no config.json){hint}")
-    if cfg.dataset.get("path") and not Path(str(cfg.dataset.path)).expanduser().exists():
-        raise DataError(f"dataset.path={Path(str(cfg.dataset.path)).expanduser()} does not exist")
+    datasets = [component for component, _ in mixture.components(cfg.dataset)] or [cfg.dataset]
+    for d in datasets:
+        if d.get("path") and not Path(str(d.path)).expanduser().exists():
+            raise DataError(f"dataset.path={Path(str(d.path)).expanduser()} does not exist")
     wanted = []
     if not cfg.model.get("path") and option(cfg.model.source) == "hub":
         wanted.append(("model", "model", cfg.model.hub_id))
-    if not cfg.dataset.get("path") and option(cfg.dataset.source) == "hub":
-        wanted.append(("dataset", "dataset", cfg.dataset.hub_id))
+    wanted += [("dataset", "dataset", d.hub_id) for d in datasets if not d.get("path") and option(d.source) == "hub"]
     for group, repo_type, repo_id in wanted:
         problem = _hub_problem(str(repo_id), repo_type)
         if problem:
