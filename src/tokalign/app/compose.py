@@ -99,6 +99,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         method.lora or not out.model.lora.enabled,
         f"method={out.method.name} cannot train LoRA adapters: set model.lora.enabled=false (a full fine-tune)",
     )
+    require(
+        out.trainer.eval_steps == 0 or method.evaluate is None,
+        f"trainer.eval_steps: method={out.method.name} has its own evaluation, run at the end only; "
+        "set trainer.eval_steps=0",
+    )
     templates.check_source(out.model.chat_template)
     mixture.check(out.dataset)
     if method.check is not None:

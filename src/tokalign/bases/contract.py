@@ -70,6 +70,10 @@ class RunContext(Protocol):
         """Write the final model atomically (rank 0) and return where it is."""
         ...
 
+    def evaluate_during(self, model: Any, step: int) -> None:
+        """The generation evaluation of the policy in training at `step` (trainer.eval_steps; every rank calls)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Method:

@@ -43,8 +43,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        eval_strategy="no",  # trainer.eval_steps: tokalign's generation evaluation (EvaluationCallback)
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
@@ -131,6 +130,19 @@ class TrackerCallback(TrainerCallback):
         self.tracker.log(row, step=state.global_step)
 
 
+class EvaluationCallback(TrainerCallback):
+    """Every trainer.eval_steps steps, the run's generation evaluation of the policy in training
+    (`RunContext.evaluate_during`: eval/* rows, and the best policy kept with eval.keep=best)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.run.cfg.trainer.eval_steps
+        if model is not None and every > 0 and state.global_step % every == 0:
+            self.run.evaluate_during(model, state.global_step)
+
+
 class SealCallback(TrainerCallback):
     """Seals each checkpoint once every rank has written its part (see tokalign.artifacts.checkpoint)."""
 
@@ -206,6 +218,7 @@ def run_trainer(run, trainer) -> dict[str, Any]:
     if run.rank == 0 and not getattr(run, "nested", False):  # a nested run's outer run says what it builds
         say(describe_parameters(trainer.model, "trained model"))
     trainer.add_callback(TrackerCallback(run.tracker))
+    trainer.add_callback(EvaluationCallback(run))
     trainer.add_callback(SealCallback())
     trainer.add_callback(PreemptionCallback())
     resume = run.resume_checkpoint()

@@ -47,6 +47,8 @@ def _preset(name: str, where: str) -> dict:
 def components(cfg: DictConfig) -> list[tuple[DictConfig, float]]:
     """Each component's dataset config and weight (empty without a mixture); ConfigError names a bad one."""
     items = cfg.get("mixture") or []
+    if not items:
+        return []
     base = {k: cfg[k] for k in READING if k != "num_train"}  # the run's num_train sizes the whole mixture
     out = []
     for i, item in enumerate(items):

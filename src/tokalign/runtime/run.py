@@ -30,7 +30,7 @@ from tokalign.artifacts.tracking import Tracker, log_file, quiet_imports, say
 from tokalign.bases.contract import DataKind, Method
 from tokalign.cluster import preemption
 from tokalign.config import option
-from tokalign.errors import UserError
+from tokalign.errors import ConfigError, UserError
 
 TRAIN_METRICS = "train.json"
 
@@ -67,6 +67,7 @@ class Run:
         templates.apply(self.tokenizer, cfg.model.get("chat_template"))  # before any row is formatted
         self.train_data, self.data_metrics = self._train_data()
         self.tracker = Tracker(cfg, self.dir, rank=rank)
+        self.eval_reference = None  # the starting policy, loaded at the first evaluation during training
 
     def load_policy(self) -> Any:
         """With model.quantization, quantized (tokalign.modeling.quantization): TRL prepares it for LoRA."""
@@ -171,6 +172,15 @@ class Run:
         no summary screen of its own (its directory is temporary until published)."""
         return run_training(cfg, nested=True)
 
+    def evaluate_during(self, model: Any, step: int) -> None:
+        """trainer.eval_steps: rank 0 evaluates the policy in training (the others wait for it)."""
+        import torch.distributed as dist
+
+        if self.rank == 0:
+            _evaluate_during(self, model, step)
+        if dist.is_initialized():
+            dist.barrier()
+
     def save_model(self, model: Any, tokenizer: Any, state_dict: dict | None = None) -> Path:
         """A PEFT model is saved as its adapter (and, with model.lora.merge, a merged copy: tokalign.modeling.lora)."""
         from tokalign.modeling.lora import save_trained
@@ -178,6 +188,43 @@ class Run:
         if self.rank == 0:
             save_trained(model, tokenizer, self.dir / "model", self.cfg.model, state_dict=state_dict)
         return self.dir / "model"
+
+
+BEST = "best"  # <run_dir>/best: the best policy of the evaluations during training (eval.keep=best)
+
+
+def _evaluate_during(run: Run, model: Any, step: int) -> None:
+    """Rank 0: evaluate the policy in training (eval/* rows at `step`, eval/during_s its cost); with
+    eval.keep=best, save it into <run_dir>/best when it beats best.json's record."""
+    from tokalign.analysis.evaluate import evaluate_policy
+    from tokalign.modeling.lora import save_trained
+    from tokalign.modeling.models import load_causal_lm
+
+    if run.eval_reference is None:
+        run.eval_reference = load_causal_lm(
+            run.model_path, dtype="float32", trust_remote_code=run.cfg.model.trust_remote_code
+        )
+    started = time.time()
+    metrics = evaluate_policy(run.cfg, run.dir, run.tokenizer, model, run.eval_reference)
+    metrics["eval/during_s"] = round(time.time() - started, 3)
+    e = run.cfg.eval
+    if option(e.keep) == "best":
+        key = e.best_metric if str(e.best_metric).startswith("eval/") else f"eval/{e.best_metric}"
+        if key not in metrics:
+            raise ConfigError(
+                f"eval.best_metric={e.best_metric} is not a metric of this run's evaluation; it has: "
+                + ", ".join(sorted(k.removeprefix("eval/") for k in metrics))
+            )
+        record = run.dir / f"{BEST}.json"
+        best = json.loads(record.read_text()) if record.exists() else None  # a resumed run's record too
+        larger = option(e.best_mode) == "max"
+        if best is None or (metrics[key] > best["value"] if larger else metrics[key] < best["value"]):
+            save_trained(model, run.tokenizer, run.dir / BEST, run.cfg.model)
+            best = {"step": step, "metric": key, "value": metrics[key]}
+            atomic_text(record, strict_json(best, indent=2))
+            say(f"step {step}: {key}={metrics[key]:.4g}, the best so far: saved {run.dir / BEST}")
+        metrics["eval/best_step"] = best["step"]
+    run.tracker.log(metrics, step=step)
 
 
 def _broadcast(value):
