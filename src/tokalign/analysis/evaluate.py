@@ -57,10 +57,18 @@ class _Sampler:
 
     With `rollout.engine=vllm` samples come from a standalone vLLM engine over the model's
     directory (one engine at a time); log-probs always come from the transformers model.
-    Models given in memory (`models`: the policy being trained) sample themselves.
+    Models given in memory (`models`: the policy being trained) sample themselves; with `memo` (kept by
+    the caller between evaluations) the reference's samples, which never change, are drawn once.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, tokenizer, models: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        tokenizer,
+        models: dict[str, Any] | None = None,
+        memo: dict | None = None,
+    ):
         from tokalign.modeling.models import resolve_model
 
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -68,6 +76,7 @@ class _Sampler:
         self.given = set(models or {})
         self.models: dict[str, Any] = dict(models or {})
         self.engine: tuple[str, Any] | None = None
+        self.memo = memo
 
     def model(self, which: str):
         from tokalign.modeling.models import load_causal_lm
@@ -102,7 +111,10 @@ class _Sampler:
         self, which: str, prompts: list[Any], *, temperature: float | None = None, num_samples: int | None = None
     ):
         e = self.cfg.eval
-        return generate(
+        key = (which, temperature, num_samples, len(prompts))
+        if self.memo is not None and which == "reference" and key in self.memo:
+            return self.memo[key]
+        samples = generate(
             self.generator(which),
             self.tokenizer,
             prompts,
@@ -114,6 +126,9 @@ class _Sampler:
             seed=self.cfg.seed + 17,
             desc=f"eval: {which}",
         )
+        if self.memo is not None and which == "reference":
+            self.memo[key] = samples
+        return samples
 
     def kl_to_reference(self, prompts: list[Any]) -> float:
         """Mean over prompts of log π_θ(y|x) − log π_ref(y|x), y ~ π_θ at temperature 1."""
@@ -173,7 +188,12 @@ def _scored(name: str, win_name: str, pol: list[list[float]], ref: list[list[flo
 
 
 def _generation_eval(
-    cfg: DictConfig, run_dir: Path, tokenizer, models: dict[str, Any] | None = None, num_prompts: int | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    tokenizer,
+    models: dict[str, Any] | None = None,
+    num_prompts: int | None = None,
+    memo: dict | None = None,
 ) -> tuple[dict, list[str], list[list[Any]]]:
     from tokalign.data.loading import load_split
 
@@ -185,7 +205,7 @@ def _generation_eval(
         (spec, rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards"))
         for spec in rewards.extra_specs(cfg.eval)
     ]
-    sampler = _Sampler(cfg, run_dir, tokenizer, models)
+    sampler = _Sampler(cfg, run_dir, tokenizer, models, memo)
     policy = sampler.sample("policy", prompts)
     answers = list(data["answer"]) if "answer" in data.column_names else None
     metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
@@ -228,9 +248,10 @@ def _generation_eval(
     return metrics, columns, rows
 
 
-def evaluate_policy(cfg: DictConfig, run_dir: Path, tokenizer, policy, reference) -> dict:
+def evaluate_policy(cfg: DictConfig, run_dir: Path, tokenizer, policy, reference, memo: dict) -> dict:
     """The final evaluation's generation metrics for a policy still in training (trainer.eval_steps), on the
-    first eval.during_prompts held-out prompts; the caller's random state is left as it was."""
+    first eval.during_prompts held-out prompts; the caller's random state is left as it was, and `memo` keeps
+    the reference's samples for the next call."""
     import random
 
     import torch
@@ -243,6 +264,7 @@ def evaluate_policy(cfg: DictConfig, run_dir: Path, tokenizer, policy, reference
             tokenizer,
             models={"policy": policy, "reference": reference},
             num_prompts=cfg.eval.during_prompts,
+            memo=memo,
         )
     random.setstate(state)
     return metrics

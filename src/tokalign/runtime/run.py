@@ -68,6 +68,7 @@ class Run:
         self.train_data, self.data_metrics = self._train_data()
         self.tracker = Tracker(cfg, self.dir, rank=rank)
         self.eval_reference = None  # the starting policy, loaded at the first evaluation during training
+        self.eval_memo: dict = {}  # and its samples, drawn at the first one
 
     def load_policy(self) -> Any:
         """With model.quantization, quantized (tokalign.modeling.quantization): TRL prepares it for LoRA."""
@@ -205,7 +206,7 @@ def _evaluate_during(run: Run, model: Any, step: int) -> None:
             run.model_path, dtype="float32", trust_remote_code=run.cfg.model.trust_remote_code
         )
     started = time.time()
-    metrics = evaluate_policy(run.cfg, run.dir, run.tokenizer, model, run.eval_reference)
+    metrics = evaluate_policy(run.cfg, run.dir, run.tokenizer, model, run.eval_reference, run.eval_memo)
     metrics["eval/during_s"] = round(time.time() - started, 3)
     e = run.cfg.eval
     if option(e.keep) == "best":
