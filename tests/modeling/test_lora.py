@@ -168,12 +168,18 @@ def test_reward_model_with_lora_keeps_its_head_trainable(train, tiny_model):
     assert "trained model: 10,304 of" in (run / "tokalign.log").read_text()
     prompts, completions = ["What is 1+1?", "Name a colour."], ["2", "blue"]
     merged = RewardModelScorer(str(run / "model" / "merged"))(prompts, completions)
+
+    ppo = train("method=ppo", f"method.reward=model:{run}", *LORA, "trainer.max_steps=1", *PPO_SMALL)
+    assert (ppo / "critic" / "adapter_config.json").is_file()  # its own adapter over the merged reward model
+    assert json.loads((ppo / "critic" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        run / "model" / "merged"
+    )
+
     (run / "model" / "merged" / "config.json").unlink()  # the adapter alone: base + adapter merged on load
     alone = RewardModelScorer(str(run / "model"))(prompts, completions)
     assert alone == pytest.approx(merged, abs=1e-5)
-
-    ppo = train("method=ppo", f"method.reward=model:{run}", *LORA, "trainer.max_steps=1", *PPO_SMALL)
-    assert (ppo / "critic" / "adapter_config.json").is_file()
+    with pytest.raises(SystemExit):  # a LoRA critic cannot start from an adapter without its merged copy
+        train("method=ppo", f"method.reward=model:{run}", *LORA, "trainer.max_steps=1", *PPO_SMALL)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from tokalign.bases.ppo.scoring import TokenRewards, kl_score_rewards, score
 from tokalign.bases.ppo.update import ppo_update
 from tokalign.cluster import preemption
 from tokalign.config import option
-from tokalign.errors import DivergenceError
+from tokalign.errors import DivergenceError, ModelError
 from tokalign.losses import masked_mean
 from tokalign.modeling import lora
 
@@ -87,6 +87,11 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     policy, ref = run.load_policy(), run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
+    if use_rm and cfg.model.lora.enabled and lora.full_model_dir(rm_path) == rm_path and lora.is_adapter_dir(rm_path):
+        raise ModelError(  # the critic's own adapter would name the reward model's base, not the reward model
+            f"the critic starts from the LoRA reward model {rm_path}, which has no merged copy: train it with "
+            "model.lora.merge=true, or set method.critic_init=policy"
+        )
     critic = load_critic(
         rm_path if use_rm else run.model_path,
         option(cfg.model.dtype),
