@@ -187,14 +187,17 @@ def test_reward_model_with_lora_keeps_its_head_trainable(train, tiny_model):
     "overrides",
     [
         ("method=grpo", "dataset=toy_math", "trainer.per_device_batch_size=8", "method.max_completion_length=8"),
+        ("method=d3s_grpo", "dataset=toy_math", "trainer.per_device_batch_size=8", "method.max_completion_length=8"),
         ("method=aligndistil", "trainer.per_device_batch_size=4"),
+        ("method=rto", *PPO_SMALL[:2]),
+        ("method=ma_ppo", *PPO_SMALL[:2]),
     ],
-    ids=["grpo", "aligndistil"],
+    ids=["grpo", "d3s_grpo", "aligndistil", "rto", "ma_ppo"],
 )
-def test_trl_methods_save_an_adapter(train, overrides):
-    """The GRPO family and AlignDistil (whose DPO teacher, built on demand, is itself a LoRA run) train and save
-    adapters; the evaluation reads them."""
+def test_methods_save_an_adapter(train, overrides):
+    """The GRPO family, AlignDistil and RTO (whose DPO models, built on demand, are LoRA runs themselves) and
+    MA-PPO train and save adapters; the evaluation reads them."""
     run = train(*overrides, *LORA, "trainer.max_steps=2", "eval.num_prompts=2", "eval.max_new_tokens=4")
     assert (run / "model" / "adapter_config.json").is_file() and not (run / "model" / "config.json").exists()
-    assert "trained model: 10,240 of 150,464 parameters trainable" in (run / "tokalign.log").read_text()
+    assert "10,240 of 150,464 parameters trainable" in (run / "tokalign.log").read_text()
     assert (run / "eval.json").is_file()
