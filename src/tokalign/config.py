@@ -382,6 +382,9 @@ class LoggerConfig:
     name: LoggerName = knob(
         LoggerName.wandb, help="wandb | tensorboard (<run_dir>/tensorboard) | none (metrics.jsonl is always written)"
     )
+    tensorboard: bool = knob(
+        False, help="also write TensorBoard event files beside W&B (logger=wandb logger.tensorboard=true: both)"
+    )
     project: str = knob("tokalign", help="W&B project")
     entity: Optional[str] = knob(None, help="W&B entity (team or user)")
     mode: WandbMode = knob(WandbMode.auto, help="auto: online when logged in, else offline (a syncable run dir)")

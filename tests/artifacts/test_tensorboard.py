@@ -63,6 +63,27 @@ def test_tracker_writes_scalars_and_a_resume_purges_the_replayed_steps(tmp_path)
 
 
 @needs_tensorboard
+def test_tensorboard_beside_wandb(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tokalign.artifacts.tracking import Tracker
+    from tokalign.config import LoggerConfig, WandbMode
+
+    cfg = OmegaConf.create(
+        {
+            "logger": OmegaConf.structured(LoggerConfig(tensorboard=True, mode=WandbMode.disabled)),
+            "run_name": "both",
+            "tags": [],
+        }
+    )
+    tracker = Tracker(cfg, tmp_path)
+    tracker.log({"train/loss": 0.5}, step=1)
+    assert tracker.wandb_run is not None
+    tracker.finish()
+    assert _scalars(tmp_path / "tensorboard") == {"train/loss": {1: 0.5}}
+
+
+@needs_tensorboard
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",

@@ -163,13 +163,18 @@ def _new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+def uses_tensorboard(cfg: DictConfig) -> bool:
+    """logger=tensorboard, or logger.tensorboard=true beside W&B."""
+    return option(cfg.logger.name) == "tensorboard" or bool(cfg.logger.get("tensorboard"))
+
+
 def check_logger(cfg: DictConfig) -> None:
-    """logger=tensorboard needs the tensorboard package (torch writes its event files with it)."""
+    """TensorBoard event files need the tensorboard package (torch writes them with it)."""
     import importlib.util
 
     from tokalign.errors import ConfigError
 
-    if option(cfg.logger.name) == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+    if uses_tensorboard(cfg) and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'tokalign[tensorboard]'")
 
 
@@ -205,11 +210,7 @@ class Tracker:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.attempts_path = self.run_dir / "attempts.json"
         self.wandb_run = None
-        self.tensorboard = (
-            _TensorBoard(self.run_dir / "tensorboard")
-            if rank == 0 and option(cfg.logger.name) == "tensorboard"
-            else None
-        )
+        self.tensorboard = _TensorBoard(self.run_dir / "tensorboard") if rank == 0 and uses_tensorboard(cfg) else None
         self.started = time.time()
         self.attempts = self._read_attempts() if rank == 0 else []
         self.previous_wall_s = sum(a["last"] - a["started"] for a in self.attempts)
