@@ -100,3 +100,21 @@ def test_an_unknown_best_metric_is_one_line_at_the_first_evaluation(tmp_path, ca
         "eval.best_metric=nope",
     )
     assert "eval.best_metric=nope is not a metric of this run's evaluation; it has: " in line and "gold_reward" in line
+
+
+def test_a_method_with_its_own_loop_says_it_did_not_evaluate(monkeypatch, tmp_path, capsys, cache_dir):
+    """trainer.eval_steps is never ignored silently: a method whose loop does not call evaluate_during says so."""
+    from dataclasses import replace
+
+    from tests.conftest import run_cli
+    from tokalign.app.registry import get_method, registry
+
+    def train(run):
+        run.save_model(run.load_policy(), run.tokenizer)
+        return {"train/steps": 2}
+
+    monkeypatch.setitem(registry(), "own_loop", replace(get_method("sft"), name="own_loop", train=train))
+    overrides = ("method=sft", "method.algorithm=own_loop", "trainer.eval_steps=1", "eval.at_end=false")
+    run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "logger=none", *overrides)
+    out = capsys.readouterr().out
+    assert "trains in its own loop, which does not evaluate during training: trainer.eval_steps was not used" in out

@@ -10,6 +10,7 @@ already there, and leaves a finished run (summary.json present) as it is.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class Run:
         self.tracker = Tracker(cfg, self.dir, rank=rank)
         self.eval_reference = None  # the starting policy, loaded at the first evaluation during training
         self.eval_memo: dict = {}  # and its samples, drawn at the first one
+        self.evaluations = 0
 
     def load_policy(self) -> Any:
         """With model.quantization, quantized (tokalign.modeling.quantization): TRL prepares it for LoRA."""
@@ -177,6 +179,7 @@ class Run:
         """trainer.eval_steps: rank 0 evaluates the policy in training (the others wait for it)."""
         import torch.distributed as dist
 
+        self.evaluations += 1
         if self.rank == 0:
             _evaluate_during(self, model, step)
         if dist.is_initialized():
@@ -286,6 +289,13 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
         else:
             with storage_errors(run_dir):
                 metrics = {**run.method.train(run), **run.data_metrics}
+            every = cfg.trainer.eval_steps
+            if rank == 0 and every > 0 and int(metrics.get("train/steps") or 0) >= every and not run.evaluations:
+                say(
+                    f"method={cfg.method.name} trains in its own loop, which does not evaluate during training: "
+                    "trainer.eval_steps was not used",
+                    logging.WARNING,
+                )
             earlier = run.tracker.previous_wall_s  # attempts killed earlier count up to their last log
             metrics["train/wall_s"] = round(earlier + time.time() - started, 1)
             metrics["train/attempts"] = len(run.tracker.attempts)
