@@ -87,6 +87,23 @@ def test_saved_adapter_and_merged_copy_are_the_trained_model(tiny_model, tmp_pat
     assert lora.is_model_dir(tiny_model) and lora.is_model_dir(adapter_dir) and not lora.is_model_dir(tmp_path)
 
 
+def test_the_base_of_a_trained_adapter_is_the_starting_model(tiny_model):
+    """BaseOnly: the PPO loop's reference under LoRA, the policy's forward with its adapters off."""
+    from tokalign.modeling import lora
+    from tokalign.modeling.models import load_causal_lm
+
+    model = lora.wrap(load_causal_lm(tiny_model), _lora_spec()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    base = _logits(load_causal_lm(tiny_model), _ids())
+    assert not torch.allclose(_logits(model, _ids()), base)
+    assert torch.allclose(lora.BaseOnly(model)(input_ids=_ids()).logits, base, atol=1e-6)
+    assert not torch.allclose(_logits(model, _ids()), base)  # the adapters are back on
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+
+
 def test_a_method_without_lora_refuses_it(monkeypatch):
     """A method that does not declare LoRA support is refused with LoRA on, in one line, not run in full."""
     from dataclasses import replace
@@ -150,6 +167,7 @@ def test_ppo_with_lora_trains_only_adapters_and_resumes(train, tiny_model, tmp_p
     shutil.copytree(run / "checkpoints" / "checkpoint-2", resumed / "checkpoints" / "checkpoint-2")
     run_cli("train", f"hydra.run.dir={resumed}", "logger=none", "resume=auto", "eval.num_prompts=8", *args)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train/kl"] == 0  # the reference (the policy's base, adapters off) is the starting policy
     after = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in after] == [3]
     for key in ("train/policy_loss", "train/value_loss", "train/reward"):

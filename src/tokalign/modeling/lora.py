@@ -107,6 +107,18 @@ def wrap(model: Any, lora: Any, task: str = CAUSAL_LM, gradient_checkpointing: b
     return get_peft_model(model, config)
 
 
+class BaseOnly:
+    """A PEFT model's base as a frozen model: its forward with the adapters disabled. Not a module, so that
+    nothing that freezes or moves frozen models touches the trained adapters."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.model.disable_adapter():
+            return self.model(*args, **kwargs)
+
+
 def parameter_counts(model: Any) -> tuple[int, int]:
     """(trainable, total) parameters; ZeRO-3 shards count whole."""
     trainable = total = 0

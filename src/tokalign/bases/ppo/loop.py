@@ -84,7 +84,9 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")  # first: a wrong reward fails fast
     if hasattr(reward_fn, "model"):
         reward_fn.model = prepare_frozen(reward_fn.model, accelerator)
-    policy, ref = run.load_policy(), run.load_policy()
+    # With LoRA the reference is the policy with its adapters disabled: no second copy of the base.
+    shared_ref = cfg.model.lora.enabled and cfg.launcher.name != "deepspeed"
+    policy, ref = run.load_policy(), None if shared_ref else run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
     if use_rm and cfg.model.lora.enabled and lora.full_model_dir(rm_path) == rm_path and lora.is_adapter_dir(rm_path):
@@ -134,7 +136,13 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     # One model per prepare: under DeepSpeed each becomes its own engine.
     policy, actor_opt = accelerator.prepare(policy, actor_opt)
     critic, critic_opt = accelerator.prepare(critic, critic_opt)
-    frozen = {name: prepare_frozen(model, accelerator) for name, model in {"ref": ref, **(frozen_extra or {})}.items()}
+    frozen = {
+        name: prepare_frozen(model, accelerator)
+        for name, model in {"ref": ref, **(frozen_extra or {})}.items()
+        if model is not None
+    }
+    if shared_ref:
+        frozen = {"ref": lora.BaseOnly(accelerator.unwrap_model(policy)), **frozen}
     for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
         accelerator.register_for_checkpointing(scheduler)
     stepping = dict(accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm)
