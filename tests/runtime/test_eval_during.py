@@ -83,8 +83,15 @@ def test_a_trl_method_with_lora_keeps_its_best_adapter(train):
     assert (run / "best" / "adapter_config.json").is_file()
 
 
+def test_an_unknown_best_metric_is_refused_at_validation():
+    with pytest.raises(ConfigError, match="eval.best_metric=nope is not a metric of the evaluation; one of: ") as err:
+        compose_config("trainer.eval_steps=2", "eval.keep=best", "eval.best_metric=nope")
+    assert "gold_reward" in str(err.value) and "pass@1" in str(err.value)
+    compose_config("trainer.eval_steps=2", "eval.keep=best", "eval.best_metric=eval/win_rate")
+
+
 @pytest.mark.slow
-def test_an_unknown_best_metric_is_one_line_at_the_first_evaluation(tmp_path, capsys, cache_dir):
+def test_a_metric_the_data_does_not_give_is_one_line_at_the_first_evaluation(tmp_path, capsys, cache_dir):
     from tests.test_bad_input import _probe
 
     line = _probe(
@@ -97,9 +104,10 @@ def test_an_unknown_best_metric_is_one_line_at_the_first_evaluation(tmp_path, ca
         "trainer.eval_steps=1",
         "eval.during_prompts=2",
         "eval.keep=best",
-        "eval.best_metric=nope",
+        "eval.best_metric=accuracy",  # toy_pref has no answers to be accurate on
     )
-    assert "eval.best_metric=nope is not a metric of this run's evaluation; it has: " in line and "gold_reward" in line
+    assert "eval.best_metric=accuracy is not a metric of this run's evaluation; it has: " in line
+    assert "gold_reward" in line
 
 
 def test_a_method_with_its_own_loop_says_it_did_not_evaluate(monkeypatch, tmp_path, capsys, cache_dir):

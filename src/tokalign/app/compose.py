@@ -75,6 +75,19 @@ def _merge(schema: Any, node: Any, where: str) -> DictConfig:
         raise ConfigError(f"{where}{'.' + key if key else ''}: {message}") from None
 
 
+def _evaluation_metrics(e: DictConfig) -> set[str]:
+    """Every metric the generation evaluation can report under these eval settings (which of them it does
+    depends on the data: a verifiable task reports accuracy and pass@k, the others rewards and win rates)."""
+    names = {"num_prompts", "mean_response_chars", "kl_ref", "word_salad", "malformed", "accuracy", "accuracy_ref"}
+    names |= {"gold_reward", "gold_reward_ref", "win_rate"}
+    names |= {f"pass@{k}{ref}" for k in (*e.pass_k, e.num_samples) for ref in ("", "_ref")}
+    for spec in rewards.extra_specs(e):
+        label = rewards.parse(spec, "eval.extra_rewards")[0].label
+        name, win = ("rm_score", "rm_win_rate") if label == "reward_model" else (label, f"{label}_win_rate")
+        names |= {name, f"{name}_ref", win}
+    return names
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """A typed, checked copy of a composed config (interpolations kept); ConfigError names what is wrong."""
     method_node = cfg.get("method")
@@ -103,6 +116,12 @@ def validate(cfg: DictConfig) -> DictConfig:
         out.trainer.eval_steps == 0 or method.evaluate is None,
         f"trainer.eval_steps: method={out.method.name} has its own evaluation, run at the end only; "
         "set trainer.eval_steps=0",
+    )
+    best = str(out.eval.best_metric or "").removeprefix("eval/")
+    known = _evaluation_metrics(out.eval)
+    require(
+        not best or best in known,
+        f"eval.best_metric={out.eval.best_metric} is not a metric of the evaluation; one of: {', '.join(sorted(known))}",
     )
     templates.check_source(out.model.chat_template)
     mixture.check(out.dataset)
