@@ -72,10 +72,9 @@ def adapter_base(path: str | os.PathLike) -> str:
 def load_pretrained(auto_class: Any, path: str, **kwargs: Any):
     """`auto_class.from_pretrained(path)` for a full checkpoint; for an adapter dir its merged copy when
     saved, else the adapter's base with the adapter merged in (in memory)."""
-    if not is_adapter_dir(path):
-        return auto_class.from_pretrained(path, **kwargs)
-    if (Path(path) / MERGED / "config.json").is_file():
-        return auto_class.from_pretrained(str(Path(path) / MERGED), **kwargs)
+    whole = full_model_dir(path)
+    if not is_adapter_dir(path) or whole != str(path):
+        return auto_class.from_pretrained(whole, **kwargs)
     from peft import PeftModel
 
     with _quiet_load_report():  # a SEQ_CLS base misses its head by design: the adapter brings it

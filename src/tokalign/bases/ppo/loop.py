@@ -89,7 +89,12 @@ def setup(run, *, frozen_extra: dict | None = None, token_rewards: TokenRewards 
     policy, ref = run.load_policy(), None if shared_ref else run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
-    if use_rm and cfg.model.lora.enabled and lora.full_model_dir(rm_path) == rm_path and lora.is_adapter_dir(rm_path):
+    if (
+        use_rm
+        and cfg.model.lora.enabled
+        and lora.full_model_dir(rm_path) == str(rm_path)
+        and lora.is_adapter_dir(rm_path)
+    ):
         raise ModelError(  # the critic's own adapter would name the reward model's base, not the reward model
             f"the critic starts from the LoRA reward model {rm_path}, which has no merged copy: train it with "
             "model.lora.merge=true, or set method.critic_init=policy"
