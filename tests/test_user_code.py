@@ -221,10 +221,7 @@ def test_table_reports_an_unreadable_run_and_tabulates_the_rest(finished_run, tm
     [
         (["seed=-1"], "seed=-1 is out of range: expected >= 0"),
         (["dataset.seed=-5"], "dataset.seed=-5 is out of range"),
-        (
-            ["trainer.eval_steps=10"],
-            "trainer.eval_steps=10 evaluates the loss on held-out data during training, but method=dpo",
-        ),
+        (["eval.keep=best"], "eval.keep=best keeps the best policy of the evaluations during training"),
         (["eval.pass_k=[]"], "eval.pass_k=[] is empty"),
         (["trainer.adam_betas=[]"], "trainer.adam_betas=[] is empty"),
         (["method=ma_ppo", "method.lengths=[]"], "method.lengths=[] is empty"),

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokalign.config import conf_dir
+
 GROUPS = {
     "method": "what to train; its knobs are method.<knob>",
     "model": "the policy (and frozen reference): tiny is built locally; model.path=<dir> for any checkpoint",
@@ -60,12 +62,6 @@ class Command:
         if self.examples:
             lines += ["examples:"] + [f"  {e}" for e in self.examples]
         return "\n".join(lines)
-
-
-def conf_dir() -> str:
-    """Configs ship inside the wheel as tokalign/conf; in a source checkout they are ./conf."""
-    packaged = Path(__file__).parent / "conf"
-    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
 _NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR")

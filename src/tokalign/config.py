@@ -109,6 +109,14 @@ def _non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+def conf_dir() -> str:
+    """Configs ship inside the wheel as tokalign/conf; in a source checkout they are ./conf."""
+    from pathlib import Path
+
+    packaged = Path(__file__).parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
 def require(condition: bool, message: str) -> None:
     """A relation between knobs; `message` names the keys, the values and what is allowed."""
     if not condition:
@@ -130,6 +138,10 @@ class DType(StrEnum):
     bfloat16 = "bfloat16"
     float16 = "float16"
     auto = "auto"
+
+
+# Members named as typed (OmegaConf matches names): model.quantization=4bit
+Quantization = StrEnum("Quantization", {"none": "none", "4bit": "4bit", "8bit": "8bit"})
 
 
 class TinyArch(StrEnum):
@@ -179,7 +191,18 @@ class Resume(StrEnum):
 
 class LoggerName(StrEnum):
     wandb = "wandb"
+    tensorboard = "tensorboard"
     none = "none"
+
+
+class EvalKeep(StrEnum):
+    last = "last"
+    best = "best"
+
+
+class BestMode(StrEnum):
+    max = "max"
+    min = "min"
 
 
 class WandbMode(StrEnum):
@@ -245,6 +268,9 @@ class LoraSpec:
     alpha: int = knob(32, gt=0, help="adapter scaling")
     dropout: float = knob(0.05, ge=0, lt=1, help="adapter dropout")
     target_modules: Any = knob("all-linear", help="modules to adapt: all-linear or a list of names")
+    merge: bool = knob(
+        False, help="also save model/merged: the base with the adapter merged in (model/ holds the adapter)"
+    )
 
 
 @dataclass
@@ -254,7 +280,14 @@ class ModelConfig:
     hub_id: Optional[str] = knob(None, help="a Hugging Face Hub id (source=hub)")
     path: Optional[str] = knob(None, help="a local checkpoint directory; wins over source")
     dtype: DType = knob(DType.float32, help="weights' dtype when loading")
+    quantization: Quantization = knob(
+        Quantization["none"],
+        help="none | 4bit (QLoRA: NF4) | 8bit: the trained model's frozen base quantized by bitsandbytes (CUDA; needs LoRA)",
+    )
     trust_remote_code: bool = knob(False, help="run the checkpoint's own Python code (only for models you trust)")
+    chat_template: Optional[str] = knob(
+        None, help="replaces the tokenizer's chat template: a Jinja template, chatml, or a .jinja file; null: its own"
+    )
     # The tiny model's: the default job (DPO on the offline toy pairs, 60 steps) at 2e-4 ends with 88% of
     # its responses malformed and KL 28.6 to the reference; at 1e-4 none malformed, KL 0.80, win rate 0.70.
     learning_rate: float = knob(
@@ -305,6 +338,10 @@ class DatasetConfig:
         Pairs.synthetic, help="synthetic: generated pairs | on_policy: sampled from the starting policy"
     )
     on_policy: OnPolicySpec = knob(help="on-policy pair building (pairs=on_policy)", factory=OnPolicySpec)
+    mixture: list[Any] = knob(
+        help="weighted datasets, e.g. [{weight: 3, path: a.jsonl}, {weight: 1, preset: hh_rlhf}] (docs/real_models.md)",
+        factory=list,
+    )
 
 
 @dataclass
@@ -334,13 +371,22 @@ class TrainerConfig:
     logging_steps: int = knob(5, ge=1, help="steps between logged rows")
     save_steps: int = knob(0, ge=0, help="steps between checkpoints (0: only the final model)")
     save_total_limit: int = knob(2, ge=1, help="checkpoints kept")
-    eval_steps: int = knob(0, ge=0, help="steps between evaluations of the loss (0: at the end only)")
+    eval_steps: int = knob(
+        0,
+        ge=0,
+        help="steps between generation evaluations of the policy in training (eval.* on eval.during_prompts prompts; 0: none)",
+    )
     num_workers: int = knob(0, ge=0, help="dataloader worker processes")
 
 
 @dataclass
 class LoggerConfig:
-    name: LoggerName = knob(LoggerName.wandb, help="wandb | none (metrics.jsonl is always written)")
+    name: LoggerName = knob(
+        LoggerName.wandb, help="wandb | tensorboard (<run_dir>/tensorboard) | none (metrics.jsonl is always written)"
+    )
+    tensorboard: bool = knob(
+        False, help="also write TensorBoard event files beside W&B (logger=wandb logger.tensorboard=true: both)"
+    )
     project: str = knob("tokalign", help="W&B project")
     entity: Optional[str] = knob(None, help="W&B entity (team or user)")
     mode: WandbMode = knob(WandbMode.auto, help="auto: online when logged in, else offline (a syncable run dir)")
@@ -367,6 +413,17 @@ class EvalConfig:
     kl: bool = knob(True, help="estimate KL(policy || reference) from one temperature-1 sample per prompt")
     export: list[str] = knob(help="answers for external judges: alpaca_eval | mt_bench | arena_hard", factory=list)
     export_questions: Any = knob(None, help="a questions file, or {exporter: file}; null: the run's eval prompts")
+    during_prompts: int = knob(
+        16, ge=1, help="held-out prompts of each evaluation during training (trainer.eval_steps)"
+    )
+    keep: EvalKeep = knob(
+        EvalKeep.last,
+        help="last: model/ is the final policy | best: also <run_dir>/best, the best policy of the evaluations during training",
+    )
+    best_metric: Optional[str] = knob(
+        None, help="eval.keep=best: the metric that ranks evaluations, e.g. gold_reward, accuracy, win_rate"
+    )
+    best_mode: BestMode = knob(BestMode.max, help="max | min: whether a larger eval.best_metric is better")
 
 
 @dataclass
@@ -469,15 +526,35 @@ def check_relations(cfg: DictConfig) -> None:
     """Relations between the root groups' knobs that their types and ranges cannot express."""
     e, tiny = cfg.eval, cfg.model.tiny
     require(
-        cfg.trainer.eval_steps == 0,
-        f"trainer.eval_steps={cfg.trainer.eval_steps} evaluates the loss on held-out data during training, but "
-        f"method={cfg.method.get('name', '?')} gives its trainer no evaluation data; set trainer.eval_steps=0 (the "
-        "final model is evaluated at the end: eval.at_end=true)",
+        cfg.trainer.eval_steps == 0 or cfg.launcher.name != "deepspeed",
+        f"trainer.eval_steps={cfg.trainer.eval_steps} samples from the whole policy on rank 0 during training, "
+        "which DeepSpeed shards: use launcher=ddp, or evaluate at the end only (trainer.eval_steps=0)",
+    )
+    require(
+        option(e.keep) == "last" or (cfg.trainer.eval_steps > 0 and bool(e.best_metric)),
+        "eval.keep=best keeps the best policy of the evaluations during training: set trainer.eval_steps=<N> "
+        "and eval.best_metric=<a metric of the evaluation, e.g. gold_reward or accuracy>",
     )
     lora_modules = cfg.model.lora.target_modules
     require(
         not isinstance(lora_modules, (ListConfig, list)) or len(lora_modules) > 0,
         "model.lora.target_modules=[] is empty: name the modules to adapt, or all-linear",
+    )
+    lora = cfg.model.lora
+    quantization = option(cfg.model.quantization)
+    require(
+        quantization == "none" or lora.enabled,
+        f"model.quantization={quantization} freezes a quantized base and trains adapters on it: "
+        "add model.lora.enabled=true",
+    )
+    require(
+        quantization == "none" or cfg.launcher.name != "deepspeed",
+        f"model.quantization={quantization} runs with launcher=local or launcher=ddp, not DeepSpeed",
+    )
+    require(
+        not (lora.enabled and option(cfg.rollout.engine) == "vllm" and cfg.eval.at_end and not lora.merge),
+        "rollout.engine=vllm evaluates the final model with vLLM, which reads whole weights: with "
+        "model.lora.enabled=true add model.lora.merge=true (model/merged)",
     )
     require(len(cfg.trainer.adam_betas) == 2, f"trainer.adam_betas={list(cfg.trainer.adam_betas)} needs two values")
     too_big = [k for k in e.pass_k if k > e.num_samples]

@@ -80,7 +80,11 @@ class RewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        from tokalign.modeling.lora import load_pretrained
+
+        self.model = load_pretrained(AutoModelForSequenceClassification, path, dtype=torch.float32, num_labels=1).eval()
+        if self.model.config.pad_token_id is None:  # an adapter's base: a causal LM's config
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
 
     def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
@@ -103,11 +107,13 @@ class RewardModelScorer:
 
 
 def resolve_reward_model(path: str) -> str:
-    """A model directory, or a method=reward run directory (its `model/`)."""
+    """A model directory (a LoRA adapter too), or a method=reward run directory (its `model/`)."""
+    from tokalign.modeling.lora import is_model_dir
+
     p = Path(path).expanduser()
-    if (p / "model" / "config.json").exists():
+    if is_model_dir(p / "model"):
         return str(p / "model")
-    if (p / "config.json").exists():
+    if is_model_dir(p):
         return str(p)
     raise ConfigError(f"reward model {path}: neither a model directory nor a run directory with model/")
 

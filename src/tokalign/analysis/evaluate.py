@@ -57,15 +57,26 @@ class _Sampler:
 
     With `rollout.engine=vllm` samples come from a standalone vLLM engine over the model's
     directory (one engine at a time); log-probs always come from the transformers model.
+    Models given in memory (`models`: the policy being trained) sample themselves; with `memo` (kept by
+    the caller between evaluations) the reference's samples, which never change, are drawn once.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, tokenizer):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        tokenizer,
+        models: dict[str, Any] | None = None,
+        memo: dict | None = None,
+    ):
         from tokalign.modeling.models import resolve_model
 
         self.cfg, self.tokenizer = cfg, tokenizer
         self.paths = {"policy": str(run_dir / "model"), "reference": resolve_model(cfg.model, cfg.cache_dir)}
-        self.models: dict[str, Any] = {}
+        self.given = set(models or {})
+        self.models: dict[str, Any] = dict(models or {})
         self.engine: tuple[str, Any] | None = None
+        self.memo = memo
 
     def model(self, which: str):
         from tokalign.modeling.models import load_causal_lm
@@ -78,15 +89,16 @@ class _Sampler:
 
     def generator(self, which: str):
         """What samples for `which`: its vLLM engine when the run's rollout group asks for one, else its model."""
+        from tokalign.modeling.lora import full_model_dir
         from tokalign.modeling.vllm_engine import VLLMEngine, uses_vllm
 
-        if not uses_vllm(self.cfg.get("rollout")):
+        if not uses_vllm(self.cfg.get("rollout")) or which in self.given:
             return self.model(which)
         if self.engine is None or self.engine[0] != which:
             if self.engine is not None:
                 self.engine[1].close()
             engine = VLLMEngine.start(
-                self.paths[which],
+                full_model_dir(self.paths[which]),
                 self.cfg.rollout,
                 colocated=False,
                 seed=self.cfg.seed,
@@ -99,7 +111,10 @@ class _Sampler:
         self, which: str, prompts: list[Any], *, temperature: float | None = None, num_samples: int | None = None
     ):
         e = self.cfg.eval
-        return generate(
+        key = (which, temperature, num_samples, len(prompts))
+        if self.memo is not None and which == "reference" and key in self.memo:
+            return self.memo[key]
+        samples = generate(
             self.generator(which),
             self.tokenizer,
             prompts,
@@ -111,6 +126,9 @@ class _Sampler:
             seed=self.cfg.seed + 17,
             desc=f"eval: {which}",
         )
+        if self.memo is not None and which == "reference":
+            self.memo[key] = samples
+        return samples
 
     def kl_to_reference(self, prompts: list[Any]) -> float:
         """Mean over prompts of log π_θ(y|x) − log π_ref(y|x), y ~ π_θ at temperature 1."""
@@ -169,18 +187,25 @@ def _scored(name: str, win_name: str, pol: list[list[float]], ref: list[list[flo
     }
 
 
-def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, list[str], list[list[Any]]]:
+def _generation_eval(
+    cfg: DictConfig,
+    run_dir: Path,
+    tokenizer,
+    models: dict[str, Any] | None = None,
+    num_prompts: int | None = None,
+    memo: dict | None = None,
+) -> tuple[dict, list[str], list[list[Any]]]:
     from tokalign.data.loading import load_split
 
     data = load_split(cfg.dataset, DataKind.prompt, "eval", method=cfg.method.name)
-    data = data.select(range(min(cfg.eval.num_prompts, len(data))))
+    data = data.select(range(min(num_prompts or cfg.eval.num_prompts, len(data))))
     prompts = list(data["prompt"])
     reward_fn = _eval_reward(cfg)  # before any sampling: a reward that cannot load fails at once
     extra = [
         (spec, rewards.reward_function(spec, cfg.dataset, "eval.extra_rewards"))
         for spec in rewards.extra_specs(cfg.eval)
     ]
-    sampler = _Sampler(cfg, run_dir, tokenizer)
+    sampler = _Sampler(cfg, run_dir, tokenizer, models, memo)
     policy = sampler.sample("policy", prompts)
     answers = list(data["answer"]) if "answer" in data.column_names else None
     metrics: dict[str, Any] = {"eval/num_prompts": len(prompts)}
@@ -216,11 +241,33 @@ def _generation_eval(cfg: DictConfig, run_dir: Path, tokenizer) -> tuple[dict, l
     if cfg.eval.kl:
         metrics["eval/kl_ref"] = sampler.kl_to_reference(prompts)
     sampler.close()
-    if cfg.eval.export:
+    if cfg.eval.export and models is None:
         from tokalign.analysis.export import export_run
 
         export_run(cfg, run_dir, tokenizer, prompts, [s[0] for s in policy])
     return metrics, columns, rows
+
+
+def evaluate_policy(cfg: DictConfig, run_dir: Path, tokenizer, policy, reference, memo: dict) -> dict:
+    """The final evaluation's generation metrics for a policy still in training (trainer.eval_steps), on the
+    first eval.during_prompts held-out prompts; the caller's random state is left as it was, and `memo` keeps
+    the reference's samples for the next call."""
+    import random
+
+    import torch
+
+    state = random.getstate()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        metrics, _, _ = _generation_eval(
+            cfg,
+            run_dir,
+            tokenizer,
+            models={"policy": policy, "reference": reference},
+            num_prompts=cfg.eval.during_prompts,
+            memo=memo,
+        )
+    random.setstate(state)
+    return metrics
 
 
 def evaluate_run(

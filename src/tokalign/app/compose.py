@@ -30,8 +30,11 @@ from tokalign.config import (
     check_bounds,
     check_relations,
     launcher_schema,
+    require,
 )
+from tokalign.data import mixture
 from tokalign.errors import ConfigError
+from tokalign.modeling import templates
 
 
 def register() -> None:
@@ -51,6 +54,7 @@ def register() -> None:
     store.store(group="dataset", name="toy_pref", node=DatasetConfig)
     store.store(group="logger", name="wandb", node=LoggerConfig)
     store.store(group="logger", name="none", node=LoggerConfig(name=LoggerName.none))
+    store.store(group="logger", name="tensorboard", node=LoggerConfig(name=LoggerName.tensorboard))
 
 
 def name_local_data(cfg: DictConfig, overrides: list[str]) -> None:
@@ -69,6 +73,19 @@ def _merge(schema: Any, node: Any, where: str) -> DictConfig:
         message = str(getattr(err, "msg", err)).splitlines()[0]
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{where}{'.' + key if key else ''}: {message}") from None
+
+
+def _evaluation_metrics(e: DictConfig) -> set[str]:
+    """Every metric the generation evaluation can report under these eval settings (which of them it does
+    depends on the data: a verifiable task reports accuracy and pass@k, the others rewards and win rates)."""
+    names = {"num_prompts", "mean_response_chars", "kl_ref", "word_salad", "malformed", "accuracy", "accuracy_ref"}
+    names |= {"gold_reward", "gold_reward_ref", "win_rate"}
+    names |= {f"pass@{k}{ref}" for k in (*e.pass_k, e.num_samples) for ref in ("", "_ref")}
+    for spec in rewards.extra_specs(e):
+        label = rewards.parse(spec, "eval.extra_rewards")[0].label
+        name, win = ("rm_score", "rm_win_rate") if label == "reward_model" else (label, f"{label}_win_rate")
+        names |= {name, f"{name}_ref", win}
+    return names
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -91,6 +108,23 @@ def validate(cfg: DictConfig) -> DictConfig:
     for spec in rewards.extra_specs(out.eval):
         rewards.parse(spec, "eval.extra_rewards")
     rewards.parse(out.dataset.on_policy.reward, "dataset.on_policy.reward")
+    require(
+        method.lora or not out.model.lora.enabled,
+        f"method={out.method.name} cannot train LoRA adapters: set model.lora.enabled=false (a full fine-tune)",
+    )
+    require(
+        out.trainer.eval_steps == 0 or method.evaluate is None,
+        f"trainer.eval_steps: method={out.method.name} has its own evaluation, run at the end only; "
+        "set trainer.eval_steps=0",
+    )
+    best = str(out.eval.best_metric or "").removeprefix("eval/")
+    known = _evaluation_metrics(out.eval)
+    require(
+        not best or best in known,
+        f"eval.best_metric={out.eval.best_metric} is not a metric of the evaluation; one of: {', '.join(sorted(known))}",
+    )
+    templates.check_source(out.model.chat_template)
+    mixture.check(out.dataset)
     if method.check is not None:
         method.check(out)
     return out

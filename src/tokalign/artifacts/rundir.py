@@ -282,7 +282,7 @@ def finished_model(run_dir: str | os.PathLike) -> Path:
     from tokalign.errors import DivergenceError
 
     model = Path(run_dir) / "model"
-    if not (model / "config.json").is_file():
+    if not ((model / "config.json").is_file() or (model / "adapter_config.json").is_file()):
         raise UserError(f"{model} holds no finished model (was the run completed?)")
     pickled = sorted(f.name for pattern in PICKLES for f in model.glob(pattern))
     if pickled:

@@ -1,4 +1,5 @@
-"""Where metrics go: the run's own `metrics.jsonl` (always) and a W&B run (unless logger=none).
+"""Where metrics go: the run's own `metrics.jsonl` (always) and a W&B run (logger=wandb) or TensorBoard
+event files in `<run_dir>/tensorboard/` (logger=tensorboard).
 
 W&B is started through the real library: online when the user is logged in or asks for it,
 otherwise offline, which still writes a syncable `wandb/offline-run-*` directory into the
@@ -162,8 +163,46 @@ def _new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
+def uses_tensorboard(cfg: DictConfig) -> bool:
+    """logger=tensorboard, or logger.tensorboard=true beside W&B."""
+    return option(cfg.logger.name) == "tensorboard" or bool(cfg.logger.get("tensorboard"))
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """TensorBoard event files need the tensorboard package (torch writes them with it)."""
+    import importlib.util
+
+    from tokalign.errors import ConfigError
+
+    if uses_tensorboard(cfg) and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'tokalign[tensorboard]'")
+
+
+class _TensorBoard:
+    """Event files under <run_dir>/tensorboard/, opened at the first log. A resumed run purges the steps after
+    its checkpoint (TensorBoard's purge_step), as metrics.jsonl forgets them."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir, self.purge_step, self.writer = log_dir, None, None
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()  # a killed run keeps what it logged
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 class Tracker:
-    """Logs scalars to metrics.jsonl and W&B with the same keys and step."""
+    """Logs scalars to metrics.jsonl and W&B or TensorBoard with the same keys and step."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, rank: int = 0):
         self.run_dir = Path(run_dir)
@@ -171,6 +210,7 @@ class Tracker:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.attempts_path = self.run_dir / "attempts.json"
         self.wandb_run = None
+        self.tensorboard = _TensorBoard(self.run_dir / "tensorboard") if rank == 0 and uses_tensorboard(cfg) else None
         self.started = time.time()
         self.attempts = self._read_attempts() if rank == 0 else []
         self.previous_wall_s = sum(a["last"] - a["started"] for a in self.attempts)
@@ -221,12 +261,16 @@ class Tracker:
         self._write_attempts()
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=step)
+        if self.tensorboard is not None:
+            self.tensorboard.log(row, step)
 
     def rewind(self, step: int) -> None:
         """Forget rows logged after `step` (a resumed run replays them from its checkpoint).
 
         W&B keeps the same run id; it ignores the replayed steps it already has.
         """
+        if self.tensorboard is not None:
+            self.tensorboard.purge_step = step + 1
         if self.rank != 0 or not self.metrics_path.exists():
             return
         kept = [row for row in read_metrics(self.run_dir) if row.get("step", math.inf) <= step]
@@ -247,6 +291,8 @@ class Tracker:
         return None if self.wandb_run is None else str(Path(self.wandb_run.dir).parent)
 
     def finish(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None

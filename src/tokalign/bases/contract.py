@@ -70,6 +70,10 @@ class RunContext(Protocol):
         """Write the final model atomically (rank 0) and return where it is."""
         ...
 
+    def evaluate_during(self, model: Any, step: int) -> None:
+        """The generation evaluation of the policy in training at `step` (trainer.eval_steps; every rank calls)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Method:
@@ -79,7 +83,9 @@ class Method:
     `check(cfg)` raises `ConfigError` for relations between knobs (the whole config, before
     anything heavy is built); `view(ctx)` returns the token view `tokalign inspect` renders;
     `evaluate(cfg, run_dir) -> (metrics, table columns, table rows)` replaces generation-based
-    evaluation (e.g. a reward model's pairwise accuracy).
+    evaluation (e.g. a reward model's pairwise accuracy). `lora`: the method trains LoRA adapters
+    when `model.lora.enabled` (and saves them through `RunContext.save_model`); a method without
+    it refuses LoRA at validation instead of ignoring it.
     """
 
     name: str
@@ -90,3 +96,4 @@ class Method:
     check: Callable[[DictConfig], None] | None = None
     view: Callable[[Any], Any] | None = None
     evaluate: Callable[[DictConfig, Path], tuple[dict, list[str], list[list[Any]]]] | None = None
+    lora: bool = False

@@ -43,8 +43,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        eval_strategy="no",  # trainer.eval_steps: tokalign's generation evaluation (EvaluationCallback)
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
@@ -91,19 +90,11 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def peft_config(run):
-    lora = run.cfg.model.lora
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig
+def peft_config(run, task: str = "CAUSAL_LM"):
+    """The run's LoRA config for a TRL trainer (None: LoRA off); task SEQ_CLS keeps the score head trainable."""
+    from tokalign.modeling.lora import lora_config
 
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
+    return lora_config(run.cfg.model.lora, task)
 
 
 def _finite_parameters(model) -> bool:
@@ -151,6 +142,19 @@ class TrackerCallback(TrainerCallback):
                 )
         row = {(f"eval/{k[5:]}" if k.startswith("eval_") else f"train/{k}"): v for k, v in logs.items()}
         self.tracker.log(row, step=state.global_step)
+
+
+class EvaluationCallback(TrainerCallback):
+    """Every trainer.eval_steps steps, the run's generation evaluation of the policy in training
+    (`RunContext.evaluate_during`: eval/* rows, and the best policy kept with eval.keep=best)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.run.cfg.trainer.eval_steps
+        if model is not None and every > 0 and state.global_step % every == 0:
+            self.run.evaluate_during(model, state.global_step)
 
 
 class SealCallback(TrainerCallback):
@@ -223,7 +227,12 @@ def run_trainer(run, trainer) -> dict[str, Any]:
     """Train (resuming when asked), save the final model atomically, return the last logged values."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    from tokalign.modeling.lora import describe_parameters
+
+    if run.rank == 0 and not getattr(run, "nested", False):  # a nested run's outer run says what it builds
+        say(describe_parameters(trainer.model, "trained model"))
     trainer.add_callback(TrackerCallback(run.tracker))
+    trainer.add_callback(EvaluationCallback(run))
     trainer.add_callback(SealCallback())
     trainer.add_callback(PreemptionCallback())
     resume = run.resume_checkpoint()
@@ -233,9 +242,7 @@ def run_trainer(run, trainer) -> dict[str, Any]:
         preemption.uninstall()
     # Under ZeRO-3 each rank holds a shard: every rank takes part in gathering the weights.
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_deepspeed_zero3_enabled() else None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = trainer.accelerator.unwrap_model(trainer.model)  # a PEFT model is saved as its adapter
     _check_final(model, state_dict, trainer.state.global_step, str(run.dir / "checkpoints"))
     run.save_model(model, trainer.processing_class, state_dict=state_dict)
     history = [h for h in trainer.state.log_history if "loss" in h]

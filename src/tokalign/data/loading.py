@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tokalign.config import option
-from tokalign.data import toy_math, toy_pref
+from tokalign.data import mixture, toy_math, toy_pref
 from tokalign.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -42,8 +42,10 @@ def _chat(rows: list[dict]) -> list[dict]:
 
 
 def task_of(cfg: DictConfig) -> str:
-    """What the data is: a toy task, hub or local (`dataset.path=...` is local whatever the preset)."""
-    return "local" if cfg.path else str(option(cfg.source))
+    """What the data is: a toy task, hub or local (`dataset.path=...` is local whatever the preset); a mixture's
+    is its first component's (they share one toy task, or are all hub and local data)."""
+    parts = mixture.components(cfg)
+    return mixture.task(parts[0][0]) if parts else "local" if cfg.path else str(option(cfg.source))
 
 
 def describe(cfg: DictConfig) -> str:
@@ -281,6 +283,9 @@ def _split(cfg: DictConfig, kind: str, split: str, method: str) -> tuple[Any, st
     import datasets
 
     kind = option(kind)
+    parts = mixture.components(cfg)
+    if parts:
+        return _mixed(cfg, parts, kind, split, method)
     source = task_of(cfg)
     if source in ("toy_pref", "toy_math"):
         return datasets.Dataset.from_list(_chat(toy_rows(cfg, kind, split))), ""
@@ -301,6 +306,20 @@ def _split(cfg: DictConfig, kind: str, split: str, method: str) -> tuple[Any, st
     if split == "train" and cfg.num_train:
         ds = ds.select(range(min(cfg.num_train, len(ds))))
     return ds, note
+
+
+def _mixed(cfg: DictConfig, parts: list, kind: str, split: str, method: str) -> tuple[Any, str]:
+    """A weighted mixture's split (tokalign.data.mixture), and a sentence giving its composition."""
+    loaded = [_split(component, kind, split, method)[0] for component, _ in parts]
+    weights = [w for _, w in parts]
+    whole = min(math.floor(len(d) * sum(weights) / w) for d, w in zip(loaded, weights))
+    total = (cfg.num_train or None) if split == "train" else min(cfg.num_eval, whole)
+    data, counts = mixture.mix(loaded, weights, total, cfg.seed)
+    said = ", ".join(
+        f"{n} from {describe(c)} (weight {w:g}, {len(d)} rows{', repeated' if n > len(d) else ''})"
+        for (c, w), d, n in zip(parts, loaded, counts)
+    )
+    return data, f"{split} mixture of {len(data)} rows: {said}"
 
 
 def _empty(value: Any) -> bool:

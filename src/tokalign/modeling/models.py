@@ -276,13 +276,18 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(path: str, *, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(path: str, *, dtype: str = "float32", trust_remote_code: bool = False, **load_kwargs: Any):
+    """A causal LM from a checkpoint or a LoRA run's model/; `load_kwargs` go to `from_pretrained` (quantization)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tokalign.modeling.lora import load_pretrained
+
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    try:  # a LoRA run's model/ too: its merged copy, or base and adapter merged here
+        return load_pretrained(
+            AutoModelForCausalLM, path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **load_kwargs
+        )
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(
             f"cannot load model {path!r}: {str(err).splitlines()[0]} (hub models need network access and, for gated "

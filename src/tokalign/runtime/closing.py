@@ -24,6 +24,8 @@ def print_closing_screen(cfg: DictConfig, run_dir: Path, metrics: dict[str, Any]
     console.print(f"metrics     {run_dir / 'metrics.jsonl'}")
     if (run_dir / "eval.json").exists():
         console.print(f"eval        {run_dir / 'eval.json'}")
+    if (run_dir / "tensorboard").is_dir():
+        console.print(f"tensorboard {run_dir / 'tensorboard'}   (`tensorboard --logdir` it)")
     if wandb_dir:
         console.print(
             f"wandb       {wandb_dir}"

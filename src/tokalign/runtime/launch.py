@@ -28,11 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from tokalign.artifacts.files import atomic_text
 from tokalign.artifacts.rundir import check_unused, claim, die_with_parent, update_record
-from tokalign.artifacts.tracking import say
+from tokalign.artifacts.tracking import check_logger, say
 from tokalign.cluster import preemption
 from tokalign.cluster.distributed import deepspeed_config
 from tokalign.config import option, world_size
+from tokalign.data import mixture
 from tokalign.errors import DataError, LaunchError, ModelError
+from tokalign.modeling import quantization
 from tokalign.runtime import nodes
 from tokalign.runtime.nodes import rendezvous
 
@@ -209,6 +211,8 @@ def _hub_problem(repo_id: str, repo_type: str) -> str | None:
 def check_sources(cfg: DictConfig) -> None:
     """The model and dataset a run names can be had (a local path exists; a hub id is cached, or reachable
     and granted): one line now, not a failure in every worker later."""
+    quantization.check_available(cfg.model)
+    check_logger(cfg)
     path = cfg.model.get("path")
     if path and not (Path(str(path)).expanduser() / "config.json").exists():
         hint = (
@@ -217,13 +221,14 @@ def check_sources(cfg: DictConfig) -> None:
             else ""
         )
         raise ModelError(f"model.path={path} is not a Hugging Face checkpoint directory (no config.json){hint}")
-    if cfg.dataset.get("path") and not Path(str(cfg.dataset.path)).expanduser().exists():
-        raise DataError(f"dataset.path={Path(str(cfg.dataset.path)).expanduser()} does not exist")
+    datasets = [component for component, _ in mixture.components(cfg.dataset)] or [cfg.dataset]
+    for d in datasets:
+        if d.get("path") and not Path(str(d.path)).expanduser().exists():
+            raise DataError(f"dataset.path={Path(str(d.path)).expanduser()} does not exist")
     wanted = []
     if not cfg.model.get("path") and option(cfg.model.source) == "hub":
         wanted.append(("model", "model", cfg.model.hub_id))
-    if not cfg.dataset.get("path") and option(cfg.dataset.source) == "hub":
-        wanted.append(("dataset", "dataset", cfg.dataset.hub_id))
+    wanted += [("dataset", "dataset", d.hub_id) for d in datasets if not d.get("path") and option(d.source) == "hub"]
     for group, repo_type, repo_id in wanted:
         problem = _hub_problem(str(repo_id), repo_type)
         if problem:

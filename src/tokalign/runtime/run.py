@@ -10,6 +10,7 @@ already there, and leaves a finished run (summary.json present) as it is.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tokalign.artifacts.tracking import Tracker, log_file, quiet_imports, say
 from tokalign.bases.contract import DataKind, Method
 from tokalign.cluster import preemption
 from tokalign.config import option
-from tokalign.errors import UserError
+from tokalign.errors import ConfigError, UserError
 
 TRAIN_METRICS = "train.json"
 
@@ -52,6 +53,7 @@ class Run:
         """Everything that can fail on the user's input (model, tokenizer, data, disk) is checked
         before the tracker starts a W&B run. A nested run (a model another run needs) says nothing
         of its own: its outer run says what it builds."""
+        from tokalign.modeling import templates
         from tokalign.modeling.models import load_tokenizer, resolve_model
 
         self.cfg = cfg
@@ -63,14 +65,23 @@ class Run:
         self.model_path = resolve_model(cfg.model, cfg.cache_dir)
         self._check_disk()
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        templates.apply(self.tokenizer, cfg.model.get("chat_template"))  # before any row is formatted
         self.train_data, self.data_metrics = self._train_data()
         self.tracker = Tracker(cfg, self.dir, rank=rank)
+        self.eval_reference = None  # the starting policy, loaded at the first evaluation during training
+        self.eval_memo: dict = {}  # and its samples, drawn at the first one
+        self.evaluations = 0
 
     def load_policy(self) -> Any:
+        """With model.quantization, quantized (tokalign.modeling.quantization): TRL prepares it for LoRA."""
+        from tokalign.modeling import quantization
         from tokalign.modeling.models import load_causal_lm
 
         return load_causal_lm(
-            self.model_path, dtype=option(self.cfg.model.dtype), trust_remote_code=self.cfg.model.trust_remote_code
+            self.model_path,
+            dtype=option(self.cfg.model.dtype),
+            trust_remote_code=self.cfg.model.trust_remote_code,
+            **quantization.load_kwargs(self.cfg.model),
         )
 
     def _check_disk(self) -> None:
@@ -164,12 +175,60 @@ class Run:
         no summary screen of its own (its directory is temporary until published)."""
         return run_training(cfg, nested=True)
 
+    def evaluate_during(self, model: Any, step: int) -> None:
+        """trainer.eval_steps: rank 0 evaluates the policy in training (the others wait for it)."""
+        import torch.distributed as dist
+
+        self.evaluations += 1
+        if self.rank == 0:
+            _evaluate_during(self, model, step)
+        if dist.is_initialized():
+            dist.barrier()
+
     def save_model(self, model: Any, tokenizer: Any, state_dict: dict | None = None) -> Path:
-        from tokalign.artifacts.checkpoint import save_pretrained_atomic
+        """A PEFT model is saved as its adapter (and, with model.lora.merge, a merged copy: tokalign.modeling.lora)."""
+        from tokalign.modeling.lora import save_trained
 
         if self.rank == 0:
-            save_pretrained_atomic(model, tokenizer, self.dir / "model", state_dict=state_dict)
+            save_trained(model, tokenizer, self.dir / "model", self.cfg.model, state_dict=state_dict)
         return self.dir / "model"
+
+
+BEST = "best"  # <run_dir>/best: the best policy of the evaluations during training (eval.keep=best)
+
+
+def _evaluate_during(run: Run, model: Any, step: int) -> None:
+    """Rank 0: evaluate the policy in training (eval/* rows at `step`, eval/during_s its cost); with
+    eval.keep=best, save it into <run_dir>/best when it beats best.json's record."""
+    from tokalign.analysis.evaluate import evaluate_policy
+    from tokalign.modeling.lora import save_trained
+    from tokalign.modeling.models import load_causal_lm
+
+    if run.eval_reference is None:
+        run.eval_reference = load_causal_lm(
+            run.model_path, dtype="float32", trust_remote_code=run.cfg.model.trust_remote_code
+        )
+    started = time.time()
+    metrics = evaluate_policy(run.cfg, run.dir, run.tokenizer, model, run.eval_reference, run.eval_memo)
+    metrics["eval/during_s"] = round(time.time() - started, 3)
+    e = run.cfg.eval
+    if option(e.keep) == "best":
+        key = e.best_metric if str(e.best_metric).startswith("eval/") else f"eval/{e.best_metric}"
+        if key not in metrics:
+            raise ConfigError(
+                f"eval.best_metric={e.best_metric} is not a metric of this run's evaluation; it has: "
+                + ", ".join(sorted(k.removeprefix("eval/") for k in metrics))
+            )
+        record = run.dir / f"{BEST}.json"
+        best = json.loads(record.read_text()) if record.exists() else None  # a resumed run's record too
+        larger = option(e.best_mode) == "max"
+        if best is None or (metrics[key] > best["value"] if larger else metrics[key] < best["value"]):
+            save_trained(model, run.tokenizer, run.dir / BEST, run.cfg.model)
+            best = {"step": step, "metric": key, "value": metrics[key]}
+            atomic_text(record, strict_json(best, indent=2))
+            say(f"step {step}: {key}={metrics[key]:.4g}, the best so far: saved {run.dir / BEST}")
+        metrics["eval/best_step"] = best["step"]
+    run.tracker.log(metrics, step=step)
 
 
 def _broadcast(value):
@@ -210,6 +269,7 @@ def run_training(cfg: DictConfig, rank: int = 0, nested: bool = False) -> dict[s
 def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
     from transformers import set_seed
 
+    from tokalign.modeling.lora import is_model_dir
     from tokalign.runtime.closing import print_closing_screen
 
     run_dir = Path(cfg.output_dir)
@@ -219,7 +279,7 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
     run = Run(cfg, rank=rank, nested=nested)
     trained = run_dir / TRAIN_METRICS
     try:
-        if run.resume and trained.exists() and (run_dir / "model" / "config.json").exists():
+        if run.resume and trained.exists() and is_model_dir(run_dir / "model"):
             if rank == 0:
                 finished_model(run_dir)  # a non-finite model/ is refused, not evaluated
                 say("the final model is already saved: running only what is missing (evaluation, summary)")
@@ -229,6 +289,13 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
         else:
             with storage_errors(run_dir):
                 metrics = {**run.method.train(run), **run.data_metrics}
+            every = cfg.trainer.eval_steps
+            if rank == 0 and every > 0 and int(metrics.get("train/steps") or 0) >= every and not run.evaluations:
+                say(
+                    f"method={cfg.method.name} trains in its own loop, which does not evaluate during training: "
+                    "trainer.eval_steps was not used",
+                    logging.WARNING,
+                )
             earlier = run.tracker.previous_wall_s  # attempts killed earlier count up to their last log
             metrics["train/wall_s"] = round(earlier + time.time() - started, 1)
             metrics["train/attempts"] = len(run.tracker.attempts)

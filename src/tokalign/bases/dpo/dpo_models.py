@@ -21,6 +21,7 @@ from tokalign.artifacts.files import atomic_dir
 from tokalign.artifacts.tracking import stage
 from tokalign.config import world_size
 from tokalign.errors import ConfigError, ModelError
+from tokalign.modeling.lora import is_model_dir
 
 
 def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tuple[DictConfig, str]:
@@ -30,6 +31,7 @@ def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tu
     dpo = OmegaConf.structured(Config(beta=beta, reverse=reverse))
     spec = {"method": dpo, "model": cfg.model, "dataset": cfg.dataset, "trainer": cfg.trainer, "seed": cfg.seed}
     plain = OmegaConf.to_container(OmegaConf.create(spec), resolve=True, enum_to_str=True)
+    plain["trainer"]["eval_steps"] = 0  # evaluating the outer run during training changes nothing of this model
     key = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
@@ -37,6 +39,8 @@ def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tu
         sub.run_name = f"dpo-model-{key}"
         sub.logger.name = "none"
         sub.eval.at_end = False
+        sub.trainer.eval_steps = 0
+        sub.eval.keep = "last"
         sub.resume = "never"
     return sub, key
 
@@ -52,7 +56,7 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
     from filelock import FileLock
 
     final = cached_path(run.cfg, beta=beta, reverse=reverse)
-    if (final / "config.json").exists():
+    if is_model_dir(final):
         return final
     if world_size(run.cfg.launcher) > 1:
         raise ConfigError(
@@ -63,7 +67,7 @@ def dpo_model_path(run, *, beta: float, reverse: bool = False, knob: str) -> Pat
     final.parent.parent.mkdir(parents=True, exist_ok=True)
     what = f"the {'reverse-' if reverse else ''}DPO model of {knob} (β={beta})"
     with FileLock(str(final.parent) + ".lock"):
-        if not (final / "config.json").exists():
+        if not is_model_dir(final):
 
             def train(tmp: Path) -> None:
                 with open_dict(sub):

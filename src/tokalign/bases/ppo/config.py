@@ -186,6 +186,11 @@ def reward_spec(method_cfg: DictConfig) -> Any:
 
 def check(cfg: DictConfig) -> None:
     m = cfg.method
+    require(
+        option(cfg.model.quantization) == "none",
+        f"method={m.name} does not load quantized models (its own loop moves whole models between devices): "
+        "set model.quantization=none (LoRA alone works)",
+    )
     terms = rewards.parse(reward_spec(m), "method.reward")
     prompt_budget = cfg.trainer.max_length - m.max_new_tokens
     require(

@@ -38,8 +38,9 @@ from tokalign.bases.ppo.scoring import Scored, TokenRewards, kl_score_rewards, s
 from tokalign.bases.ppo.update import ppo_update
 from tokalign.cluster import preemption
 from tokalign.config import option
-from tokalign.errors import DivergenceError
+from tokalign.errors import DivergenceError, ModelError
 from tokalign.losses import masked_mean
+from tokalign.modeling import lora
 
 
 @dataclass
@@ -94,17 +95,34 @@ def setup(
     reward_fn = rewards.reward_function(spec, cfg.dataset, "method.reward")  # first: a wrong reward fails fast
     if hasattr(reward_fn, "model"):
         reward_fn.model = prepare_frozen(reward_fn.model, accelerator)
-    policy, ref = run.load_policy(), run.load_policy()
+    # With LoRA the reference is the policy with its adapters disabled: no second copy of the base.
+    shared_ref = cfg.model.lora.enabled and cfg.launcher.name != "deepspeed"
+    policy, ref = run.load_policy(), None if shared_ref else run.load_policy()
     rm_path = rewards.reward_model_path(spec)
     use_rm = m.critic_init == "reward_model" or (m.critic_init == "auto" and rm_path is not None)
+    if (
+        use_rm
+        and cfg.model.lora.enabled
+        and lora.full_model_dir(rm_path) == str(rm_path)
+        and lora.is_adapter_dir(rm_path)
+    ):
+        raise ModelError(  # the critic's own adapter would name the reward model's base, not the reward model
+            f"the critic starts from the LoRA reward model {rm_path}, which has no merged copy: train it with "
+            "model.lora.merge=true, or set method.critic_init=policy"
+        )
     critic = load_critic(
         rm_path if use_rm else run.model_path,
         option(cfg.model.dtype),
         run.tokenizer.pad_token_id,
         cfg.model.trust_remote_code,
     )
+    # LoRA: the policy trains adapters; the critic its own adapters and value head (tokalign.bases.ppo.models)
+    policy = lora.wrap(policy, cfg.model.lora, lora.CAUSAL_LM, t.gradient_checkpointing)
+    critic.model = lora.wrap(critic.model, cfg.model.lora, lora.SEQ_CLS, t.gradient_checkpointing)
+    if accelerator.is_main_process:
+        say(f"{lora.describe_parameters(policy, 'policy')}; {lora.describe_parameters(critic, 'critic')}")
     for model in (policy, critic.model):
-        for module in model.modules():  # PPO ratios need identical rollout and update forwards
+        for module in model.modules():  # PPO ratios need identical rollout and update forwards (LoRA's dropout too)
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
         if t.gradient_checkpointing:
@@ -116,7 +134,8 @@ def setup(
         nlp = spacy.load(m.spacy_model)
 
     def optimizer(model, lr):
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
+        trained = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(trained, lr=lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
 
     critic_lr = m.critic_learning_rate if m.critic_learning_rate is not None else t.learning_rate
     actor_opt, critic_opt = optimizer(policy, t.learning_rate), optimizer(critic, critic_lr)
@@ -133,7 +152,13 @@ def setup(
     # One model per prepare: under DeepSpeed each becomes its own engine.
     policy, actor_opt = accelerator.prepare(policy, actor_opt)
     critic, critic_opt = accelerator.prepare(critic, critic_opt)
-    frozen = {name: prepare_frozen(model, accelerator) for name, model in {"ref": ref, **(frozen_extra or {})}.items()}
+    frozen = {
+        name: prepare_frozen(model, accelerator)
+        for name, model in {"ref": ref, **(frozen_extra or {})}.items()
+        if model is not None
+    }
+    if shared_ref:
+        frozen = {"ref": lora.BaseOnly(accelerator.unwrap_model(policy)), **frozen}
     for scheduler in schedulers:  # stepped once per update here, so kept out of accelerate's scaling
         accelerator.register_for_checkpointing(scheduler)
     stepping = dict(accumulation=t.gradient_accumulation_steps, max_grad_norm=t.max_grad_norm)
@@ -277,8 +302,6 @@ def fit(run, **setup_args) -> dict:
     """Train (resuming when asked), save the final policy and critic, return the summary's training metrics."""
     from tqdm.auto import tqdm
 
-    from tokalign.artifacts.checkpoint import save_pretrained_atomic
-
     t = run.cfg.trainer
     tr = setup(run, **setup_args)
     acc = tr.accelerator
@@ -313,6 +336,9 @@ def fit(run, **setup_args) -> dict:
             progress.update()
             if done % max(1, t.logging_steps) == 0 or done in (1, tr.steps):  # first and last always
                 log(done)
+            if t.eval_steps > 0 and done % t.eval_steps == 0:
+                with generation_model(tr.policy, acc) as policy:
+                    run.evaluate_during(policy, done)
             saved = t.save_steps > 0 and done % t.save_steps == 0
             if saved:
                 save(done)
@@ -343,8 +369,8 @@ def fit(run, **setup_args) -> dict:
     if acc.is_main_process:
         if critic_state is not None:  # keys of the Critic wrapper: model.<name>
             critic_state = {key.removeprefix("model."): value for key, value in critic_state.items()}
-        save_pretrained_atomic(
-            acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", state_dict=critic_state
+        lora.save_trained(
+            acc.unwrap_model(tr.critic).model, run.tokenizer, run.dir / "critic", run.cfg.model, state_dict=critic_state
         )
     first, last = (history[0], history[-1]) if history else ({}, {})
     return {

@@ -19,6 +19,7 @@ from tokalign.bases.ppo.rollout import sample
 from tokalign.bases.ppo.scoring import Scored, TokenRewards, kl_score_rewards, score
 from tokalign.bases.views import TokenSeq, View, ViewContext, pieces
 from tokalign.data.chat import prompt_text
+from tokalign.modeling.lora import is_model_dir
 
 # extra_values(scored, mask, m) -> {name: (B, R) tensor} shown beside advantage, reward and value
 ExtraValues = Callable[[Scored, torch.Tensor, object], dict[str, torch.Tensor]]
@@ -39,7 +40,7 @@ def macro_view(
     data = ctx.eval_rows(DataKind.prompt)
     batch = {k: list(data[k]) for k in data.column_names}
     policy, ref = ctx.policy(), ctx.reference()
-    if (ctx.run_dir / "critic" / "config.json").exists():
+    if is_model_dir(ctx.run_dir / "critic"):
         critic = load_critic(
             str(ctx.run_dir / "critic"), "float32", ctx.tokenizer.pad_token_id, cfg.model.trust_remote_code
         ).eval()

@@ -176,4 +176,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="AlignDistil (Zhang et al., ACL 2025): token-level distillation toward a DPO / reverse-DPO teacher",
+    lora=True,
 )

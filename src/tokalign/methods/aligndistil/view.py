@@ -17,6 +17,7 @@ from tokalign.config import option
 from tokalign.data.chat import prompt_text
 from tokalign.losses import aligndistil_loss
 from tokalign.methods.aligndistil import CONTRASTIVE, Variant, tvd_scale
+from tokalign.modeling.lora import is_model_dir
 
 LEGEND = (
     "Colour: α_t, how far the teacher π*_t moves from its anchor (aligndistil: r‖π_dpo − π_rdpo‖₁ + ε, "
@@ -30,7 +31,7 @@ def _model(ctx: ViewContext, path, *, reverse: bool):
     if path:
         return ctx.load(path)
     cached = cached_path(ctx.cfg, beta=m.beta0, reverse=reverse)
-    if not (cached / "config.json").exists():
+    if not is_model_dir(cached):
         knob = "reverse_dpo_model" if reverse else "dpo_model"
         raise FileNotFoundError(
             f"the run's {knob.replace('_', ' ')} is not in the cache ({cached}); pass its path as method.{knob}"

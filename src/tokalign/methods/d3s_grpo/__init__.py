@@ -105,4 +105,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="D³S dual-level down-sampling for GRPO (arXiv 2509.22115); PODS as a preset",
+    lora=True,
 )

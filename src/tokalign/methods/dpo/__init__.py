@@ -49,4 +49,5 @@ METHOD = Method(
     train=train,
     view=view,
     description="DPO (Rafailov et al., 2023) on TRL's DPOTrainer",
+    lora=True,
 )

@@ -30,4 +30,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="GRPO / GSPO (Shao et al., 2024) on TRL's GRPOTrainer",
+    lora=True,
 )

@@ -29,4 +29,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="PPO with a critic, GAE and KL-in-reward; macro actions (MA-RLHF) with method=ma_ppo",
+    lora=True,
 )

@@ -28,15 +28,27 @@ def train(run) -> dict:
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from tokalign.bases.trl import run_trainer, trl_args
+    from tokalign.bases.trl import peft_config, run_trainer, trl_args
 
     m = run.cfg.method
+    from tokalign.modeling import quantization
+
     model = AutoModelForSequenceClassification.from_pretrained(
-        run.model_path, num_labels=1, dtype=torch.float32, trust_remote_code=run.cfg.model.trust_remote_code
+        run.model_path,
+        num_labels=1,
+        dtype=torch.float32,
+        trust_remote_code=run.cfg.model.trust_remote_code,
+        **quantization.load_kwargs(run.cfg.model),
     )
     model.config.pad_token_id = run.tokenizer.pad_token_id
     args = RewardConfig(**trl_args(run, center_rewards_coefficient=m.center_rewards_coefficient))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=run.train_data, processing_class=run.tokenizer)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=run.train_data,
+        processing_class=run.tokenizer,
+        peft_config=peft_config(run, task="SEQ_CLS"),  # the new score head trains whole beside the adapter
+    )
     return run_trainer(run, trainer)
 
 
@@ -69,4 +81,5 @@ METHOD = Method(
     train=train,
     evaluate=evaluate,
     description="Bradley-Terry reward model on TRL's RewardTrainer",
+    lora=True,
 )

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from tokalign.bases.contract import DataKind, Method
 from tokalign.bases.ppo import config as ppo
 from tokalign.config import knob, require, world_size
+from tokalign.modeling.lora import is_model_dir
 
 
 @dataclass
@@ -55,7 +56,7 @@ def check(cfg: DictConfig) -> None:
         m.dpo_scale == 0
         or bool(m.dpo_model)
         or world_size(cfg.launcher) == 1
-        or (cached_path(cfg, beta=m.dpo_beta) / "config.json").exists(),
+        or is_model_dir(cached_path(cfg, beta=m.dpo_beta)),
         "method.dpo_model is empty and this run has several processes: train the DPO model first (a method=dpo run "
         "of the same setting, or this run with one process) or pass method.dpo_model=<its run dir>/model",
     )
@@ -81,4 +82,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="RTO (Zhong et al., ICML 2025): PPO with a DPO model's dense token rewards",
+    lora=True,
 )

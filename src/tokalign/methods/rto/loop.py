@@ -12,6 +12,7 @@ from tokalign.bases.dpo.dpo_models import cached_path, dpo_model_path, load_froz
 from tokalign.bases.ppo import loop as ppo_loop
 from tokalign.bases.ppo.scoring import Scored
 from tokalign.losses import rto_token_rewards
+from tokalign.modeling.lora import is_model_dir
 
 
 def rto_rewards(s: Scored, mask: torch.Tensor, m) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -47,7 +48,7 @@ def dpo_path(run) -> str:
     m = run.cfg.method
     if m.dpo_model:
         return str(m.dpo_model)
-    if (cached_path(run.cfg, beta=m.dpo_beta) / "config.json").exists():
+    if is_model_dir(cached_path(run.cfg, beta=m.dpo_beta)):
         return str(cached_path(run.cfg, beta=m.dpo_beta))
     with _rng_kept():
         return str(dpo_model_path(run, beta=m.dpo_beta, knob="method.dpo_model"))

@@ -12,6 +12,7 @@ from tokalign.errors import ConfigError
 from tokalign.losses import rto_token_rewards
 from tokalign.methods.rto import Config
 from tokalign.methods.rto.loop import rto_rewards
+from tokalign.modeling.lora import is_model_dir
 
 LEGEND = (
     "Colour: the dense DPO reward d_t = clip(β₁ (log π_dpo − log π_ref), ±c) of each token; reward r_t = d_t − "
@@ -41,7 +42,7 @@ def dpo_models(ctx: ViewContext) -> dict:
     if m.dpo_scale == 0:
         return {}
     path = m.dpo_model or cached_path(ctx.cfg, beta=m.dpo_beta)
-    if not m.dpo_model and not (path / "config.json").exists():
+    if not m.dpo_model and not is_model_dir(path):
         raise ConfigError(f"the run's DPO model is not in the cache ({path}); pass its path as method.dpo_model")
     frozen = {"dpo": ctx.load(path)}
     if m.dpo_ref_model:

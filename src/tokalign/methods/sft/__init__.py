@@ -1,4 +1,11 @@
-"""Supervised fine-tuning with TRL's SFTTrainer on prompt/completion data."""
+"""Supervised fine-tuning with TRL's SFTTrainer on prompt/completion data.
+
+`packing` puts several rows into each sequence of trainer.max_length tokens (TRL's best-fit
+decreasing packing, padding-free: each row keeps its own positions and attends only to itself),
+so that no compute goes to padding when lengths are uneven; `padding_free` alone concatenates a
+batch's rows without padding. Both need an attention implementation that reads the rows'
+boundaries from position ids (flash attention on GPUs; transformers' SDPA and eager masks do too).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ class Config(MethodConfig):
     algorithm: str = "sft"
     name: str = "sft"
     completion_only_loss: bool = knob(True, help="train on completion tokens only (not the prompt)")
+    packing: bool = knob(False, help="pack rows into sequences of trainer.max_length tokens (padding-free)")
+    padding_free: bool = knob(False, help="concatenate each batch's rows without padding (implied by packing)")
 
 
 def train(run) -> dict:
@@ -23,7 +32,9 @@ def train(run) -> dict:
     m = run.cfg.method
     trainer = SFTTrainer(
         model=run.load_policy(),
-        args=SFTConfig(**trl_args(run, completion_only_loss=m.completion_only_loss)),
+        args=SFTConfig(
+            **trl_args(run, completion_only_loss=m.completion_only_loss, packing=m.packing, padding_free=m.padding_free)
+        ),
         train_dataset=run.train_data,
         processing_class=run.tokenizer,
         peft_config=peft_config(run),
@@ -32,5 +43,10 @@ def train(run) -> dict:
 
 
 METHOD = Method(
-    name="sft", config=Config, data=DataKind.sft, train=train, description="supervised fine-tuning on TRL's SFTTrainer"
+    name="sft",
+    config=Config,
+    data=DataKind.sft,
+    train=train,
+    description="supervised fine-tuning on TRL's SFTTrainer",
+    lora=True,
 )

@@ -87,4 +87,5 @@ METHOD = Method(
     train=train,
     view=view,
     description="TGDPO (Zhu et al., ICML 2025): token-weighted DPO guided by a DPO model's token rewards",
+    lora=True,
 )

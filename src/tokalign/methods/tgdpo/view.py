@@ -9,6 +9,7 @@ from tokalign.bases.dpo.view import SIDES, Side, preference_view
 from tokalign.bases.views import ViewContext, response_logps
 from tokalign.losses import tgdpo_loss
 from tokalign.methods.tgdpo import dpo_model, guidance_beta
+from tokalign.modeling.lora import is_model_dir
 
 LEGEND = (
     "Colour: guidance token reward r̂ = β_g (log π_g − log π_ref); f = token weight in the loss "
@@ -20,7 +21,7 @@ def _guidance(ctx: ViewContext):
     m = ctx.cfg.method
     configured = dpo_model(m)
     path = configured or cached_path(ctx.cfg, beta=guidance_beta(m))
-    if not configured and not (path / "config.json").exists():
+    if not configured and not is_model_dir(path):
         raise FileNotFoundError(
             f"the run's guidance model is not in the cache ({path}); pass its path as method.dpo_model"
         )

@@ -99,4 +99,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="T-REG (Zhou et al., ACL 2025): DPO regularised by self-generated token rewards",
+    lora=True,
 )
