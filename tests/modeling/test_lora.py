@@ -209,8 +209,16 @@ def test_reward_model_with_lora_keeps_its_head_trainable(train, tiny_model):
         ("method=aligndistil", "trainer.per_device_batch_size=4"),
         ("method=rto", *PPO_SMALL[:2]),
         ("method=ma_ppo", *PPO_SMALL[:2]),
+        (
+            "method=rltf",
+            "dataset=toy_math",
+            "trainer.per_device_batch_size=8",
+            "method.num_generations=4",
+            "method.max_completion_length=8",
+            "method.fm_coef=0.1",
+        ),
     ],
-    ids=["grpo", "d3s_grpo", "aligndistil", "rto", "ma_ppo"],
+    ids=["grpo", "d3s_grpo", "aligndistil", "rto", "ma_ppo", "rltf"],
 )
 def test_methods_save_an_adapter(train, overrides):
     """The GRPO family, AlignDistil and RTO (whose DPO models, built on demand, are LoRA runs themselves) and

@@ -150,4 +150,5 @@ METHOD = Method(
     check=check,
     view=view,
     description="RLTF two-turn RL from text feedback (arXiv 2602.02482): self-distillation, feedback modelling",
+    lora=True,  # the release trains LoRA adapters (r 32); the SD and FM forwards go through them like TRL's
 )
