@@ -371,11 +371,6 @@ class TrainerConfig:
     logging_steps: int = knob(5, ge=1, help="steps between logged rows")
     save_steps: int = knob(0, ge=0, help="steps between checkpoints (0: only the final model)")
     save_total_limit: int = knob(2, ge=1, help="checkpoints kept")
-    eval_steps: int = knob(
-        0,
-        ge=0,
-        help="steps between generation evaluations of the policy in training (eval.* on eval.during_prompts prompts; 0: none)",
-    )
     num_workers: int = knob(0, ge=0, help="dataloader worker processes")
 
 
@@ -413,9 +408,12 @@ class EvalConfig:
     kl: bool = knob(True, help="estimate KL(policy || reference) from one temperature-1 sample per prompt")
     export: list[str] = knob(help="answers for external judges: alpaca_eval | mt_bench | arena_hard", factory=list)
     export_questions: Any = knob(None, help="a questions file, or {exporter: file}; null: the run's eval prompts")
-    during_prompts: int = knob(
-        16, ge=1, help="held-out prompts of each evaluation during training (trainer.eval_steps)"
+    every_steps: int = knob(
+        0,
+        ge=0,
+        help="steps between generation evaluations of the policy in training (on eval.during_prompts prompts; 0: none)",
     )
+    during_prompts: int = knob(16, ge=1, help="held-out prompts of each evaluation during training (eval.every_steps)")
     keep: EvalKeep = knob(
         EvalKeep.last,
         help="last: model/ is the final policy | best: also <run_dir>/best, the best policy of the evaluations during training",
@@ -526,13 +524,13 @@ def check_relations(cfg: DictConfig) -> None:
     """Relations between the root groups' knobs that their types and ranges cannot express."""
     e, tiny = cfg.eval, cfg.model.tiny
     require(
-        cfg.trainer.eval_steps == 0 or cfg.launcher.name != "deepspeed",
-        f"trainer.eval_steps={cfg.trainer.eval_steps} samples from the whole policy on rank 0 during training, "
-        "which DeepSpeed shards: use launcher=ddp, or evaluate at the end only (trainer.eval_steps=0)",
+        cfg.eval.every_steps == 0 or cfg.launcher.name != "deepspeed",
+        f"eval.every_steps={cfg.eval.every_steps} samples from the whole policy on rank 0 during training, "
+        "which DeepSpeed shards: use launcher=ddp, or evaluate at the end only (eval.every_steps=0)",
     )
     require(
-        option(e.keep) == "last" or (cfg.trainer.eval_steps > 0 and bool(e.best_metric)),
-        "eval.keep=best keeps the best policy of the evaluations during training: set trainer.eval_steps=<N> "
+        option(e.keep) == "last" or (cfg.eval.every_steps > 0 and bool(e.best_metric)),
+        "eval.keep=best keeps the best policy of the evaluations during training: set eval.every_steps=<N> "
         "and eval.best_metric=<a metric of the evaluation, e.g. gold_reward or accuracy>",
     )
     lora_modules = cfg.model.lora.target_modules

@@ -238,3 +238,27 @@ def test_a_curve_of_fewer_than_three_points_is_drawn_as_points(tmp_path):
     assert written[0].exists() and ax.lines[0].get_linestyle() in ("None", "none", "")  # points, no line
     assert list(ax.get_xticks()) == [10, 20] and ax.get_xlim() == (9, 21)  # the logged steps, not a fractional range
     assert "2 logged steps" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_best_evaluation_during_training_beside_the_last(tmp_path):
+    """eval.keep=best leaves best.json: the table reports the best value and its step beside the last."""
+    for seed, (last, best, step) in enumerate([(0.5, 0.9, 40), (0.7, 0.8, 20)]):
+        d = fake_run(tmp_path, f"dpo_s{seed}", {"name": "dpo"}, seed, summary={"train/steps": 60})
+        (d / "eval.json").write_text(json.dumps({"eval/win_rate": last}))
+        (d / "best.json").write_text(json.dumps({"step": step, "metric": "eval/win_rate", "value": best}))
+    fake_run(tmp_path, "dpo_s2", {"name": "dpo"}, 2, summary={"train/steps": 60}, evals={"eval/win_rate": 0.6})
+    table, _ = make_report([str(tmp_path)], tmp_path.parent / "out")
+    (row,) = table.rows
+    assert [round(x, 6) for x in row["eval/win_rate"][:1]] == [0.6] and row["eval/win_rate"][2] == 3
+    assert round(row["best/win_rate"][0], 6) == 0.85 and row["best/win_rate"][2] == 2  # runs without best.json: absent
+    assert row["best/step"][0] == 30
+
+
+def test_knobs_of_evaluations_during_training_are_not_final_evaluation_settings():
+    """Runs that differ only in how they evaluated during training average together."""
+    from tests.conftest import compose_config
+    from tokalign.analysis.evaluate import settings
+
+    plain = settings(compose_config())
+    during = settings(compose_config("eval.every_steps=5", "eval.keep=best", "eval.best_metric=gold_reward"))
+    assert plain == during and not any(k in plain for k in ("eval.every_steps", "eval.keep", "eval.best_metric"))

@@ -1,4 +1,4 @@
-"""trainer.eval_steps: the final evaluation's generation metrics for the policy in training, logged as eval/*
+"""eval.every_steps: the final evaluation's generation metrics for the policy in training, logged as eval/*
 curves, leaving training as it would have been; eval.keep=best keeps the best policy."""
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def _rows(run: Path) -> list[dict]:
     "overrides,message",
     [
         (("eval.keep=best", "eval.best_metric=gold_reward"), "eval.keep=best keeps the best policy"),
-        (("trainer.eval_steps=2", "eval.keep=best"), "eval.best_metric=<a metric"),
-        (("trainer.eval_steps=2", "launcher=deepspeed"), "which DeepSpeed shards: use launcher=ddp"),
-        (("method=reward", "trainer.eval_steps=2"), "method=reward has its own evaluation, run at the end only"),
-        (("trainer.eval_steps=2", "eval.during_prompts=0"), "eval.during_prompts=0 is out of range"),
+        (("eval.every_steps=2", "eval.keep=best"), "eval.best_metric=<a metric"),
+        (("eval.every_steps=2", "launcher=deepspeed"), "which DeepSpeed shards: use launcher=ddp"),
+        (("method=reward", "eval.every_steps=2"), "method=reward has its own evaluation, run at the end only"),
+        (("eval.every_steps=2", "eval.during_prompts=0"), "eval.during_prompts=0 is out of range"),
     ],
 )
 def test_evaluation_knobs_are_checked_at_validation(overrides, message):
@@ -46,7 +46,7 @@ def test_evaluation_knobs_are_checked_at_validation(overrides, message):
 @pytest.mark.slow
 def test_ppo_curves_best_policy_and_an_unchanged_trajectory(train):
     plain = train(*PPO)
-    run = train(*PPO, "trainer.eval_steps=2", "eval.keep=best", "eval.best_metric=gold_reward")
+    run = train(*PPO, "eval.every_steps=2", "eval.keep=best", "eval.best_metric=gold_reward")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows if "train/reward" in r]  # noqa: E731
     assert strip(_rows(run)) == strip(_rows(plain))  # evaluating does not change what is trained
     during = [r for r in _rows(run) if "eval/during_s" in r]
@@ -69,7 +69,7 @@ def test_a_trl_method_with_lora_keeps_its_best_adapter(train):
         "model.lora.enabled=true",
         "trainer.max_steps=2",
         "trainer.per_device_batch_size=4",
-        "trainer.eval_steps=1",
+        "eval.every_steps=1",
         "eval.during_prompts=4",
         "eval.keep=best",
         "eval.best_metric=kl_ref",
@@ -85,9 +85,9 @@ def test_a_trl_method_with_lora_keeps_its_best_adapter(train):
 
 def test_an_unknown_best_metric_is_refused_at_validation():
     with pytest.raises(ConfigError, match="eval.best_metric=nope is not a metric of the evaluation; one of: ") as err:
-        compose_config("trainer.eval_steps=2", "eval.keep=best", "eval.best_metric=nope")
+        compose_config("eval.every_steps=2", "eval.keep=best", "eval.best_metric=nope")
     assert "gold_reward" in str(err.value) and "pass@1" in str(err.value)
-    compose_config("trainer.eval_steps=2", "eval.keep=best", "eval.best_metric=eval/win_rate")
+    compose_config("eval.every_steps=2", "eval.keep=best", "eval.best_metric=eval/win_rate")
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def test_a_metric_the_data_does_not_give_is_one_line_at_the_first_evaluation(tmp
         "logger=none",
         "method=sft",
         "trainer.max_steps=1",
-        "trainer.eval_steps=1",
+        "eval.every_steps=1",
         "eval.during_prompts=2",
         "eval.keep=best",
         "eval.best_metric=accuracy",  # toy_pref has no answers to be accurate on
@@ -111,7 +111,7 @@ def test_a_metric_the_data_does_not_give_is_one_line_at_the_first_evaluation(tmp
 
 
 def test_a_method_with_its_own_loop_says_it_did_not_evaluate(monkeypatch, tmp_path, capsys, cache_dir):
-    """trainer.eval_steps is never ignored silently: a method whose loop does not call evaluate_during says so."""
+    """eval.every_steps is never ignored silently: a method whose loop does not call evaluate_during says so."""
     from dataclasses import replace
 
     from tests.conftest import run_cli
@@ -122,7 +122,7 @@ def test_a_method_with_its_own_loop_says_it_did_not_evaluate(monkeypatch, tmp_pa
         return {"train/steps": 2}
 
     monkeypatch.setitem(registry(), "own_loop", replace(get_method("sft"), name="own_loop", train=train))
-    overrides = ("method=sft", "method.algorithm=own_loop", "trainer.eval_steps=1", "eval.at_end=false")
+    overrides = ("method=sft", "method.algorithm=own_loop", "eval.every_steps=1", "eval.at_end=false")
     run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "logger=none", *overrides)
     out = capsys.readouterr().out
-    assert "trains in its own loop, which does not evaluate during training: trainer.eval_steps was not used" in out
+    assert "trains in its own loop, which does not evaluate during training: eval.every_steps was not used" in out

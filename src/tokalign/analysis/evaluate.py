@@ -249,7 +249,7 @@ def _generation_eval(
 
 
 def evaluate_policy(cfg: DictConfig, run_dir: Path, tokenizer, policy, reference, memo: dict) -> dict:
-    """The final evaluation's generation metrics for a policy still in training (trainer.eval_steps), on the
+    """The final evaluation's generation metrics for a policy still in training (eval.every_steps), on the
     first eval.during_prompts held-out prompts; the caller's random state is left as it was, and `memo` keeps
     the reference's samples for the next call."""
     import random
@@ -313,8 +313,19 @@ def evaluate_run(
     return metrics, columns, rows[: cfg.eval.num_table_rows]
 
 
-# What an evaluation's numbers depend on: the eval group but for what only changes its output files.
-_NOT_SETTINGS = ("at_end", "num_table_rows", "export", "export_questions")
+# What an evaluation's numbers depend on: the eval group but for what only changes its output files
+# and the knobs of the evaluations during training (the final evaluation does not depend on them).
+_NOT_SETTINGS = (
+    "at_end",
+    "num_table_rows",
+    "export",
+    "export_questions",
+    "every_steps",
+    "during_prompts",
+    "keep",
+    "best_metric",
+    "best_mode",
+)
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:

@@ -105,10 +105,19 @@ def load_run(run_dir: Path) -> RunRecord:
             return rec
         evaluated = _read_json(run_dir / "eval.json") or {}
         rec.eval_settings = evaluated.pop("settings", None) or _settings_of(cfg)
-        rec.final = {**summary, **evaluated}
+        rec.final = {**summary, **evaluated, **_best(run_dir)}
     except (UserError, OSError) as err:
         rec.problem = f"unreadable: {err}"
     return rec
+
+
+def _best(run_dir: Path) -> dict[str, Any]:
+    """The best evaluation during training (best.json, written with eval.keep=best) beside the last:
+    `best/<metric>` and `best/step`, so a table shows both."""
+    best = _read_json(run_dir / "best.json") or {}
+    if not isinstance(best.get("metric"), str):
+        return {}
+    return {f"best/{best['metric'].removeprefix('eval/')}": best.get("value"), "best/step": best.get("step")}
 
 
 def _settings_of(cfg: DictConfig) -> dict[str, Any]:
@@ -172,7 +181,7 @@ def default_metrics(records: list[RunRecord]) -> list[str]:
         for r in records
         if r.problem is None
         for k, v in r.final.items()
-        if k.startswith("eval/") and _number(v) is not None
+        if k.startswith(("eval/", "best/")) and _number(v) is not None
     }
     return sorted(keys - {"eval/num_prompts"})
 

@@ -113,9 +113,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         f"method={out.method.name} cannot train LoRA adapters: set model.lora.enabled=false (a full fine-tune)",
     )
     require(
-        out.trainer.eval_steps == 0 or method.evaluate is None,
-        f"trainer.eval_steps: method={out.method.name} has its own evaluation, run at the end only; "
-        "set trainer.eval_steps=0",
+        out.eval.every_steps == 0 or method.evaluate is None,
+        f"eval.every_steps: method={out.method.name} has its own evaluation, run at the end only; "
+        "set eval.every_steps=0",
     )
     best = str(out.eval.best_metric or "").removeprefix("eval/")
     known = _evaluation_metrics(out.eval)

@@ -71,7 +71,7 @@ class RunContext(Protocol):
         ...
 
     def evaluate_during(self, model: Any, step: int) -> None:
-        """The generation evaluation of the policy in training at `step` (trainer.eval_steps; every rank calls)."""
+        """The generation evaluation of the policy in training at `step` (eval.every_steps; every rank calls)."""
         ...
 
 

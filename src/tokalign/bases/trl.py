@@ -43,7 +43,7 @@ def trl_args(run, **method_args: Any) -> dict[str, Any]:
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
-        eval_strategy="no",  # trainer.eval_steps: tokalign's generation evaluation (EvaluationCallback)
+        eval_strategy="no",  # eval.every_steps: tokalign's generation evaluation (EvaluationCallback)
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
@@ -145,14 +145,14 @@ class TrackerCallback(TrainerCallback):
 
 
 class EvaluationCallback(TrainerCallback):
-    """Every trainer.eval_steps steps, the run's generation evaluation of the policy in training
+    """Every eval.every_steps steps, the run's generation evaluation of the policy in training
     (`RunContext.evaluate_during`: eval/* rows, and the best policy kept with eval.keep=best)."""
 
     def __init__(self, run):
         self.run = run
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        every = self.run.cfg.trainer.eval_steps
+        every = self.run.cfg.eval.every_steps
         if model is not None and every > 0 and state.global_step % every == 0:
             self.run.evaluate_during(model, state.global_step)
 

@@ -176,7 +176,7 @@ class Run:
         return run_training(cfg, nested=True)
 
     def evaluate_during(self, model: Any, step: int) -> None:
-        """trainer.eval_steps: rank 0 evaluates the policy in training (the others wait for it)."""
+        """eval.every_steps: rank 0 evaluates the policy in training (the others wait for it)."""
         import torch.distributed as dist
 
         self.evaluations += 1
@@ -289,11 +289,11 @@ def _run_training(cfg: DictConfig, rank: int, nested: bool) -> dict[str, Any]:
         else:
             with storage_errors(run_dir):
                 metrics = {**run.method.train(run), **run.data_metrics}
-            every = cfg.trainer.eval_steps
+            every = cfg.eval.every_steps
             if rank == 0 and every > 0 and int(metrics.get("train/steps") or 0) >= every and not run.evaluations:
                 say(
                     f"method={cfg.method.name} trains in its own loop, which does not evaluate during training: "
-                    "trainer.eval_steps was not used",
+                    "eval.every_steps was not used",
                     logging.WARNING,
                 )
             earlier = run.tracker.previous_wall_s  # attempts killed earlier count up to their last log

@@ -31,7 +31,6 @@ def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tu
     dpo = OmegaConf.structured(Config(beta=beta, reverse=reverse))
     spec = {"method": dpo, "model": cfg.model, "dataset": cfg.dataset, "trainer": cfg.trainer, "seed": cfg.seed}
     plain = OmegaConf.to_container(OmegaConf.create(spec), resolve=True, enum_to_str=True)
-    plain["trainer"]["eval_steps"] = 0  # evaluating the outer run during training changes nothing of this model
     key = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:12]
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
@@ -39,7 +38,7 @@ def dpo_run_config(cfg: DictConfig, *, beta: float, reverse: bool = False) -> tu
         sub.run_name = f"dpo-model-{key}"
         sub.logger.name = "none"
         sub.eval.at_end = False
-        sub.trainer.eval_steps = 0
+        sub.eval.every_steps = 0
         sub.eval.keep = "last"
         sub.resume = "never"
     return sub, key

@@ -336,7 +336,8 @@ def fit(run, **setup_args) -> dict:
             progress.update()
             if done % max(1, t.logging_steps) == 0 or done in (1, tr.steps):  # first and last always
                 log(done)
-            if t.eval_steps > 0 and done % t.eval_steps == 0:
+            every = run.cfg.eval.every_steps
+            if every > 0 and done % every == 0:
                 with generation_model(tr.policy, acc) as policy:
                     run.evaluate_during(policy, done)
             saved = t.save_steps > 0 and done % t.save_steps == 0
