@@ -36,8 +36,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def prepare_models(work: Path, cache: str, length: int) -> tuple[Path, Path]:
-    """The tiny policy forced to generate ``length`` tokens, and a reward model on its backbone."""
+def prepare_models(work: Path, cache: str, length: int, source: str | None = None) -> tuple[Path, Path]:
+    """The policy (`source`; default: the tiny model) forced to generate ``length`` tokens, and a reward
+    model on its backbone."""
     import torch
     from omegaconf import OmegaConf
     from transformers import (
@@ -49,7 +50,7 @@ def prepare_models(work: Path, cache: str, length: int) -> tuple[Path, Path]:
     from tokalign.config import ModelConfig
     from tokalign.modeling.models import resolve_model
 
-    source = resolve_model(OmegaConf.structured(ModelConfig), cache)
+    source = source or resolve_model(OmegaConf.structured(ModelConfig), cache)
     tokenizer = AutoTokenizer.from_pretrained(source)
     policy, rm = work / "policy", work / "reward_model"
     model = AutoModelForCausalLM.from_pretrained(source)
@@ -80,7 +81,8 @@ def compose_overrides(items: list[str]):
     return cfg
 
 
-def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: int):
+def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: int, extra: tuple[str, ...] = ()):
+    """A PPO-loop run of `method` on the prepared models, with `extra` overrides last."""
     return compose_overrides(
         [
             f"method={method}",
@@ -95,6 +97,7 @@ def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: 
             "eval.at_end=false",
             f"output_dir={out}",
             f"trainer.max_length={args.length + 64}",
+            *extra,
         ]
     )
 

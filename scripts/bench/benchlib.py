@@ -4,17 +4,21 @@ A benchmark names its variants and a `child(variant, **options) -> dict` that bu
 in a fresh process and returns `measure(trainer, ...)`. `main` runs every (round, variant) in a
 fresh subprocess, variants interleaved round by round so that load from other processes hits
 them alike, then writes the per-run results (to `results`, or the path `results(**options)` names) and a
-summary with ratios against baselines.
+summary with ratios against baselines, and prints each variant's step-time ratio to the first baseline.
 Step time: median interval between consecutive optimizer-step ends (collation included), the
 first WARMUP steps dropped. Memory: peak resident set size (RSS, /proc/self/statm sampled every
 2 ms by a thread) during the training steps, also above the process's RSS before any model was
 loaded; on CUDA, also torch.cuda.max_memory_allocated. Setup: trainer construction time, which
 holds any one-off precompute; a benchmark can time such work itself (`once` keys of `main`).
+`measure_run` measures the trainer a method's own `train(run)` builds from a composed config, so
+that a benchmark of a method times the trainer `tokalign train` would run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import statistics
@@ -119,6 +123,41 @@ def measure(trainer, base_rss: int, started: float, **extra) -> dict:
     }
 
 
+def measure_run(
+    cfg,
+    *,
+    binds: tuple[str, ...] = ("tokalign.bases.trl",),
+    about: Callable[..., dict] | None = None,
+    **extra,
+) -> dict:
+    """`measure` of the trainer that `tokalign train` builds for the composed config `cfg`: the run is set
+    up as `tokalign.runtime.run` sets it up and its method's `train(run)` runs with `measure` in place of
+    `run_trainer` (so without the run's callbacks, checkpoints or final save). `binds`: the modules whose
+    `run_trainer` the method calls (a module that imported the name holds its own binding);
+    `about(trainer)`: more keys for the result, read after training."""
+    from unittest import mock
+
+    from transformers import set_seed
+
+    from tokalign.runtime.run import Run
+
+    set_seed(cfg.seed)
+    base = rss_bytes()
+    started = time.perf_counter()
+    run = Run(cfg)
+    result: dict = {}
+
+    def measured(run, trainer) -> dict:
+        result.update(measure(trainer, base, started, **extra), **(about(trainer) if about else {}))
+        return {}
+
+    with contextlib.ExitStack() as stack:
+        for name in binds:
+            stack.enter_context(mock.patch.object(importlib.import_module(name), "run_trainer", measured))
+        run.method.train(run)
+    return result
+
+
 def main(
     script: str,
     variants: tuple[str, ...],
@@ -128,10 +167,13 @@ def main(
     baselines: tuple[str, ...],
     options: Callable[[argparse.ArgumentParser], None] | None = None,
     once: tuple[str, ...] = (),
+    medians: tuple[str, ...] = (),
     description: str = "",
 ) -> None:
     """`once`: keys of a child's result that time one-off work (None where a variant has none),
-    summarised like setup: the first round (cold cache) and the median of the later ones."""
+    summarised like setup: the first round (cold cache) and the median of the later ones. `medians`:
+    keys of a child's result (e.g. tokens per step) summarised by their median over rounds, with
+    ratios against the baselines like step time. `options(parser)` may add options and change defaults."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=12)
@@ -161,7 +203,7 @@ def main(
             runs[v].append(json.loads(line[len("RESULT ") :]))
             print(f"round {r} {v}: median step {statistics.median(runs[v][-1]['step_s']) * 1e3:.1f} ms", flush=True)
 
-    keys = ("median_step_ms", "peak_rss_mb", "peak_rss_above_base_mb", "cuda_peak_mb")
+    keys = ("median_step_ms", "peak_rss_mb", "peak_rss_above_base_mb", "cuda_peak_mb", *medians)
     summary = {}
     for v, rs in runs.items():
         summary[v] = {
@@ -173,6 +215,8 @@ def main(
             "setup_s_first": rs[0]["setup_s"],
             "setup_s_later": statistics.median(x["setup_s"] for x in rs[1:]) if len(rs) > 1 else None,
         }
+        for k in medians:
+            summary[v][k] = statistics.median(x[k] for x in rs)
         for k in once:
             summary[v][f"{k}_first"] = rs[0][k]
             summary[v][f"{k}_later"] = (
@@ -193,6 +237,7 @@ def main(
         "setup_s_first",
         "setup_s_later",
         *(f"{k}_{when}" for k in once for when in ("first", "later")),
+        *medians,
     )
     print("\n| variant | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
     for v in variants:
@@ -212,3 +257,11 @@ def main(
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
     print(f"\n{meta}\nwrote {results}")
+    base = baselines[0]
+    for v in variants:
+        if v != base:
+            print(
+                f"{v} / {base}: {summary[v][f'median_step_ms/{base}']:.3f}x per step "
+                f"({summary[v]['median_step_ms']:.0f} vs {summary[base]['median_step_ms']:.0f} ms, "
+                f"median of {a.rounds} rounds x {a.steps - WARMUP} steps)"
+            )
