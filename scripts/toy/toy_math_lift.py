@@ -47,7 +47,7 @@ def policy_figures(cfg, model_path: str) -> dict:
     from tokalign.modeling.models import load_causal_lm, load_tokenizer
 
     tok, model = load_tokenizer(model_path), load_causal_lm(model_path)
-    data = load_split(cfg.dataset, "prompt", "grpo", "eval")
+    data = load_split(cfg.dataset, "prompt", "eval")
     data = data.select(range(min(cfg.eval.num_prompts, len(data))))
     prompts, answers = list(data["prompt"]), list(data["answer"])
     e = cfg.eval

@@ -117,14 +117,13 @@ def analyse(run_dir: Path, kl_samples: int) -> dict:
     """Gold reward, word salad, malformed and distinct responses of policy and reference; KL; eval.json."""
     from omegaconf import OmegaConf
 
-    from tokalign.config import method_module
     from tokalign.data.loading import load_split
     from tokalign.modeling.generation import generate
     from tokalign.modeling.models import load_causal_lm, load_tokenizer, resolve_model
 
     cfg = OmegaConf.load(run_dir / "resolved.yaml")
     metrics = json.loads((run_dir / "eval.json").read_text())
-    data = load_split(cfg.dataset, method_module(cfg.method.name).DATA_KIND, cfg.method.name, "eval")  # as evaluate_run
+    data = load_split(cfg.dataset, "prompt", "eval", method=cfg.method.name)  # as evaluate_run
     prompts = list(data["prompt"])[: cfg.eval.num_prompts]
     tok = load_tokenizer(str(run_dir / "model"))
     policy = load_causal_lm(str(run_dir / "model"))

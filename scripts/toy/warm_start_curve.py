@@ -100,10 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         setattr(models, name, ast.literal_eval(value))
     cfg = compose(["experiment=d3s_toy", *args.overrides])
     spec = OmegaConf.to_container(cfg.model.tiny, resolve=True)
-    math_rows = list(load_split(cfg.dataset, "prompt", "grpo", "eval"))[: cfg.eval.num_prompts]
-    pref_prompts = [r["prompt"] for r in load_split(compose(["dataset=toy_pref"]).dataset, "prompt", "grpo", "eval")][
-        :32
-    ]
+    math_rows = list(load_split(cfg.dataset, "prompt", "eval"))[: cfg.eval.num_prompts]
+    pref_prompts = [r["prompt"] for r in load_split(compose(["dataset=toy_pref"]).dataset, "prompt", "eval")][:32]
     record = {
         "label": args.label,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
