@@ -102,6 +102,14 @@ def compose_config(method: str, out: Path, policy: Path, rm: Path, args, steps: 
     )
 
 
+def iteration_medians(rows: dict[str, list[dict]]) -> tuple[dict, dict, dict]:
+    """Per method, from `alternate`'s rows: iteration times (rollout + update), their median, each stage's median."""
+    times = {m: [r["rollout_s"] + r["update_s"] for r in v] for m, v in rows.items()}
+    med = {m: statistics.median(v) for m, v in times.items()}
+    part = {m: {k: statistics.median(r[k] for r in v) for k in ("rollout_s", "update_s")} for m, v in rows.items()}
+    return times, med, part
+
+
 def alternate(trainers: dict, steps: int) -> dict[str, list[dict]]:
     """Each trainer's iteration rows, the trainers alternating iteration by iteration so that load hits
     them alike (who goes first swaps every step); the first iteration, a warm-up, is dropped."""

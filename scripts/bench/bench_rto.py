@@ -32,7 +32,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from bench_ppo import alternate, compose_overrides, prepare_models  # noqa: E402  (the PPO benchmark's models and loop)
+from bench_ppo import alternate, compose_overrides, iteration_medians, prepare_models  # noqa: E402  (the PPO benchmark's models and loop)
 
 SHARED = ["method.kl_coef=0.01", "method.score_clip=10", "method.temperature=1.0", "method.top_k=0"]
 
@@ -141,9 +141,7 @@ def main() -> None:
                 items = overrides(method, work / f"memory-{method}-{r}", policy, rm, dpo, args, 3)
                 memory[method].append(peak_rss_mb([sys.executable, __file__, "--memory-run", json.dumps(items)]))
 
-    times = {m: [r["rollout_s"] + r["update_s"] for r in v] for m, v in rows.items()}
-    med = {m: statistics.median(v) for m, v in times.items()}
-    part = {m: {k: statistics.median(r[k] for r in v) for k in ("rollout_s", "update_s")} for m, v in rows.items()}
+    times, med, part = iteration_medians(rows)
     result = {
         "setup": {
             "model": "tiny",

@@ -26,7 +26,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_ppo import alternate, compose_config, prepare_models
+from bench_ppo import alternate, compose_config, iteration_medians, prepare_models
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ("method.kl_coef=0.05", "method.num_ppo_epochs=1", "method.temperature=1.0")
@@ -76,9 +76,7 @@ def main() -> None:
         policy, rm = prepare_models(work, args.cache, args.length)
         rows = paired_iterations(work, policy, rm, args)
 
-    times = {m: [r["rollout_s"] + r["update_s"] for r in v] for m, v in rows.items()}
-    med = {m: statistics.median(v) for m, v in times.items()}
-    part = {m: {k: statistics.median(r[k] for r in v) for k in ("rollout_s", "update_s")} for m, v in rows.items()}
+    times, med, part = iteration_medians(rows)
     labels = ("text2grad/positive_share", "text2grad/negative_share", "text2grad/dropped_rows")
     result = {
         "setup": {
