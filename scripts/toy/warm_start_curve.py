@@ -5,7 +5,8 @@
 
 Builds the tiny model in memory as `tokalign.modeling.models.build_tiny` does (nothing is cached) and, every
 --every steps, samples it on the d3s_toy eval prompts at the eval temperature (pass@1 over
-eval.num_samples samples, and greedy accuracy) and on toy_pref's held-out prompts (mean gold
+eval.num_samples samples, and greedy accuracy), on as many held-out problems whose prompt carries the
+answer (`hint_accuracy`) or a wrong attempt and its critique (`revision_accuracy`), one sample each, and on toy_pref's held-out prompts (mean gold
 reward of one sample each). `--set NAME=VALUE` changes a warm-start constant of
 tokalign.modeling.models (WARM_*) for this measurement only. Appends one record to
 scripts/results/warm_start_curve.json.
@@ -29,7 +30,7 @@ RESULTS = ROOT / "scripts" / "results" / "warm_start_curve.json"
 
 def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
     from tokalign.analysis.evaluate import pass_at_k
-    from tokalign.data import toy_pref
+    from tokalign.data import toy_math, toy_pref
     from tokalign.data.chat import prompt_text
     from tokalign.data.toy_math import extract_answer
     from tokalign.modeling.generation import generate
@@ -57,6 +58,15 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
     sampled = correct(raw)
     answered = statistics.fmean(extract_answer(x) is not None for s in raw for x in s)
     greedy = sample(0.0, 1)
+    # the contexts InTRO and RLTF build: does the model use an appended answer, a critique of a wrong attempt?
+    in_context = {}
+    for kind in ("hint", "revision"):
+        rows = toy_math.context_rows(len(prompts), cfg.seed + 1, kind, split="eval")
+        out = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=e.max_new_tokens,
+                       temperature=e.temperature, batch_size=64, seed=cfg.seed + 17)  # fmt: skip
+        in_context[f"{kind}_accuracy"] = statistics.fmean(
+            exact_match([r["prompt"]], s, answer=[r["answer"]])[0] for r, s in zip(rows, out)
+        )
     notes = generate(
         model, tok, pref_prompts, max_new_tokens=32, temperature=e.temperature, batch_size=64, seed=cfg.seed + 17
     )
@@ -66,6 +76,7 @@ def probe(model, tok, cfg, math_rows, pref_prompts) -> dict:
         "answered": answered,
         "accuracy_when_answered": sum(map(sum, sampled)) / max(1e-9, answered * len(raw) * e.num_samples),
         "greedy_accuracy": statistics.fmean(c[0] for c in correct(greedy)),
+        **in_context,
         # the completion restates the problem before answering: how often it copies it right
         "greedy_copies_problem": statistics.fmean(
             s[0].startswith(prompt_text(p).removeprefix("What is ").rstrip("?") + " =") for p, s in zip(prompts, greedy)

@@ -135,3 +135,24 @@ def test_math_critique_is_none_exactly_when_correct_and_never_gives_the_answer()
         assert text is None or row["answer"] not in text
     with pytest.raises(ValueError, match="toy_math prompt"):
         toy_math.critique("Tell me about the garden.", "12")
+
+
+def test_math_hint_rows_carry_their_answer_and_revision_rows_a_faulted_attempt():
+    hints = toy_math.context_rows(200, seed=3, kind="hint")
+    assert hints == toy_math.context_rows(200, seed=3, kind="hint")
+    for row in hints:
+        question = row["prompt"].removesuffix(f" The answer is {row['answer']}.")
+        assert question != row["prompt"] and toy_math.critique(question, row["completion"]) is None
+    unanswered = 0
+    for row in toy_math.context_rows(200, seed=3, kind="revision"):
+        question, _, rest = row["prompt"].partition(" previous: ")
+        attempt, _, said = rest.partition(" critique: ")
+        assert row["prompt"] == toy_math.REVISION_TEMPLATE.format(prompt=question, attempt=attempt, critique=said)
+        assert said == toy_math.critique(question, attempt) and said is not None  # wrong, and named so
+        assert toy_math.critique(question, row["completion"]) is None  # the revision is right
+        unanswered += attempt.endswith("=")
+    assert 60 < unanswered < 140  # half of the attempts stop at "=", half have a wrong digit
+    held_out = {toy_math._prompt(*p) for p in toy_math._problems("eval")}
+    assert not {r["prompt"].partition("?")[0] + "?" for r in hints} & held_out  # the warm start never sees them
+    with pytest.raises(ValueError, match="hint or revision"):
+        toy_math.context_rows(1, seed=0, kind="hints")

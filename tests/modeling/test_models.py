@@ -83,3 +83,17 @@ def test_model_path_must_be_a_checkpoint(tmp_path):
 def test_hub_preset_resolves_to_its_id_without_downloading(tmp_path):
     cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"source": "hub", "hub_id": "google/gemma-2-2b-it"})
     assert resolve_model(cfg, tmp_path) == "google/gemma-2-2b-it"
+
+
+def test_warm_start_holds_the_contexts_intro_and_rltf_build_by_default():
+    """The tiny model reads hints and critiques only because its warm start shows the methods' own templates."""
+    from tokalign.data import toy_math
+    from tokalign.methods.intro import Config as IntroConfig
+    from tokalign.methods.rltf import Config as RltfConfig
+    from tokalign.modeling import models
+
+    assert IntroConfig().posterior_template == toy_math.HINT_TEMPLATE
+    assert RltfConfig().revision_template == toy_math.REVISION_TEMPLATE
+    prompts = [p for p, _ in _toy_corpus(0)]
+    assert sum(" The answer is " in p for p in prompts) == models.WARM_HINT_ROWS
+    assert sum(" previous: " in p and " critique: " in p for p in prompts) == models.WARM_REVISION_ROWS

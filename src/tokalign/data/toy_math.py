@@ -17,6 +17,10 @@ import re
 
 HELD_OUT = 5
 _INT = re.compile(r"-?\d+")
+# The contexts text-feedback methods build by default, which the tiny model's warm start teaches it to
+# read: the question with its answer appended (InTRO's x⊕y) and a second turn after a critique (RLTF).
+HINT_TEMPLATE = "{x} The answer is {y}."
+REVISION_TEMPLATE = "{prompt} previous: {attempt} critique: {critique}"
 
 
 def _digit_wise(a: int, op: str, b: int) -> bool:
@@ -109,4 +113,38 @@ def rows(n: int, seed: int, split: str = "train", noise: float = 0.0, unanswered
         shown = answer + rng.choice((-3, -2, -1, 1, 2, 3)) if rng.random() < noise else answer
         completion = f"{a} {op} {b} =" if rng.random() < unanswered else f"{a} {op} {b} = {shown}"
         out.append({"prompt": _prompt(a, op, b), "completion": completion, "answer": str(answer)})
+    return out
+
+
+def _wrong_attempt(rng: random.Random, a: int, op: str, b: int) -> str:
+    """A first attempt the critic faults: one that stops at "=" (half of them) or has a wrong digit."""
+    if rng.random() < 0.5:
+        return f"{a} {op} {b} ="
+    answer = _answer(a, op, b)
+    while not 10 <= (guess := answer + rng.choice((-3, -2, -1, 1, 2, 3)) * rng.choice((1, 10))) <= 99:
+        pass
+    return f"{a} {op} {b} = {guess}"
+
+
+def context_rows(n: int, seed: int, kind: str, split: str = "train") -> list[dict]:
+    """Rows whose prompt carries more than the question, each answered in full.
+
+    kind="hint": HINT_TEMPLATE, the question followed by its answer; kind="revision":
+    REVISION_TEMPLATE, the question, a wrong first attempt and the critic's reading of it. The tiny
+    model's warm start holds such rows so that it reads a hint or a critique in context.
+    """
+    if kind not in ("hint", "revision"):
+        raise ValueError(f"kind={kind!r}; expected hint or revision")
+    rng = random.Random(seed)
+    problems = _problems(split)
+    out = []
+    for _ in range(n):
+        a, op, b = rng.choice(problems)
+        answer, question = _answer(a, op, b), _prompt(a, op, b)
+        if kind == "hint":
+            prompt = HINT_TEMPLATE.format(x=question, y=answer)
+        else:
+            attempt = _wrong_attempt(rng, a, op, b)
+            prompt = REVISION_TEMPLATE.format(prompt=question, attempt=attempt, critique=critique(question, attempt))
+        out.append({"prompt": prompt, "completion": f"{a} {op} {b} = {answer}", "answer": str(answer)})
     return out

@@ -62,12 +62,16 @@ def resolve_model(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> str:
 
 
 # What a spec builds changes with the builder and the toy data: part of the cache key.
-TINY_BUILD = 2
+TINY_BUILD = 3
 # The warm start: notes on every toy_pref topic, and toy_math training problems of which a share
-# stops before the answer, so the starting policy knows its sums but gives them only part of the time.
+# stops before the answer, so the starting policy knows its sums but gives them only part of the time;
+# besides them, problems whose prompt carries the answer (a hint) or a wrong attempt and its critique,
+# always answered, so that the model reads hints and critiques in context (InTRO's and RLTF's contexts).
 WARM_PREF_ROWS = 1500
 WARM_MATH_ROWS = 9000
 WARM_MATH_UNANSWERED = 0.55
+WARM_HINT_ROWS = 3000
+WARM_REVISION_ROWS = 3000
 WARM_BATCH = 32
 WARM_LR = 3e-3
 
@@ -79,6 +83,8 @@ def _toy_corpus(seed: int) -> list[tuple[str, str]]:
     pairs += [
         (r["prompt"], r["completion"]) for r in toy_math.rows(WARM_MATH_ROWS, seed, unanswered=WARM_MATH_UNANSWERED)
     ]
+    for kind, n in (("hint", WARM_HINT_ROWS), ("revision", WARM_REVISION_ROWS)):
+        pairs += [(r["prompt"], r["completion"]) for r in toy_math.context_rows(n, seed, kind)]
     random.Random(seed).shuffle(pairs)
     return pairs
 

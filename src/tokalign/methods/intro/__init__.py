@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from tokalign.bases.contract import DataKind, Method
 from tokalign.bases.grpo import config as grpo
 from tokalign.config import knob, option, require
+from tokalign.data import toy_math
 
 
 class Mode(StrEnum):
@@ -40,7 +41,7 @@ class Config(grpo.Config):
     )
     candidate_temperature: float = knob(1.0, gt=0, help="the added candidates are drawn from softmax(logits / this)")
     posterior_template: str = knob(
-        "{x} The answer is {y}.",
+        toy_math.HINT_TEMPLATE,
         help="x⊕y, the answer-conditioned context: {x} the question, {y} the gold answer (the paper gives none)",
     )
     correction: bool = knob(

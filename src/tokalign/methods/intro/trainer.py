@@ -14,6 +14,7 @@ import torch
 from trl.trainer.utils import pad
 
 from tokalign.bases.grpo.trainer import AccountingGRPOTrainer, loss_weights
+from tokalign.data import toy_math
 from tokalign.data.chat import prompt_text, with_text
 from tokalign.losses import intro_candidates, intro_expected_loss, intro_loss
 
@@ -42,7 +43,7 @@ class InTROTrainer(AccountingGRPOTrainer):
         w_max: float = 200.0,
         mode: str = "sampled",
         candidate_temperature: float = 1.0,
-        posterior_template: str = "{x} The answer is {y}.",
+        posterior_template: str = toy_math.HINT_TEMPLATE,
         correction: bool = True,
         keep_reward: float = 1.0,
         answer_column: str = "answer",

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from tokalign.bases.contract import DataKind, Method
 from tokalign.bases.grpo import config as grpo
 from tokalign.config import knob, option, require
+from tokalign.data import toy_math
 from tokalign.errors import ConfigError
 
 CRITICS = {"toy_math": "tokalign.data.toy_math:critique"}
@@ -72,7 +73,7 @@ class Config(grpo.Config):
     )
     solved_reward: float = knob(1.0, help="critic=verdict: a first-turn reward at least this needs no second turn")
     revision_template: str = knob(
-        "{prompt} previous: {attempt} critique: {critique}",
+        toy_math.REVISION_TEMPLATE,
         help="the second-turn prompt x1: {prompt} the question, {attempt} y0, {critique} c0",
     )
     feedback_template: str = knob(

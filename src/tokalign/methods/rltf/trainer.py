@@ -21,6 +21,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
 from tokalign.bases.grpo.trainer import AccountingGRPOTrainer, loss_weights
+from tokalign.data import toy_math
 from tokalign.data.chat import prompt_text, with_text
 from tokalign.losses import (
     feedback_modeling_loss,
@@ -82,7 +83,7 @@ class RLTFTrainer(AccountingGRPOTrainer):
         sd_advantage: str = "second_turn",
         logprob_floor: float | None = -5.0,
         fm_coef: float = 0.0,
-        revision_template: str = "{prompt} previous: {attempt} critique: {critique}",
+        revision_template: str = toy_math.REVISION_TEMPLATE,
         feedback_template: str = "{prompt} previous: {attempt} critique:",
         **kwargs,
     ):
