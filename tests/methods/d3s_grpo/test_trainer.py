@@ -472,6 +472,8 @@ def test_end_to_end_on_toy_math(train, method):
     tokens = [r["train/usage/kept_tokens"] for r in steps]
     forward = [r["train/usage/forward_tokens"] for r in steps]
     assert summary["train/trained_tokens_total"] == sum(tokens)
+    lengths = [r["train/completions/mean_length"] for r in steps]
+    assert summary["train/completion_length"] == pytest.approx(sum(lengths) / 3)
     assert [r["train/usage/trained_tokens_total"] for r in steps] == [sum(tokens[: i + 1]) for i in range(3)]
     if method == "grpo":
         assert kept == [16, 16, 16] and tokens == forward

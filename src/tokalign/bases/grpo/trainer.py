@@ -79,9 +79,12 @@ class AccountingGRPOTrainer(GRPOTrainer):
             logs["usage/forward_tokens_total"] = self.forward_tokens
         super().log(logs, start_time)
 
-    def usage_summary(self) -> dict[str, int]:
+    def usage_summary(self, last: int = 5) -> dict[str, float]:
+        """Tokens and samples trained on, and the mean completion length over the last `last` logged rows
+        (late-training length is how the family's conciseness claims are compared)."""
+        lengths = [row["completions/mean_length"] for row in self.state.log_history if "completions/mean_length" in row]
         return {
             "train/trained_tokens_total": self.trained_tokens,
             "train/forward_tokens_total": self.forward_tokens,
             "train/trained_samples_total": self.trained_samples,
-        }
+        } | ({"train/completion_length": sum(lengths[-last:]) / len(lengths[-last:])} if lengths else {})

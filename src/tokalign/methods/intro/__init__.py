@@ -81,7 +81,7 @@ def train(run) -> dict:
         chunk_size=m.chunk_size,
     )
     trainer = grpo.build_trainer(run, trainer_cls)
-    return run_trainer(run, trainer) | trainer.usage_summary() | trainer.length_summary()
+    return run_trainer(run, trainer) | trainer.usage_summary()
 
 
 def view(ctx):

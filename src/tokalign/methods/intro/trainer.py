@@ -91,11 +91,6 @@ class InTROTrainer(AccountingGRPOTrainer):
         all_kept = self.accelerator.gather(kept).bool()
         return output, self.accelerator.gather(output["advantages"])[all_kept], trained
 
-    def length_summary(self, last: int = 5) -> dict[str, float]:
-        """Mean completion length over the last logged training rows (InTRO's claim: shorter rationales)."""
-        lengths = [row["completions/mean_length"] for row in self.state.log_history if "completions/mean_length" in row]
-        return {"train/completion_length": sum(lengths[-last:]) / len(lengths[-last:])} if lengths else {}
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("InTRO does not return outputs")
