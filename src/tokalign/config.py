@@ -257,7 +257,13 @@ class TinySpec:
     max_position_embeddings: int = knob(256, ge=16, help="longest sequence the model accepts")
     seed: int = knob(0, ge=0, le=SEED_MAX, help="seed of the tokenizer, weights and warm start")
     warmup_steps: int = knob(
-        1600, ge=0, help="response-only training steps on toy data before it counts as the starting policy"
+        1000, ge=0, help="response-only training steps on toy data before it counts as the starting policy"
+    )
+    feedback_rows: int = knob(
+        0,
+        ge=0,
+        help="warm-start rows of each in-context feedback kind (toy_math with its answer appended; a second turn "
+        "after a wrong attempt and its critique): a model that reads InTRO's and RLTF's contexts",
     )
 
 

@@ -85,15 +85,28 @@ def test_hub_preset_resolves_to_its_id_without_downloading(tmp_path):
     assert resolve_model(cfg, tmp_path) == "google/gemma-2-2b-it"
 
 
-def test_warm_start_holds_the_contexts_intro_and_rltf_build_by_default():
-    """The tiny model reads hints and critiques only because its warm start shows the methods' own templates."""
+def test_feedback_rows_teach_the_contexts_intro_and_rltf_build_by_default():
+    """tiny_feedback reads hints and critiques only because its warm start shows the methods' own templates;
+    the default tiny model's corpus has none of them (so the toy tables built on it do not move)."""
     from tokalign.data import toy_math
     from tokalign.methods.intro import Config as IntroConfig
     from tokalign.methods.rltf import Config as RltfConfig
-    from tokalign.modeling import models
 
     assert IntroConfig().posterior_template == toy_math.HINT_TEMPLATE
     assert RltfConfig().revision_template == toy_math.REVISION_TEMPLATE
-    prompts = [p for p, _ in _toy_corpus(0)]
-    assert sum(" The answer is " in p for p in prompts) == models.WARM_HINT_ROWS
-    assert sum(" previous: " in p and " critique: " in p for p in prompts) == models.WARM_REVISION_ROWS
+    plain, taught = _toy_corpus(0), _toy_corpus(0, feedback_rows=50)
+    for pairs, n in ((plain, 0), (taught, 50)):
+        prompts = [p for p, _ in pairs]
+        assert sum(" The answer is " in p for p in prompts) == n
+        assert sum(" previous: " in p and " critique: " in p for p in prompts) == n
+    assert len(taught) == len(plain) + 100 and set(plain) <= set(taught)
+
+
+def test_tiny_feedback_preset_composes_onto_the_tiny_schema():
+    from tests.conftest import compose_config
+
+    model = compose_config("model=tiny_feedback").model
+    assert model.source == "tiny" and model.tiny.feedback_rows == 3000 and model.tiny.warmup_steps == 1600
+    assert compose_config().model.tiny.feedback_rows == 0
+    for toy in ("intro_toy", "rltf_toy"):
+        assert compose_config(f"experiment={toy}").model.name == "tiny_feedback"

@@ -62,29 +62,27 @@ def resolve_model(model_cfg: DictConfig, cache_dir: str | os.PathLike) -> str:
 
 
 # What a spec builds changes with the builder and the toy data: part of the cache key.
-TINY_BUILD = 3
+TINY_BUILD = 2
 # The warm start: notes on every toy_pref topic, and toy_math training problems of which a share
-# stops before the answer, so the starting policy knows its sums but gives them only part of the time;
-# besides them, problems whose prompt carries the answer (a hint) or a wrong attempt and its critique,
-# always answered, so that the model reads hints and critiques in context (InTRO's and RLTF's contexts).
+# stops before the answer, so the starting policy knows its sums but gives them only part of the time.
 WARM_PREF_ROWS = 1500
 WARM_MATH_ROWS = 9000
 WARM_MATH_UNANSWERED = 0.55
-WARM_HINT_ROWS = 3000
-WARM_REVISION_ROWS = 3000
 WARM_BATCH = 32
 WARM_LR = 3e-3
 
 
-def _toy_corpus(seed: int) -> list[tuple[str, str]]:
+def _toy_corpus(seed: int, feedback_rows: int = 0) -> list[tuple[str, str]]:
+    """The warm start's (prompt, completion) pairs; `feedback_rows` of each in-context feedback kind
+    (toy_math.context_rows: a hint, a critiqued attempt), always answered, teach the model to read them."""
     from tokalign.data import toy_math, toy_pref
 
     pairs = [(r["prompt"], r["completion"]) for r in toy_pref.sft_rows(WARM_PREF_ROWS, seed, topics=toy_pref.TOPICS)]
     pairs += [
         (r["prompt"], r["completion"]) for r in toy_math.rows(WARM_MATH_ROWS, seed, unanswered=WARM_MATH_UNANSWERED)
     ]
-    for kind, n in (("hint", WARM_HINT_ROWS), ("revision", WARM_REVISION_ROWS)):
-        pairs += [(r["prompt"], r["completion"]) for r in toy_math.context_rows(n, seed, kind)]
+    for kind in ("hint", "revision") if feedback_rows else ():
+        pairs += [(r["prompt"], r["completion"]) for r in toy_math.context_rows(feedback_rows, seed, kind)]
     random.Random(seed).shuffle(pairs)
     return pairs
 
@@ -188,7 +186,7 @@ def make_tiny(spec: dict, on_step=None):
     torch.set_num_threads(1)
     try:
         torch.manual_seed(spec["seed"])
-        pairs = _toy_corpus(spec["seed"])
+        pairs = _toy_corpus(spec["seed"], spec.get("feedback_rows", 0))
         tokenizer = _train_tokenizer([f"{p}\n{c}" for p, c in pairs], spec["vocab_size"])
         model = AutoModelForCausalLM.from_config(_tiny_config(spec, tokenizer))
         if spec["warmup_steps"] > 0:
