@@ -81,7 +81,7 @@ def _toy_corpus(seed: int, feedback_rows: int = 0) -> list[tuple[str, str]]:
     pairs += [
         (r["prompt"], r["completion"]) for r in toy_math.rows(WARM_MATH_ROWS, seed, unanswered=WARM_MATH_UNANSWERED)
     ]
-    for kind in ("hint", "revision") if feedback_rows else ():
+    for kind in ("hint", "revision"):
         pairs += [(r["prompt"], r["completion"]) for r in toy_math.context_rows(feedback_rows, seed, kind)]
     random.Random(seed).shuffle(pairs)
     return pairs
